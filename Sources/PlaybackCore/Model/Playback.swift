@@ -1,0 +1,95 @@
+/// One user's complete playback: what `PlayerState` shows plus what the reducer needs to
+/// step through a context (original order, play order, cursor) and to mint entry ids.
+///
+/// This is the value the engines store; `playerState(includeQueue:)` derives the wire view.
+/// The small fields come first so that comparing two states usually stops early.
+public struct Playback: Codable, Sendable, Equatable {
+    /// The item being played, and where it came from.
+    public struct Current: Codable, Sendable, Equatable {
+        public var entry: String
+        public var source: EntrySource
+        public var track: Track
+
+        public init(entry: String, source: EntrySource, track: Track) {
+            self.entry = entry
+            self.source = source
+            self.track = track
+        }
+    }
+
+    public var epoch: Int64 = 0
+    public var version: Int64 = 0
+    public var activeDevice: String?
+    public var current: Current?
+    public var isPlaying = false
+    public var positionMs: Int64 = 0
+    public var positionAt: Int64 = 0
+    public var volume = 100
+    public var repeatMode: RepeatMode = .off
+    public var shuffle = false
+    public var context: PlaybackContext?
+    /// Index in `playOrder` of the last context entry played; -1 before the first.
+    public var cursor = -1
+    /// The number the next entry id is made from.
+    public var nextEntry: Int64 = 1
+    /// Entries the user queued; they play before the rest of the context.
+    public var userQueue: [QueueEntry] = []
+    /// Context entry ids in the order they play (equal to `contextOrder` unless shuffled).
+    public var playOrder: [String] = []
+    /// Context entry ids in the context's own order (restored when shuffle is turned off).
+    public var contextOrder: [String] = []
+    /// Tracks of the context by entry id.
+    public var contextTracks: [String: Track] = [:]
+
+    public init() {}
+
+    /// The state of a user who never played.
+    public static let initial = Playback()
+
+    /// The position at server time `now`, never outside `[0, duration]`.
+    public func position(at now: Int64) -> Int64 {
+        PositionMath.position(
+            positionMs: positionMs, positionAt: positionAt, isPlaying: isPlaying,
+            durationMs: current?.track.durationMs, now: now)
+    }
+
+    /// Upcoming context entry ids: the rest of the play order after the cursor, without wrap-around.
+    var upcomingContextEntries: ArraySlice<String> {
+        playOrder[min(cursor + 1, playOrder.count)...]
+    }
+
+    /// All upcoming entries: user-queued ones first, then the rest of the context.
+    public var upcoming: [QueueEntry] {
+        var entries = userQueue
+        entries.reserveCapacity(userQueue.count + upcomingContextEntries.count)
+        for id in upcomingContextEntries {
+            if let track = contextTracks[id] {
+                entries.append(QueueEntry(entry: id, source: .context, track: track))
+            }
+        }
+        return entries
+    }
+
+    /// The wire view; `includeQueue: false` leaves `queue` out, as `state` events do when it did not change.
+    public func playerState(includeQueue: Bool = true) -> PlayerState {
+        PlayerState(
+            epoch: epoch, version: version, activeDevice: activeDevice, track: current?.track,
+            isPlaying: isPlaying, positionMs: positionMs, positionAt: positionAt, volume: volume,
+            repeat: repeatMode, shuffle: shuffle, context: context,
+            queue: includeQueue ? upcoming : nil)
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case epoch, version, current, volume, shuffle, context, cursor
+        case activeDevice = "active_device"
+        case isPlaying = "is_playing"
+        case positionMs = "position_ms"
+        case positionAt = "position_at"
+        case repeatMode = "repeat"
+        case contextTracks = "context_tracks"
+        case contextOrder = "context_order"
+        case playOrder = "play_order"
+        case userQueue = "user_queue"
+        case nextEntry = "next_entry"
+    }
+}

@@ -1,0 +1,29 @@
+/// A JSON number kept as an integer when it is one, so that it is echoed back unchanged (`clock.t0`).
+public enum JSONNumber: Codable, Sendable, Hashable {
+    case integer(Int64)
+    case double(Double)
+
+    public init(from decoder: any Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if let integer = try? container.decode(Int64.self) {
+            self = .integer(integer)
+        } else {
+            self = .double(try container.decode(Double.self))
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        switch self {
+        case .integer(let value): try container.encode(value)
+        case .double(let value): try container.encode(value)
+        }
+    }
+
+    public var doubleValue: Double {
+        switch self {
+        case .integer(let value): Double(value)
+        case .double(let value): value
+        }
+    }
+}

@@ -1,0 +1,80 @@
+/// Everything that can change a user's playback: commands from devices or REST, and the
+/// signals only the active device or the server itself produce.
+public enum Input: Sendable, Equatable {
+    case command(Command)
+    /// Progress from the active device, fenced by its epoch.
+    case report(epoch: Int64, positionMs: Int64, isPlaying: Bool, trackID: String)
+    /// The active device reached the natural end of `trackID`.
+    case trackEnded(epoch: Int64, trackID: String)
+    /// The sender gives up the lease (clean close or `release`).
+    case release
+    /// The server ends `device`'s lease after its grace period.
+    case expire(device: String)
+
+    /// The `cause.op` of the state this input produces.
+    public var causeOp: String {
+        switch self {
+        case .command(let command): command.op.rawValue
+        case .report: "report"
+        case .trackEnded: "track_ended"
+        case .release: "released"
+        case .expire: "expired"
+        }
+    }
+}
+
+/// Whether a device can be made active.
+public enum DevicePresence: Sendable, Equatable {
+    case online, offline
+}
+
+/// What the reducer may know of the world besides the state: time, who sent the input,
+/// the user's country and devices, and a seed for shuffling. All of it is passed in, nothing is read.
+public struct ReducerEnvironment: Sendable {
+    /// Server time in ms since the Unix epoch.
+    public var now: Int64
+    /// The device that sent the input; nil for REST and the server itself.
+    public var sender: String?
+    /// The user's country, for licensing.
+    public var country: String?
+    /// The user's known devices; a device missing here is `device_not_found`.
+    public var devices: [String: DevicePresence]
+    public var randomSeed: UInt64
+
+    public init(
+        now: Int64, sender: String? = nil, country: String? = nil, devices: [String: DevicePresence] = [:],
+        randomSeed: UInt64 = 0
+    ) {
+        self.now = now
+        self.sender = sender
+        self.country = country
+        self.devices = devices
+        self.randomSeed = randomSeed
+    }
+}
+
+/// Bounds the reducer enforces.
+public struct PlaybackLimits: Sendable {
+    /// Most user-queued entries (`queue_full` past it).
+    public var queueCapacity: Int
+    /// Most tracks in one `play {track_ids}`.
+    public var maxTracksPerPlay: Int
+
+    public init(queueCapacity: Int = 1000, maxTracksPerPlay: Int = 1000) {
+        self.queueCapacity = queueCapacity
+        self.maxTracksPerPlay = maxTracksPerPlay
+    }
+}
+
+/// The result of applying an input: the new state and what to tell whom.
+public struct Transition: Sendable, Equatable {
+    public var playback: Playback
+    /// False when the input changed nothing: no new version, no broadcast.
+    public var changed: Bool
+    /// Whether the upcoming entries changed (a `state` event then carries `queue`).
+    public var queueChanged: Bool
+    /// Set when the active device changed: send `lease_revoked`/`lease_granted` before the `state`.
+    public var lease: LeaseChange?
+    /// The new entry id, for `queue_add`'s ack.
+    public var entry: String?
+}
