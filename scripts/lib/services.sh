@@ -37,17 +37,28 @@ postgres_bin() { echo "$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgr
 
 as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
+# PostgreSQL's data must be reachable by the postgres user; a checkout under a private folder
+# (a mktemp directory, a home directory with mode 700) is not, so the data then goes to /var/tmp.
+postgres_data_dir() {
+    if [ "$(id -u)" -ne 0 ] || runuser -u postgres -- test -x "$data_dir" 2>/dev/null; then
+        echo "$data_dir/postgres"
+    else
+        echo "/var/tmp/playback-sync-postgres-$(printf %s "$repo_root" | md5sum | cut -c1-8)"
+    fi
+}
+
 start_postgres() {
-    local bin pgdata="$data_dir/postgres"
+    local bin pgdata
     bin=$(postgres_bin)
+    mkdir -p "$data_dir"
+    # PostgreSQL refuses to run as root: its data belongs to the postgres user.
+    if [ "$(id -u)" -eq 0 ]; then chmod 755 "$data_dir"; fi
+    pgdata=$(postgres_data_dir)
     export PLAYBACK_POSTGRES_URL="postgres://playback@127.0.0.1:$POSTGRES_PORT/playback"
     if "$bin/pg_isready" -q -h 127.0.0.1 -p "$POSTGRES_PORT"; then
         echo "services: postgres already running on port $POSTGRES_PORT"
         return
     fi
-    mkdir -p "$data_dir"
-    # PostgreSQL refuses to run as root: its data belongs to the postgres user.
-    if [ "$(id -u)" -eq 0 ]; then chmod 755 "$data_dir"; fi
     if [ ! -f "$pgdata/PG_VERSION" ]; then
         mkdir -p "$pgdata"
         [ "$(id -u)" -eq 0 ] && chown postgres:postgres "$pgdata"
@@ -70,7 +81,7 @@ stop_services() {
     for service in "${started_services[@]}"; do
         case $service in
         redis) redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true ;;
-        postgres) as_postgres "$(postgres_bin)/pg_ctl" -D "$data_dir/postgres" -m fast -w stop >/dev/null 2>&1 || true ;;
+        postgres) as_postgres "$(postgres_bin)/pg_ctl" -D "$(postgres_data_dir)" -m fast -w stop >/dev/null 2>&1 || true ;;
         esac
     done
     started_services=()
