@@ -35,12 +35,12 @@ start_redis() {
 
 postgres_bin() { echo "$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | tail -1)"; }
 
-as_postgres() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+as_postgres() { if [ "$(id -u)" -eq 0 ]; then (cd / && runuser -u postgres -- "$@"); else "$@"; fi; }
 
 # PostgreSQL's data must be reachable by the postgres user; a checkout under a private folder
 # (a mktemp directory, a home directory with mode 700) is not, so the data then goes to /var/tmp.
 postgres_data_dir() {
-    if [ "$(id -u)" -ne 0 ] || runuser -u postgres -- test -x "$data_dir" 2>/dev/null; then
+    if [ "$(id -u)" -ne 0 ] || (cd / && runuser -u postgres -- test -x "$data_dir") 2>/dev/null; then
         echo "$data_dir/postgres"
     else
         echo "/var/tmp/playback-sync-postgres-$(printf %s "$repo_root" | md5sum | cut -c1-8)"
