@@ -1,17 +1,101 @@
-import PlaybackCore
+import ArgumentParser
+import Foundation
+import Hummingbird
+import Logging
+import Metrics
+import Prometheus
+import SyncServer
 
-let version = "0.1.0"
-let usage = """
-    playback-syncd \(version) — real-time playback sync daemon (wire protocol v\(ProtocolInfo.version))
+/// `playback-syncd`: reads flags and environment variables, then runs the server until
+/// SIGTERM/SIGINT (sessions are closed with 1001).
+@main
+struct PlaybackSyncd: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "playback-syncd",
+        abstract: "Real-time playback sync daemon: one active device per user, every change on every device.",
+        discussion: "Every option can also be set with the environment variable shown in its help; the flag wins.",
+        version: "0.2.0")
 
-    USAGE: playback-syncd [--version] [--help]
+    @Option(help: "Address to listen on. [PLAYBACK_HOST, default 127.0.0.1]")
+    var host: String?
+    @Option(help: "Port to listen on (0 picks one). [PLAYBACK_PORT, default 8080]")
+    var port: Int?
+    @Option(help: "HS256 secret for access tokens, at least 32 bytes. [PLAYBACK_JWT_SECRET, default: a development secret]")
+    var jwtSecret: String?
+    @Option(help: "Where playback lives: memory. [PLAYBACK_ENGINE, default memory]")
+    var engine: String?
+    @Option(help: "How long an active device that vanished keeps the lease, ms. [PLAYBACK_GRACE_MS, default 10000]")
+    var graceMs: Int64?
+    @Option(help: "Server ping interval, ms. [PLAYBACK_HEARTBEAT_MS, default 15000]")
+    var heartbeatMs: Int64?
+    @Option(help: "Time allowed for hello after the upgrade, ms. [PLAYBACK_HELLO_TIMEOUT_MS, default 10000]")
+    var helloTimeoutMs: Int64?
+    @Option(help: "Largest frame and message, bytes. [PLAYBACK_MAX_MESSAGE_BYTES, default 65536]")
+    var maxMessageBytes: Int?
+    @Option(help: "Messages per second per connection (burst twice that). [PLAYBACK_MESSAGES_PER_SECOND, default 100]")
+    var messagesPerSecond: Int?
+    @Option(help: "Most devices of one user connected at once. [PLAYBACK_MAX_DEVICES_PER_USER, default 100]")
+    var maxDevicesPerUser: Int?
+    @Option(help: "Outbound bytes buffered per connection before closing it with 4008. [PLAYBACK_SEND_BUFFER_BYTES, default 1048576]")
+    var sendBufferBytes: Int?
+    @Option(help: "Comma-separated allowed Origins for browsers; empty allows any. [PLAYBACK_ALLOWED_ORIGINS]")
+    var allowedOrigins: String?
+    @Option(help: "trace, debug, info, notice, warning, error or critical. [PLAYBACK_LOG_LEVEL, default info]")
+    var logLevel: String?
 
-    The WebSocket server is not part of this build yet; see README.md.
-    """
+    func run() async throws {
+        let environment = ProcessInfo.processInfo.environment
+        func setting(_ flag: String?, _ name: String) -> String? { flag ?? environment[name].flatMap { $0.isEmpty ? nil : $0 } }
+        func number<T: LosslessStringConvertible>(_ flag: T?, _ name: String) throws -> T? {
+            if let flag { return flag }
+            guard let text = setting(nil, name) else { return nil }
+            guard let value = T(text) else { throw ValidationError("\(name)=\(text) is not a valid number") }
+            return value
+        }
 
-let arguments = CommandLine.arguments.dropFirst()
-if arguments.contains("--version") {
-    print(version)
-} else {
-    print(usage)
+        let level = setting(logLevel, "PLAYBACK_LOG_LEVEL").map { Logger.Level(rawValue: $0.lowercased()) } ?? .info
+        guard let level else { throw ValidationError("unknown log level") }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        let logger = Logger(label: "playback-syncd")
+
+        var config = ServerConfiguration()
+        config.host = setting(host, "PLAYBACK_HOST") ?? config.host
+        config.port = try number(port, "PLAYBACK_PORT") ?? config.port
+        if let secret = setting(jwtSecret, "PLAYBACK_JWT_SECRET") { config.jwtSecret = secret }
+        config.engine.graceMs = try number(graceMs, "PLAYBACK_GRACE_MS") ?? config.engine.graceMs
+        config.heartbeatMs = try number(heartbeatMs, "PLAYBACK_HEARTBEAT_MS") ?? config.heartbeatMs
+        config.helloTimeoutMs = try number(helloTimeoutMs, "PLAYBACK_HELLO_TIMEOUT_MS") ?? config.helloTimeoutMs
+        config.maxMessageBytes = try number(maxMessageBytes, "PLAYBACK_MAX_MESSAGE_BYTES") ?? config.maxMessageBytes
+        if let rate = try number(messagesPerSecond, "PLAYBACK_MESSAGES_PER_SECOND") {
+            config.messagesPerSecond = rate
+            config.messageBurst = 2 * rate
+        }
+        config.engine.maxDevicesPerUser = try number(maxDevicesPerUser, "PLAYBACK_MAX_DEVICES_PER_USER") ?? config.engine.maxDevicesPerUser
+        config.sendBufferBytes = try number(sendBufferBytes, "PLAYBACK_SEND_BUFFER_BYTES") ?? config.sendBufferBytes
+        if let origins = setting(allowedOrigins, "PLAYBACK_ALLOWED_ORIGINS") {
+            config.allowedOrigins = origins.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        }
+        let engineName = setting(engine, "PLAYBACK_ENGINE") ?? "memory"
+        guard engineName == "memory" else { throw ValidationError("unknown engine \(engineName); this build has: memory") }
+
+        if config.usesDevelopmentSecret {
+            logger.warning(
+                "NO JWT SECRET CONFIGURED: using the public development secret. Anyone can mint tokens. Set --jwt-secret or PLAYBACK_JWT_SECRET in production.")
+        }
+        let port = config.port
+        let app = try await buildApplication(config, metrics: registry, logger: logger) { channel in
+            logger.info(
+                "listening", metadata: [
+                    "address": .string("\(channel.localAddress?.description ?? "?")"), "engine": .string(engineName),
+                    "configured.port": .stringConvertible(port),
+                ])
+        }
+        try await app.runService()
+    }
 }

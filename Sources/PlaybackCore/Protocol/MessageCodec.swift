@@ -39,7 +39,7 @@ public struct MessageCodec: Sendable {
 
     private static let encoder: JSONEncoder = {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.withoutEscapingSlashes]
+        encoder.outputFormatting = [.withoutEscapingSlashes, .sortedKeys]
         return encoder
     }()
 
@@ -56,6 +56,11 @@ public struct MessageCodec: Sendable {
 
     private static func requestID(in data: Data) -> String? {
         (try? JSONDecoder().decode(IDProbe.self, from: data))?.id ?? nil
+    }
+
+    /// The string `id` of a JSON object, if it has one; for answering messages that are not decoded.
+    public func requestID(in bytes: some Collection<UInt8>) -> String? {
+        Self.requestID(in: Data(bytes))
     }
 
     /// A one-line description of a decoding failure naming the field, e.g. `args.percent: expected Int`.

@@ -1,0 +1,45 @@
+/// A user's known devices: who is online, what they are called, when they were last seen.
+public struct DeviceDirectory: Sendable {
+    public struct Record: Sendable, Equatable {
+        public var name: String
+        public var kind: DeviceKind
+        public var online: Bool
+        public var lastSeen: Int64
+    }
+
+    public private(set) var records: [String: Record] = [:]
+
+    public init() {}
+
+    public var onlineCount: Int { records.values.lazy.filter(\.online).count }
+
+    public func isOnline(_ id: String) -> Bool { records[id]?.online == true }
+
+    public mutating func markOnline(id: String, name: String, kind: DeviceKind, now: Int64) {
+        records[id] = Record(name: name, kind: kind, online: true, lastSeen: now)
+    }
+
+    public mutating func markOffline(id: String, now: Int64) {
+        records[id]?.online = false
+        records[id]?.lastSeen = now
+    }
+
+    /// Forgets devices offline for longer than `retentionMs`.
+    public mutating func prune(now: Int64, retentionMs: Int64) {
+        records = records.filter { $0.value.online || now - $0.value.lastSeen <= retentionMs }
+    }
+
+    /// Presence as the reducer needs it.
+    public var presence: [String: DevicePresence] {
+        records.mapValues { $0.online ? .online : .offline }
+    }
+
+    /// The wire list, online devices first, then by name.
+    public func list(activeDevice: String?) -> [DeviceInfo] {
+        records.map { id, record in
+            DeviceInfo(
+                id: id, name: record.name, kind: record.kind, online: record.online, active: id == activeDevice,
+                lastSeen: record.lastSeen)
+        }.sorted { ($0.online ? 0 : 1, $0.name, $0.id) < ($1.online ? 0 : 1, $1.name, $1.id) }
+    }
+}

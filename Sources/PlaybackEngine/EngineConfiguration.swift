@@ -1,0 +1,16 @@
+/// Settings shared by the engines.
+public struct EngineConfiguration: Sendable {
+    /// How long an active device that vanished keeps the lease.
+    public var graceMs: Int64 = ProtocolInfo.graceMs
+    /// Most devices of one user connected at once.
+    public var maxDevicesPerUser = 100
+    /// How long a request id is remembered.
+    public var idempotencyWindowMs: Int64 = ProtocolInfo.idempotencyWindowMs
+    /// Most request ids remembered per user (the oldest are forgotten first).
+    public var idempotencyCapacity = 10_000
+    /// How long an offline device stays listed.
+    public var deviceRetentionMs: Int64 = 24 * 3_600_000
+    public var limits = PlaybackLimits()
+
+    public init() {}
+}

@@ -1,0 +1,138 @@
+@_exported import PlaybackCore
+import NIOCore
+
+/// The user a connection or request acts for, from a verified token.
+public struct UserIdentity: Sendable, Hashable {
+    public var userID: String
+    /// ISO 3166-1 alpha-2 country for licensing; nil when unknown.
+    public var country: String?
+    public var tier: String?
+
+    public init(userID: String, country: String? = nil, tier: String? = nil) {
+        self.userID = userID
+        self.country = country
+        self.tier = tier
+    }
+}
+
+/// A server message encoded once; the same bytes go to every recipient.
+public struct EncodedMessage: Sendable {
+    public let type: String
+    public let bytes: ByteBuffer
+
+    public init(_ message: ServerMessage) {
+        type = message.type
+        do {
+            bytes = ByteBuffer(bytes: try MessageCodec().encode(message))
+        } catch {
+            // Encoding our own value types cannot fail; keep the invariant visible if it ever does.
+            preconditionFailure("encoding \(message.type) failed: \(error)")
+        }
+    }
+}
+
+/// One connected device as the engine sees it: where to send its messages.
+/// Implementations are called from any thread and must not block.
+public protocol DeviceSink: AnyObject, Sendable {
+    /// Unique per connection; a reconnect of the same device has a new one.
+    var sessionID: String { get }
+    func send(_ message: EncodedMessage)
+    /// Closes the connection with a WebSocket close code (e.g. 4001 when replaced).
+    func close(_ code: CloseCode, reason: String)
+}
+
+/// What the session adds to `welcome`.
+public struct WelcomeParameters: Sendable {
+    public var heartbeatMs: Int64
+    public var limits: ServerMessage.Welcome.Limits
+
+    public init(heartbeatMs: Int64, limits: ServerMessage.Welcome.Limits) {
+        self.heartbeatMs = heartbeatMs
+        self.limits = limits
+    }
+}
+
+/// How a device's connection ended; decides what happens to its lease.
+public enum DisconnectKind: String, Sendable {
+    /// Client-initiated close 1000/1001 or `release`: the lease ends at once.
+    case released
+    /// Any other loss: the lease survives for the grace period.
+    case lost
+    /// A newer connection of the same device took over (4001): the lease stays.
+    case replaced
+}
+
+/// Why a connection was refused after `hello`.
+public struct ConnectRefusal: Error, Sendable, Equatable {
+    public var code: CloseCode
+    public var reason: String
+
+    public init(code: CloseCode, reason: String) {
+        self.code = code
+        self.reason = reason
+    }
+}
+
+/// An input to apply to a user's playback, with who sent it and how to answer it.
+public struct Submission: Sendable {
+    public var user: UserIdentity
+    public var input: Input
+    /// The sending device; nil for REST and the server itself.
+    public var device: String?
+    /// The request id (commands) or REST `Idempotency-Key`; repeated ids are answered from the log.
+    public var requestID: String?
+    public var ifVersion: Int64?
+
+    public init(user: UserIdentity, input: Input, device: String?, requestID: String? = nil, ifVersion: Int64? = nil) {
+        self.user = user
+        self.input = input
+        self.device = device
+        self.requestID = requestID
+        self.ifVersion = ifVersion
+    }
+}
+
+/// The answer to an accepted submission.
+public struct Receipt: Sendable, Equatable {
+    /// The state's version after the submission.
+    public var version: Int64
+    /// The new entry, for `queue_add`.
+    public var entry: String?
+    /// False when nothing changed (or when answered from the idempotency log).
+    public var changed: Bool
+
+    public init(version: Int64, entry: String?, changed: Bool) {
+        self.version = version
+        self.entry = entry
+        self.changed = changed
+    }
+}
+
+/// The contract between the sessions (WebSocket, REST) and where playback lives.
+///
+/// Implementations serialize everything per user, broadcast each change to the user's devices
+/// through their `DeviceSink`s (lease messages first, then `state`, each device in version
+/// order), and own the lease: grace periods, expiry, release. `MemoryEngine` keeps everything in
+/// this process; a Redis-backed engine shares it between nodes.
+public protocol PlaybackEngine: Sendable {
+    /// Registers the device's connection, sends it `welcome`, and tells the user's other devices.
+    /// A second connection of the same device replaces the first (closed with 4001).
+    func connect(
+        user: UserIdentity, hello: ClientMessage.Hello, sink: any DeviceSink, welcome: WelcomeParameters
+    ) async throws(ConnectRefusal)
+
+    /// The connection `sessionID` of `device` ended.
+    func disconnect(user: UserIdentity, device: String, sessionID: String, kind: DisconnectKind) async
+
+    /// Applies an input; the change (if any) is broadcast before this returns.
+    func submit(_ submission: Submission) async -> Result<Receipt, PlaybackError>
+
+    /// The user's playback and devices, for REST.
+    func snapshot(user: UserIdentity) async throws(PlaybackError) -> (state: PlayerState, devices: [DeviceInfo])
+
+    /// Whether the engine can serve (storage reachable).
+    func isReady() async -> Bool
+
+    /// Stops timers; called once at shutdown after the sessions closed.
+    func shutdown() async
+}

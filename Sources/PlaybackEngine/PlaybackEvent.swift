@@ -1,0 +1,42 @@
+/// One committed change of a user's playback, as it travels to the nodes holding the user's
+/// devices: the new state, whether the queue changed, the lease change and the cause.
+public struct PlaybackEvent: Sendable, Equatable {
+    /// The full new state (with `queue`).
+    public var state: PlayerState
+    public var queueChanged: Bool
+    public var lease: LeaseChange?
+    public var cause: ServerMessage.Cause
+
+    public init(state: PlayerState, queueChanged: Bool, lease: LeaseChange?, cause: ServerMessage.Cause) {
+        self.state = state
+        self.queueChanged = queueChanged
+        self.lease = lease
+        self.cause = cause
+    }
+
+    public init(_ transition: Transition, cause: ServerMessage.Cause) {
+        self.init(
+            state: transition.playback.playerState(includeQueue: true), queueChanged: transition.queueChanged,
+            lease: transition.lease, cause: cause)
+    }
+
+    /// The messages this event means, in the order they must be sent: `lease_revoked` to the old
+    /// holder and `lease_granted` to the new one before the `state` everybody gets.
+    public var messages: (revoked: (device: String, message: EncodedMessage)?,
+                          granted: (device: String, message: EncodedMessage)?,
+                          state: EncodedMessage) {
+        var revoked: (String, EncodedMessage)?
+        var granted: (String, EncodedMessage)?
+        if let lease {
+            if let old = lease.revoked {
+                revoked = (old, EncodedMessage(.leaseRevoked(.init(epoch: lease.epoch, reason: lease.reason, by: lease.granted))))
+            }
+            if let new = lease.granted {
+                granted = (new, EncodedMessage(.leaseGranted(.init(epoch: lease.epoch, state: state))))
+            }
+        }
+        var broadcast = state
+        if !queueChanged { broadcast.queue = nil }
+        return (revoked, granted, EncodedMessage(.state(.init(state: broadcast, cause: cause))))
+    }
+}

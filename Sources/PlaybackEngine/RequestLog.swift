@@ -1,0 +1,38 @@
+import DequeModule
+
+/// Remembers the final answer to each request id of one user for a while, so that a
+/// retried command is answered again without being applied twice.
+public struct RequestLog: Sendable {
+    private var answers: [String: Result<Receipt, PlaybackError>] = [:]
+    private var order: Deque<(id: String, at: Int64)> = []
+    public let windowMs: Int64
+    public let capacity: Int
+
+    public init(windowMs: Int64, capacity: Int) {
+        self.windowMs = windowMs
+        self.capacity = capacity
+    }
+
+    public var count: Int { answers.count }
+
+    public mutating func answer(for id: String, now: Int64) -> Result<Receipt, PlaybackError>? {
+        expire(now: now)
+        return answers[id]
+    }
+
+    /// Records a final answer; transient errors are not remembered.
+    public mutating func record(_ answer: Result<Receipt, PlaybackError>, for id: String, now: Int64) {
+        if case .failure(let error) = answer, error.code.isTransient { return }
+        guard answers.updateValue(answer.map { Receipt(version: $0.version, entry: $0.entry, changed: false) }, forKey: id) == nil
+        else { return }
+        order.append((id, now))
+        while order.count > capacity, let oldest = order.popFirst() { answers[oldest.id] = nil }
+    }
+
+    private mutating func expire(now: Int64) {
+        while let oldest = order.first, now - oldest.at > windowMs {
+            order.removeFirst()
+            answers[oldest.id] = nil
+        }
+    }
+}

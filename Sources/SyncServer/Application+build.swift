@@ -1,0 +1,45 @@
+import Foundation
+import Hummingbird
+import HummingbirdCore
+import Logging
+import NIOCore
+import PlaybackEngine
+import Prometheus
+
+/// A configuration the daemon refuses to start with.
+public struct ConfigurationError: Error, CustomStringConvertible {
+    public var description: String
+}
+
+/// Builds the daemon: the engine, the WebSocket endpoint, the HTTP routes, on one port.
+/// Tests run it in-process on port 0; `playback-syncd` runs it in a ServiceGroup.
+///
+/// - Parameters:
+///   - engine: defaults to a `MemoryEngine` with the demo catalog.
+///   - metrics: the registry `/metrics` renders (the one `MetricsSystem` was bootstrapped with).
+///   - onServerRunning: called with the listening channel (its local address carries the port).
+public func buildApplication(
+    _ configuration: ServerConfiguration,
+    engine: (any PlaybackEngine)? = nil,
+    metrics: PrometheusCollectorRegistry? = nil,
+    logger: Logger = Logger(label: "playback-syncd"),
+    onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
+) async throws -> some ApplicationProtocol {
+    guard configuration.jwtSecret.utf8.count >= 32 else {
+        throw ConfigurationError(description: "the JWT secret must be at least 32 bytes (HS256)")
+    }
+    let engine = engine ?? MemoryEngine(configuration: configuration.engine, logger: logger)
+    let authenticator = await Authenticator(secret: configuration.jwtSecret, allowedOrigins: configuration.allowedOrigins)
+    let services = SessionServices(engine: engine, authenticator: authenticator, configuration: configuration, logger: logger)
+
+    let router = Router()
+    OpsRoutes(engine: engine, metrics: metrics).register(on: router)
+    ConnectRoute(authenticator: authenticator).register(on: router)
+
+    return Application(
+        router: router,
+        server: HTTPServerBuilder { responder in SyncChildChannel(responder: responder, services: services) },
+        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "playback-syncd"),
+        onServerRunning: onServerRunning,
+        logger: logger)
+}

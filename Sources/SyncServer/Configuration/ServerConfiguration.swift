@@ -1,0 +1,35 @@
+import PlaybackEngine
+
+/// Everything the daemon can be configured with. `playback-syncd` fills it from flags and
+/// environment variables; tests build it directly.
+public struct ServerConfiguration: Sendable {
+    /// The secret used when none is configured; fine on a laptop, never in production.
+    public static let developmentJWTSecret = "playback-sync-development-secret-do-not-use-in-production"
+
+    public var host = "127.0.0.1"
+    /// 0 picks a free port (tests).
+    public var port = 8080
+    /// HS256 secret, at least 32 bytes.
+    public var jwtSecret = ServerConfiguration.developmentJWTSecret
+    /// Allowed `Origin` values for browsers; empty allows any.
+    public var allowedOrigins: [String] = []
+    public var heartbeatMs: Int64 = ProtocolInfo.heartbeatMs
+    public var helloTimeoutMs: Int64 = ProtocolInfo.helloTimeoutMs
+    public var maxMessageBytes = ProtocolInfo.maxMessageBytes
+    public var messagesPerSecond = ProtocolInfo.messagesPerSecond
+    public var messageBurst = ProtocolInfo.messageBurst
+    /// Rate-limited messages in a row (without backing off) before closing with 4029.
+    public var rateLimitStrikes = 100
+    public var malformedLimit = ProtocolInfo.malformedLimit
+    /// Outbound bytes buffered for one connection before it is closed with 4008.
+    public var sendBufferBytes = 1 << 20
+    /// How long to wait for the peer's close frame after sending ours.
+    public var closeTimeoutMs: Int64 = 1_000
+    /// Messages decoded but not yet handled before the connection stops reading.
+    public var maxPendingMessages = 32
+    public var engine = EngineConfiguration()
+
+    public init() {}
+
+    public var usesDevelopmentSecret: Bool { jwtSecret == Self.developmentJWTSecret }
+}

@@ -1,0 +1,65 @@
+import Hummingbird
+import PlaybackEngine
+import Prometheus
+
+/// `GET /healthz` (the process answers), `GET /readyz` (the engine can serve) and
+/// `GET /metrics` (Prometheus text).
+struct OpsRoutes {
+    let engine: any PlaybackEngine
+    let metrics: PrometheusCollectorRegistry?
+
+    func register(on router: Router<BasicRequestContext>) {
+        router.get("/healthz") { _, _ in "ok\n" }
+        router.get("/readyz") { _, _ -> Response in
+            guard await engine.isReady() else {
+                return Response(status: .serviceUnavailable, body: .init(byteBuffer: ByteBuffer(string: "not ready\n")))
+            }
+            return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: "ready\n")))
+        }
+        router.get("/metrics") { _, _ -> Response in
+            var text: [UInt8] = []
+            metrics?.emit(into: &text)
+            return Response(
+                status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: .init(byteBuffer: ByteBuffer(bytes: text)))
+        }
+    }
+}
+
+/// Answers `GET /v1/connect` requests that were not upgraded: 401 or 403 when the upgrade was
+/// refused for its token or Origin, 426 when it was not a WebSocket upgrade at all.
+struct ConnectRoute {
+    let authenticator: Authenticator
+
+    func register(on router: Router<BasicRequestContext>) {
+        router.get(.init(SyncChildChannel.webSocketPath)) { request, _ -> Response in
+            do throws(AuthError) {
+                _ = try await authenticator.authenticate(
+                    origin: request.headers[.origin], authorization: request.headers[.authorization], query: request.uri.query)
+            } catch .foreignOrigin {
+                return ErrorResponse.make(status: .forbidden, code: "forbidden", message: AuthError.foreignOrigin.message)
+            } catch {
+                return ErrorResponse.make(
+                    status: .unauthorized, code: "unauthorized", message: error.message,
+                    headers: [.wwwAuthenticate: "Bearer"])
+            }
+            return ErrorResponse.make(
+                status: .upgradeRequired, code: "bad_request", message: "GET /v1/connect is a WebSocket endpoint",
+                headers: [.upgrade: "websocket"])
+        }
+    }
+}
+
+/// JSON error bodies: `{"error":{"status":..,"code":..,"message":..}}`.
+enum ErrorResponse {
+    static func make(status: HTTPResponse.Status, code: String, message: String, headers: HTTPFields = [:]) -> Response {
+        var fields = headers
+        fields[.contentType] = "application/json"
+        return Response(status: status, headers: fields, body: .init(byteBuffer: body(status: status, code: code, message: message)))
+    }
+
+    static func body(status: HTTPResponse.Status, code: String, message: String) -> ByteBuffer {
+        let escaped = message.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+        return ByteBuffer(string: #"{"error":{"status":\#(status.code),"code":"\#(code)","message":"\#(escaped)"}}"#)
+    }
+}

@@ -1,0 +1,101 @@
+import NIOCore
+import NIOWebSocket
+import PlaybackCore
+
+/// Turns the client's WebSocket frames into whole text messages and control events, enforcing
+/// what RFC 6455 and the protocol require of them: masking, no reserved bits or opcodes,
+/// text only, valid UTF-8 (checked fragment by fragment), a bounded message size, and
+/// well-formed close frames. It does no IO; the session acts on what it returns.
+struct FrameAssembler {
+    enum Event: Equatable {
+        case none
+        case text(ByteBuffer)
+        case ping(ByteBuffer)
+        case pong
+        /// The peer's close frame: its code (nil when it had none) and reason.
+        case close(code: UInt16?, reason: String)
+        /// The connection must be closed with this code.
+        case fail(CloseCode, String)
+    }
+
+    let maxMessageBytes: Int
+    private var message: ByteBuffer?
+    private var validator = UTF8Validator()
+
+    init(maxMessageBytes: Int) {
+        self.maxMessageBytes = maxMessageBytes
+    }
+
+    mutating func receive(_ frame: WebSocketFrame) -> Event {
+        guard frame.maskKey != nil else { return .fail(.protocolError, "client frames must be masked") }
+        guard !frame.rsv1, !frame.rsv2, !frame.rsv3 else { return .fail(.protocolError, "reserved bits set") }
+        switch frame.opcode {
+        case .text:
+            guard message == nil else { return .fail(.protocolError, "a new message started inside a fragmented one") }
+            return appendText(frame, first: true)
+        case .continuation:
+            guard message != nil else { return .fail(.protocolError, "continuation frame without a message") }
+            return appendText(frame, first: false)
+        case .binary:
+            guard message == nil else { return .fail(.protocolError, "a new message started inside a fragmented one") }
+            return .fail(.unsupportedData, "binary messages are not supported; send JSON text")
+        case .ping:
+            return .ping(frame.unmaskedData)
+        case .pong:
+            return .pong
+        case .connectionClose:
+            return closeFrame(frame.unmaskedData)
+        default:
+            return .fail(.protocolError, "reserved opcode")
+        }
+    }
+
+    private mutating func appendText(_ frame: WebSocketFrame, first: Bool) -> Event {
+        var data = frame.unmaskedData
+        let size = (message?.readableBytes ?? 0) + data.readableBytes
+        guard size <= maxMessageBytes else {
+            message = nil
+            return .fail(.messageTooBig, "message larger than \(maxMessageBytes) bytes")
+        }
+        guard validator.feed(data.readableBytesView) else {
+            message = nil
+            return .fail(.invalidPayload, "text is not valid UTF-8")
+        }
+        if first, frame.fin {
+            guard validator.isComplete else { return .fail(.invalidPayload, "text is not valid UTF-8") }
+            return .text(data)
+        }
+        if message == nil {
+            message = data
+        } else {
+            message?.writeBuffer(&data)
+        }
+        guard frame.fin else { return .none }
+        defer {
+            message = nil
+            validator = UTF8Validator()
+        }
+        guard validator.isComplete else { return .fail(.invalidPayload, "text is not valid UTF-8") }
+        return message.map { .text($0) } ?? .none
+    }
+
+    private func closeFrame(_ payload: ByteBuffer) -> Event {
+        var payload = payload
+        guard payload.readableBytes != 1 else { return .fail(.protocolError, "close frame with a one-byte payload") }
+        guard let code = payload.readInteger(as: UInt16.self) else { return .close(code: nil, reason: "") }
+        guard Self.isValidCloseCode(code) else { return .fail(.protocolError, "invalid close code \(code)") }
+        var validator = UTF8Validator()
+        guard validator.feed(payload.readableBytesView), validator.isComplete else {
+            return .fail(.invalidPayload, "close reason is not valid UTF-8")
+        }
+        return .close(code: code, reason: payload.readString(length: payload.readableBytes) ?? "")
+    }
+
+    /// Codes a peer may send (RFC 6455 §7.4).
+    static func isValidCloseCode(_ code: UInt16) -> Bool {
+        switch code {
+        case 1000...1003, 1007...1011, 3000...4999: true
+        default: false
+        }
+    }
+}

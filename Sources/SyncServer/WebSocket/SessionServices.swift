@@ -1,0 +1,104 @@
+import Logging
+import PlaybackEngine
+
+/// What a WebSocket session needs beyond its socket: the engine, token checks, settings.
+/// Shared by all sessions; `handle` runs one client message against the engine.
+final class SessionServices: Sendable {
+    let engine: any PlaybackEngine
+    let authenticator: Authenticator
+    let configuration: ServerConfiguration
+    let logger: Logger
+
+    init(engine: any PlaybackEngine, authenticator: Authenticator, configuration: ServerConfiguration, logger: Logger) {
+        self.engine = engine
+        self.authenticator = authenticator
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    var welcome: WelcomeParameters {
+        WelcomeParameters(
+            heartbeatMs: configuration.heartbeatMs,
+            limits: .init(maxMessageBytes: configuration.maxMessageBytes, messagesPerS: configuration.messagesPerSecond))
+    }
+
+    /// What the session does once a message was handled.
+    enum Outcome: Sendable {
+        /// `hello` was accepted; the engine sent `welcome`.
+        case connected(device: String)
+        /// A reply (or nothing); `malformed` when it was a `bad_request` (counts toward the limit).
+        case reply(ServerMessage?, malformed: Bool)
+        /// A refreshed token: the session now expires at this time.
+        case reauthenticated(expiresAtMs: Int64, reply: ServerMessage?)
+        case close(CloseCode, String)
+    }
+
+    /// A connected session, as `handle` needs to know it.
+    struct Session: Sendable {
+        var user: UserIdentity
+        var device: String?
+        var sink: any DeviceSink
+    }
+
+    func handle(_ message: ClientMessage, session: Session) async -> Outcome {
+        switch message {
+        case .hello(let hello):
+            do {
+                try await engine.connect(user: session.user, hello: hello, sink: session.sink, welcome: welcome)
+                ServerMetrics.sessions.increment()
+                return .connected(device: hello.device.id)
+            } catch {
+                return .close(error.code, error.reason)
+            }
+        case .command(let request):
+            let started = ContinuousClock.now
+            let result = await submit(.command(request.command), session: session, requestID: request.id, ifVersion: request.ifVersion)
+            ServerMetrics.commandDuration.record(ContinuousClock.now - started)
+            switch result {
+            case .success(let receipt):
+                ServerMetrics.command(request.command.op.rawValue, result: "ok")
+                return .reply(.ack(.init(id: request.id, version: receipt.version, entry: receipt.entry)), malformed: false)
+            case .failure(let error):
+                ServerMetrics.command(request.command.op.rawValue, result: error.code.rawValue)
+                return .reply(.error(.init(id: request.id, error: error)), malformed: error.code == .badRequest)
+            }
+        case .report(let report):
+            let input = Input.report(epoch: report.epoch, positionMs: report.positionMs, isPlaying: report.isPlaying, trackID: report.trackID)
+            return silentUnlessFailed(await submit(input, session: session), id: report.id)
+        case .trackEnded(let ended):
+            return silentUnlessFailed(await submit(.trackEnded(epoch: ended.epoch, trackID: ended.trackID), session: session), id: ended.id)
+        case .release(let id):
+            switch await submit(.release, session: session) {
+            case .success(let receipt):
+                return .reply(id.map { .ack(.init(id: $0, version: receipt.version)) }, malformed: false)
+            case .failure(let error):
+                return .reply(.error(.init(id: id, error: error)), malformed: error.code == .badRequest)
+            }
+        case .auth(let token, let id):
+            do {
+                let access = try await authenticator.verify(token: token)
+                guard access.identity.userID == session.user.userID else {
+                    return .close(.policyViolation, "the new token is for another user")
+                }
+                let version = (try? await engine.snapshot(user: session.user).state.version) ?? 0
+                return .reauthenticated(expiresAtMs: access.expiresAtMs, reply: id.map { .ack(.init(id: $0, version: version)) })
+            } catch {
+                return .close(.policyViolation, error.message)
+            }
+        case .clock(let t0):
+            return .reply(.clock(t0: t0, serverTime: ServerClock.nowMs()), malformed: false)
+        }
+    }
+
+    private func submit(_ input: Input, session: Session, requestID: String? = nil, ifVersion: Int64? = nil) async
+        -> Result<Receipt, PlaybackError>
+    {
+        await engine.submit(Submission(
+            user: session.user, input: input, device: session.device, requestID: requestID, ifVersion: ifVersion))
+    }
+
+    private func silentUnlessFailed(_ result: Result<Receipt, PlaybackError>, id: String?) -> Outcome {
+        guard case .failure(let error) = result else { return .reply(nil, malformed: false) }
+        return .reply(.error(.init(id: id, error: error)), malformed: error.code == .badRequest)
+    }
+}

@@ -1,0 +1,127 @@
+import HTTPTypes
+import Hummingbird
+import HummingbirdCore
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOHTTPTypes
+import NIOHTTPTypesHTTP1
+import NIOWebSocket
+import PlaybackEngine
+
+/// The server's per-connection setup: one port for everything. `GET /v1/connect` with a valid
+/// token and allowed Origin upgrades to a WebSocket served by a `SessionHandler` (plain NIO, no
+/// task per connection); every other request, and a refused upgrade, goes to the Hummingbird
+/// router (which answers the refusal with 401/403).
+struct SyncChildChannel: ServerChildChannel, HTTPChannelHandler {
+    enum Negotiated: Sendable {
+        case webSocket
+        case http(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>)
+        /// The upgrade was refused; the request is not replayed, so it is answered here.
+        case refused(NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>, AuthError)
+    }
+
+    struct Value: ServerChildChannelValue {
+        let negotiated: EventLoopFuture<Negotiated>
+        let channel: any Channel
+    }
+
+    static let webSocketPath = "/v1/connect"
+
+    let responder: HTTPChannelHandler.Responder
+    let services: SessionServices
+    let http = HTTP1Channel.Configuration()
+
+    func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
+        channel.eventLoop.makeCompletedFuture {
+            let accepted = NIOLoopBoundBox<AccessToken?>(nil, eventLoop: channel.eventLoop)
+            let refusal = NIOLoopBoundBox<AuthError?>(nil, eventLoop: channel.eventLoop)
+            let services = self.services
+            let upgrader = NIOTypedWebSocketServerUpgrader<Negotiated>(
+                maxFrameSize: services.configuration.maxMessageBytes,
+                enableAutomaticErrorHandling: true,
+                shouldUpgrade: { channel, head in
+                    guard head.uri.split(separator: "?", maxSplits: 1).first == Substring(Self.webSocketPath) else {
+                        return channel.eventLoop.makeSucceededFuture(nil)
+                    }
+                    let verified = channel.eventLoop.makePromise(of: Result<AccessToken, AuthError>.self)
+                    verified.completeWithTask {
+                        do throws(AuthError) {
+                            return .success(try await services.authenticator.authenticate(head))
+                        } catch {
+                            ServerMetrics.rejectedUpgrade(error == .foreignOrigin ? "origin" : "token")
+                            return .failure(error)
+                        }
+                    }
+                    return verified.futureResult.map { result in
+                        switch result {
+                        case .success(let token):
+                            accepted.value = token
+                            return HTTPHeaders()
+                        case .failure(let error):
+                            refusal.value = error
+                            return nil
+                        }
+                    }
+                },
+                upgradePipelineHandler: { channel, _ in
+                    channel.eventLoop.makeCompletedFuture {
+                        guard let token = accepted.value else { throw ChannelError.inappropriateOperationForState }
+                        let handler = SessionHandler(services: services, token: token, sessionID: SessionID.make())
+                        try channel.pipeline.syncOperations.addHandler(handler)
+                        return Negotiated.webSocket
+                    }
+                })
+            let http = self.http
+            let upgrade = NIOTypedHTTPServerUpgradeConfiguration(
+                upgraders: [upgrader],
+                notUpgradingCompletionHandler: { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(HTTP1ToHTTPServerCodec(secure: false))
+                        try channel.pipeline.syncOperations.addHandlers(http.additionalChannelHandlers())
+                        try channel.pipeline.syncOperations.addHandler(
+                            HTTPConnectionStateHandler(idleTimeout: http.idleTimeout.map { .init($0) }, logger: logger))
+                        let http = try NIOAsyncChannel<HTTPRequestPart, HTTPResponsePart>(
+                            wrappingChannelSynchronously: channel, configuration: .init(isOutboundHalfClosureEnabled: true))
+                        if let error = refusal.value { return Negotiated.refused(http, error) }
+                        return Negotiated.http(http)
+                    }
+                })
+            var configuration = NIOUpgradableHTTPServerPipelineConfiguration<Negotiated>(upgradeConfiguration: upgrade)
+            configuration.enablePipelining = false
+            configuration.enableErrorHandling = false
+            configuration.enableResponseHeaderValidation = false
+            let negotiated = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: configuration)
+            return Value(negotiated: negotiated, channel: channel)
+        }
+    }
+
+    func handle(value: Value, logger: Logger) async {
+        do {
+            switch try await value.negotiated.get() {
+            case .webSocket:
+                return  // the SessionHandler owns the connection from here on
+            case .http(let http):
+                await handleHTTP(asyncChannel: http, logger: logger)
+            case .refused(let http, let error):
+                try await http.executeThenClose { _, outbound in
+                    let (status, code) = error == .foreignOrigin ? (HTTPResponse.Status.forbidden, "forbidden") : (.unauthorized, "unauthorized")
+                    let body = ErrorResponse.body(status: status, code: code, message: error.message)
+                    var fields: HTTPFields = [.connection: "close", .contentType: "application/json", .contentLength: String(body.readableBytes)]
+                    if status == .unauthorized { fields[.wwwAuthenticate] = "Bearer" }
+                    try await outbound.write(contentsOf: [.head(HTTPResponse(status: status, headerFields: fields)), .body(body), .end(nil)])
+                }
+            }
+        } catch {
+            logger.debug("connection ended during negotiation", metadata: ["error": .string("\(error)")])
+        }
+    }
+}
+
+/// Random session ids.
+enum SessionID {
+    static func make() -> String {
+        var generator = SystemRandomNumberGenerator()
+        return "s-" + String(generator.next() & 0xFFFF_FFFF_FFFF, radix: 16)
+    }
+}

@@ -1,0 +1,205 @@
+import Foundation
+import PlaybackCore
+import Testing
+
+@Suite("the lease: takeover, transfer, reports, grace")
+struct LeaseTests {
+    @Test func startingPlaybackElsewhereRevokesTheHolderFirst() async throws {
+        try await TestServer.with { server in
+            let (phone, _) = try await server.device("phone")
+            let (laptop, _) = try await server.device("laptop", kind: .computer)
+            try await phone.command("p1", .play(.init(trackID: "t0001", device: "phone")))
+            _ = try await phone.expect("lease_granted")
+            try await laptop.command("p2", .play(.init(trackID: "t0002", device: "laptop")))
+            guard case .leaseRevoked(let revoked) = try await phone.nextMessage(skipping: ["devices", "state"]) else {
+                Issue.record("no revoke")
+                return
+            }
+            #expect(revoked == .init(epoch: 2, reason: .takenOver, by: "laptop"))
+            #expect(revoked.message == "Playback paused: you started playing on another device")
+            // The new holder hears of its grant before the state of that version.
+            var sawGrant = false
+            while true {
+                let message = try await laptop.nextMessage()
+                if case .leaseGranted(let grant) = message, grant.epoch == 2 { sawGrant = true }
+                if case .state(let event) = message, event.state.epoch == 2 {
+                    #expect(sawGrant)
+                    #expect(event.state.activeDevice == "laptop" && event.state.track?.id == "t0002")
+                    break
+                }
+            }
+        }
+    }
+
+    @Test func transferMovesPlaybackAtTheExactPosition() async throws {
+        try await TestServer.with { server in
+            let (phone, _) = try await server.device("phone")
+            let (speaker, _) = try await server.device("speaker", kind: .speaker)
+            try await phone.command("p", .play(.init(trackID: "t0001", positionMs: 30_000, device: "phone")))
+            try await Task.sleep(for: .milliseconds(300))
+            try await phone.command("t", .transfer(device: "speaker", play: nil))
+            guard case .leaseRevoked(let revoked) = try await phone.expect("lease_revoked") else { return }
+            #expect(revoked.reason == .transferred && revoked.by == "speaker")
+            guard case .leaseGranted(let grant) = try await speaker.expect("lease_granted") else { return }
+            #expect(grant.state.isPlaying && grant.state.track?.id == "t0001")
+            #expect((30_250...32_000).contains(grant.state.positionMs), "continues where it was: \(grant.state.positionMs)")
+        }
+    }
+
+    @Test func reportsAreFencedByEpoch() async throws {
+        try await TestServer.with { server in
+            let (phone, _) = try await server.device("phone")
+            let (laptop, _) = try await server.device("laptop")
+            try await phone.command("p", .play(.init(trackID: "t0001", device: "phone")))
+            try await phone.send(.report(.init(id: "rep1", epoch: 1, positionMs: 90_000, isPlaying: true, trackID: "t0001")))
+            let moved = try await laptop.state { $0.positionMs == 90_000 }
+            #expect(moved.cause.op == "report" && moved.cause.device == "phone")
+            try await laptop.send(.report(.init(id: "rep2", epoch: 1, positionMs: 0, isPlaying: false, trackID: "t0001")))
+            guard case .error(let error) = try await laptop.expect("error") else { return }
+            #expect(error.code == .staleEpoch && error.epoch == 1 && error.id == "rep2")
+            try await phone.send(.report(.init(epoch: 7, positionMs: 0, isPlaying: false, trackID: "t0001")))
+            guard case .error(let future) = try await phone.expect("error") else { return }
+            #expect(future.code == .staleEpoch && future.epoch == 1)
+        }
+    }
+
+    @Test func trackEndedAdvancesTheContext() async throws {
+        try await TestServer.with { server in
+            let (phone, _) = try await server.device("phone")
+            try await phone.command("p", .play(.init(context: .init(kind: "album", id: "a01"), device: "phone")))
+            try await phone.send(.trackEnded(.init(epoch: 1, trackID: "t0001")))
+            let next = try await phone.state { $0.track?.id == "t0002" }
+            #expect(next.cause.op == "track_ended" && next.state.isPlaying)
+        }
+    }
+
+    @Test func anAbruptlyLostHolderKeepsTheLeaseForTheGracePeriodThenExpires() async throws {
+        try await TestServer.with({ $0.engine.graceMs = 400 }) { server in
+            let (phone, _) = try await server.device("phone")
+            let (laptop, _) = try await server.device("laptop")
+            try await phone.command("p", .play(.init(trackID: "t0001", device: "phone")))
+            _ = try await laptop.state { $0.activeDevice == "phone" }
+            await phone.drop()
+            let expired = try await laptop.state { $0.activeDevice == nil }
+            #expect(expired.cause == .init(op: "expired", device: "phone", request: nil))
+            #expect(!expired.state.isPlaying && expired.state.epoch == 2)
+            #expect(expired.state.positionMs > 0, "paused at the extrapolated position of the loss")
+        }
+    }
+
+    @Test func aHolderBackWithinTheGraceKeepsItsLeaseAndEpoch() async throws {
+        try await TestServer.with({ $0.engine.graceMs = 1_500 }) { server in
+            let (phone, _) = try await server.device("phone")
+            try await phone.command("p", .play(.init(trackID: "t0001", device: "phone")))
+            await phone.drop()
+            let back = try await server.connect()
+            let welcome = try await back.hello("phone", lastSeen: .init(epoch: 1, version: 1))
+            #expect(welcome.state.activeDevice == "phone" && welcome.state.epoch == 1 && !welcome.changed)
+            try await Task.sleep(for: .milliseconds(2_000))
+            try await back.command("v", .volume(percent: 20))
+            let after = try await back.state()
+            #expect(after.state.activeDevice == "phone" && after.state.epoch == 1, "no expiry after the grace")
+        }
+    }
+
+    @Test(arguments: [UInt16(1000), 1001])
+    func aCleanCloseOfTheHolderReleasesAtOnce(code: UInt16) async throws {
+        try await TestServer.with({ $0.engine.graceMs = 60_000 }) { server in
+            let (phone, _) = try await server.device("phone")
+            let (laptop, _) = try await server.device("laptop")
+            try await phone.command("p", .play(.init(trackID: "t0001", device: "phone")))
+            try await phone.sendClose(code: code)
+            let released = try await laptop.state { $0.activeDevice == nil }
+            #expect(released.cause == .init(op: "released", device: "phone", request: nil))
+        }
+    }
+
+    @Test func releaseMessageFromTheHolderIsAckedAndFromOthersIsStale() async throws {
+        try await TestServer.with { server in
+            let (phone, _) = try await server.device("phone")
+            let (laptop, _) = try await server.device("laptop")
+            try await phone.command("p", .play(.init(trackID: "t0001", device: "phone")))
+            try await laptop.send(.release(id: "x"))
+            guard case .error(let error) = try await laptop.expect("error") else { return }
+            #expect(error.code == .staleEpoch)
+            try await phone.send(.release(id: "y"))
+            guard case .leaseRevoked(let revoked) = try await phone.expect("lease_revoked") else { return }
+            #expect(revoked.reason == .released && revoked.by == nil)
+            guard case .ack(let ack) = try await phone.expect("ack") else { return }
+            #expect(ack.id == "y" && ack.version == 2)
+        }
+    }
+
+    @Test func aNewConnectionOfTheSameDeviceReplacesTheOldOneAndKeepsTheLease() async throws {
+        try await TestServer.with { server in
+            let (first, _) = try await server.device("phone")
+            try await first.command("p", .play(.init(trackID: "t0001", device: "phone")))
+            let (second, welcome) = try await server.device("phone")
+            #expect(await first.expectClose() == 4001)
+            #expect(welcome.state.activeDevice == "phone")
+            try await Task.sleep(for: .milliseconds(600))
+            try await second.command("v", .volume(percent: 3))
+            let state = try await second.state()
+            #expect(state.state.activeDevice == "phone" && state.state.epoch == 1)
+        }
+    }
+
+    /// What a device believes about the lease, from the lease messages it received (obeyed by epoch).
+    struct LeaseBelief {
+        var epoch: Int64 = 0
+        var active = false
+
+        mutating func observe(_ message: ServerMessage) {
+            switch message {
+            case .leaseGranted(let grant) where grant.epoch >= epoch: (epoch, active) = (grant.epoch, true)
+            case .leaseRevoked(let revoked) where revoked.epoch >= epoch: (epoch, active) = (revoked.epoch, false)
+            default: break
+            }
+        }
+    }
+
+    @Test func fiftyDevicesRacingToPlayOnThemselvesEndWithOneHolderAndOneState() async throws {
+        try await TestServer.with { server in
+            var clients: [TestClient] = []
+            for index in 0..<50 { clients.append(try await server.device("d\(index)").0) }
+            let beliefs = try await withThrowingTaskGroup(of: (Int, LeaseBelief).self) { group in
+                for (index, client) in clients.enumerated() {
+                    group.addTask {
+                        try await client.send(.command(.init(id: "race-\(index)", command: .play(.init(trackID: "t0001", device: "d\(index)")))))
+                        var belief = LeaseBelief()
+                        while true {
+                            let message = try await client.nextMessage()
+                            belief.observe(message)
+                            if case .ack(let ack) = message, ack.id == "race-\(index)" { return (index, belief) }
+                        }
+                    }
+                }
+                var beliefs = [LeaseBelief](repeating: LeaseBelief(), count: clients.count)
+                for try await (index, belief) in group { beliefs[index] = belief }
+                return beliefs
+            }
+            try await clients[0].send(.command(.init(id: "final", command: .volume(percent: 42))))
+            var finals: [PlayerState] = []
+            var believers = 0
+            for (index, client) in clients.enumerated() {
+                var belief = beliefs[index]
+                while true {
+                    let message = try await client.nextMessage()
+                    belief.observe(message)
+                    if case .state(let event) = message, event.state.volume == 42 {
+                        finals.append(event.state)
+                        break
+                    }
+                }
+                if belief.active { believers += 1 }
+            }
+            #expect(finals.count == 50)
+            #expect(Set(finals.map(\.version)).count == 1, "every device converges on one version")
+            #expect(Set(finals.map(\.activeDevice)).count == 1)
+            #expect(finals.first?.epoch == 50, "fifty moves of the lease, each with a new epoch")
+            #expect(believers == 1, "exactly one device believes it is active")
+            let holder = finals.first?.activeDevice
+            #expect(holder.flatMap { id in beliefs.indices.first { "d\($0)" == id } }.map { _ in true } == true)
+        }
+    }
+}

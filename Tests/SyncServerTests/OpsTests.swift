@@ -1,0 +1,29 @@
+import Foundation
+import PlaybackCore
+import Testing
+
+@Suite("ops endpoints and shutdown")
+struct OpsTests {
+    @Test func healthReadinessAndMetrics() async throws {
+        try await TestServer.with { server in
+            let health = try await server.http("/healthz")
+            #expect(health.status == 200 && health.body == "ok\n")
+            #expect(try await server.http("/readyz").status == 200)
+            let (phone, _) = try await server.device("phone")
+            try await phone.command("m", .volume(percent: 1))
+            let metrics = try await server.http("/metrics")
+            #expect(metrics.status == 200)
+            #expect(metrics.body.contains("playback_ws_connections"))
+            #expect(metrics.body.contains(#"playback_commands_total{op="volume",result="ok"}"#))
+            #expect(metrics.body.contains("playback_command_duration_seconds"))
+        }
+    }
+
+    @Test func shutdownClosesSessionsWith1001() async throws {
+        let server = try await TestServer.start()
+        let (phone, _) = try await server.device("phone")
+        let stopping = Task { await server.stop() }
+        #expect(await phone.expectClose() == 1001)
+        await stopping.value
+    }
+}

@@ -1,0 +1,120 @@
+import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+import Hummingbird
+import Logging
+import Metrics
+import NIOCore
+import PlaybackEngine
+import Prometheus
+import ServiceLifecycle
+import SyncServer
+import Synchronization
+import Testing
+
+/// One Prometheus registry for the whole test process (MetricsSystem is bootstrapped once).
+enum TestMetrics {
+    static let registry: PrometheusCollectorRegistry = {
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        return registry
+    }()
+
+    static func text() -> String {
+        var bytes: [UInt8] = []
+        registry.emit(into: &bytes)
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+/// The daemon running in-process on a free port, for one test.
+final class TestServer: Sendable {
+    let port: Int
+    let configuration: ServerConfiguration
+    private let group: ServiceGroup
+    private let task: Task<Void, any Error>
+
+    private init(port: Int, configuration: ServerConfiguration, group: ServiceGroup, task: Task<Void, any Error>) {
+        self.port = port
+        self.configuration = configuration
+        self.group = group
+        self.task = task
+    }
+
+    /// Tightened defaults so that timing-based behaviour is observable quickly.
+    static func fastConfiguration() -> ServerConfiguration {
+        var configuration = ServerConfiguration()
+        configuration.port = 0
+        configuration.engine.graceMs = 300
+        configuration.closeTimeoutMs = 300
+        return configuration
+    }
+
+    static func start(_ configure: (inout ServerConfiguration) -> Void = { _ in }) async throws -> TestServer {
+        _ = TestMetrics.registry
+        var configuration = fastConfiguration()
+        configure(&configuration)
+        let (ports, portContinuation) = AsyncStream<Int>.makeStream()
+        var logger = Logger(label: "test-server")
+        logger.logLevel = ProcessInfo.processInfo.environment["TEST_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0) } ?? .critical
+        let app = try await buildApplication(configuration, metrics: TestMetrics.registry, logger: logger) { channel in
+            portContinuation.yield(channel.localAddress?.port ?? 0)
+            portContinuation.finish()
+        }
+        let group = ServiceGroup(configuration: .init(services: [app], logger: logger))
+        let task = Task { try await group.run() }
+        var iterator = ports.makeAsyncIterator()
+        guard let port = await iterator.next(), port > 0 else { throw TestTimeout(waitingFor: "the server to listen") }
+        return TestServer(port: port, configuration: configuration, group: group, task: task)
+    }
+
+    func connect(_ user: String = "alice", ttl: TimeInterval = 3_600, country: String? = nil, origin: String? = nil,
+                 receiveBuffer: Int? = nil, autoRead: Bool = true) async throws -> TestClient {
+        try await TestClient.connect(
+            port: port, token: try await token(user, ttl: ttl, country: country), origin: origin,
+            receiveBuffer: receiveBuffer, autoRead: autoRead)
+    }
+
+    /// A connected device that has said hello.
+    func device(_ id: String, user: String = "alice", kind: DeviceKind = .smartphone) async throws -> (TestClient, ServerMessage.Welcome) {
+        let client = try await connect(user)
+        let welcome = try await client.hello(id, kind: kind)
+        return (client, welcome)
+    }
+
+    func token(_ user: String, ttl: TimeInterval = 3_600, country: String? = nil, secret: String? = nil) async throws -> String {
+        let authenticator = await Authenticator(secret: secret ?? configuration.jwtSecret, allowedOrigins: [])
+        return try await authenticator.sign(AccessToken(user: user, expires: Date().addingTimeInterval(ttl), country: country))
+    }
+
+    /// Shuts down gracefully, as on SIGTERM: sessions are closed with 1001.
+    func stop() async {
+        await group.triggerGracefulShutdown()
+        _ = await task.result
+    }
+
+    /// Runs `body` against a fresh server and stops it afterwards.
+    static func with<T>(_ configure: (inout ServerConfiguration) -> Void = { _ in }, _ body: (TestServer) async throws -> T)
+        async throws -> T
+    {
+        let server = try await start(configure)
+        do {
+            let result = try await body(server)
+            await server.stop()
+            return result
+        } catch {
+            await server.stop()
+            throw error
+        }
+    }
+
+    /// A plain HTTP request to the server.
+    func http(_ path: String, method: String = "GET", headers: [String: String] = [:]) async throws -> (status: Int, body: String) {
+        var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)\(path)")!)
+        request.httpMethod = method
+        for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
+        let (data, response) = try await URLSession.shared.data(for: request)
+        return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
+    }
+}
