@@ -51,7 +51,7 @@ final class TestClient: Sendable {
     /// Connects and upgrades; throws `HandshakeRefused` when the server answers with another status.
     static func connect(
         port: Int, token: String?, useQuery: Bool = false, origin: String? = nil, receiveBuffer: Int? = nil,
-        autoRead: Bool = true
+        autoRead: Bool = true, answerPings: Bool = true
     ) async throws -> TestClient {
         var path = "/v1/connect"
         var headers: [(String, String)] = [("Host", "127.0.0.1:\(port)"), ("Upgrade", "websocket"), ("Connection", "Upgrade"),
@@ -67,7 +67,7 @@ final class TestClient: Sendable {
             .connectTimeout(.seconds(5))
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(HandshakeHandler(request: request, inbox: inbox, done: handshake))
+                    try channel.pipeline.syncOperations.addHandler(HandshakeHandler(request: request, inbox: inbox, done: handshake, answerPings: answerPings))
                 }
             }
         if let receiveBuffer {
@@ -260,13 +260,15 @@ private final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHan
     let request: String
     let inbox: Inbox
     let done: EventLoopPromise<Void>
+    let answerPings: Bool
     var received = ByteBuffer()
     var refusedStatus: Int?
 
-    init(request: String, inbox: Inbox, done: EventLoopPromise<Void>) {
+    init(request: String, inbox: Inbox, done: EventLoopPromise<Void>, answerPings: Bool) {
         self.request = request
         self.inbox = inbox
         self.done = done
+        self.answerPings = answerPings
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -294,7 +296,7 @@ private final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHan
         let leftover = received
         do {
             try context.pipeline.syncOperations.addHandler(ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: 1 << 24)))
-            try context.pipeline.syncOperations.addHandler(FrameCollector(inbox: inbox))
+            try context.pipeline.syncOperations.addHandler(FrameCollector(inbox: inbox, answerPings: answerPings))
         } catch {
             done.fail(error)
             return
@@ -321,10 +323,14 @@ private final class FrameCollector: ChannelInboundHandler {
     typealias InboundIn = WebSocketFrame
 
     let inbox: Inbox
+    let answerPings: Bool
     let codec = MessageCodec()
     var text: ByteBuffer?
 
-    init(inbox: Inbox) { self.inbox = inbox }
+    init(inbox: Inbox, answerPings: Bool) {
+        self.inbox = inbox
+        self.answerPings = answerPings
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
@@ -344,7 +350,7 @@ private final class FrameCollector: ChannelInboundHandler {
             var data = frame.data
             let code = data.readInteger(as: UInt16.self)
             inbox.push(.close(code: code, reason: data.readString(length: data.readableBytes) ?? ""))
-        case .ping:
+        case .ping where answerPings:
             var pong = context.channel.allocator.buffer(capacity: 6 + frame.data.readableBytes)
             pong.writeInteger(UInt8(0x8A))
             pong.writeInteger(UInt8(0x80 | UInt8(frame.data.readableBytes)))

@@ -70,10 +70,10 @@ final class TestServer: Sendable {
     }
 
     func connect(_ user: String = "alice", ttl: TimeInterval = 3_600, country: String? = nil, origin: String? = nil,
-                 receiveBuffer: Int? = nil, autoRead: Bool = true) async throws -> TestClient {
+                 receiveBuffer: Int? = nil, autoRead: Bool = true, answerPings: Bool = true) async throws -> TestClient {
         try await TestClient.connect(
             port: port, token: try await token(user, ttl: ttl, country: country), origin: origin,
-            receiveBuffer: receiveBuffer, autoRead: autoRead)
+            receiveBuffer: receiveBuffer, autoRead: autoRead, answerPings: answerPings)
     }
 
     /// A connected device that has said hello.
