@@ -8,7 +8,9 @@ let package = Package(
         .library(name: "PlaybackCore", targets: ["PlaybackCore"]),
         .library(name: "PlaybackEngine", targets: ["PlaybackEngine"]),
         .library(name: "SyncServer", targets: ["SyncServer"]),
+        .library(name: "DeviceSimKit", targets: ["DeviceSimKit"]),
         .executable(name: "playback-syncd", targets: ["playback-syncd"]),
+        .executable(name: "device-sim", targets: ["device-sim"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.81.0"),
@@ -22,6 +24,7 @@ let package = Package(
         .package(url: "https://github.com/vapor/jwt-kit.git", from: "5.7.1"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.3.0"),
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.24.0"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.1.0"),
     ],
     targets: [
         // Pure model: player state, commands, the reducer, the wire messages. Foundation only.
@@ -66,11 +69,31 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // The client side: a simulated device, one-shot commands, the load driver.
+        .target(
+            name: "DeviceSimKit",
+            dependencies: [
+                "PlaybackCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "JWTKit", package: "jwt-kit"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ]
+        ),
+        .executableTarget(
+            name: "device-sim",
+            dependencies: [
+                "DeviceSimKit", "PlaybackCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
         .testTarget(name: "PlaybackCoreTests", dependencies: ["PlaybackCore"]),
         .testTarget(
             name: "SyncServerTests",
             dependencies: [
-                "SyncServer", "PlaybackEngine", "PlaybackCore",
+                "SyncServer", "PlaybackEngine", "PlaybackCore", "DeviceSimKit",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),

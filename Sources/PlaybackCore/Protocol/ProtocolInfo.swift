@@ -11,6 +11,9 @@ public enum ProtocolInfo {
     public static let helloTimeoutMs: Int64 = 10_000
     public static let graceMs: Int64 = 10_000
     public static let idempotencyWindowMs: Int64 = 600_000
+    /// The HS256 secret the daemon and `device-sim` use when none is configured. Public on
+    /// purpose: fine on a laptop, never in production (the daemon warns loudly).
+    public static let developmentJWTSecret = "playback-sync-development-secret-do-not-use-in-production"
 }
 
 /// WebSocket close codes the server uses.

@@ -4,7 +4,7 @@ import PlaybackEngine
 /// environment variables; tests build it directly.
 public struct ServerConfiguration: Sendable {
     /// The secret used when none is configured; fine on a laptop, never in production.
-    public static let developmentJWTSecret = "playback-sync-development-secret-do-not-use-in-production"
+    public static let developmentJWTSecret = ProtocolInfo.developmentJWTSecret
 
     public var host = "127.0.0.1"
     /// 0 picks a free port (tests).

@@ -1,0 +1,241 @@
+import Foundation
+import NIOCore
+import NIOPosix
+import NIOWebSocket
+import PlaybackCore
+
+/// What a connection reports: a decoded server message (with its receive time), or its end.
+public enum ConnectionEvent: Sendable {
+    case message(ServerMessage, receivedNs: UInt64)
+    /// The server's close frame code (nil when the connection just dropped).
+    case closed(code: UInt16?, reason: String)
+}
+
+/// Why connecting failed.
+public enum ConnectError: Error, CustomStringConvertible, Sendable {
+    case refused(status: Int, body: String)
+    case timedOut
+    case invalidURL(String)
+
+    public var description: String {
+        switch self {
+        case .refused(let status, let body): "the server refused the connection (HTTP \(status)) \(body)"
+        case .timedOut: "the connection timed out"
+        case .invalidURL(let url): "invalid server URL \(url) (expected ws://host:port)"
+        }
+    }
+}
+
+/// Where the daemon is: `ws://host:port`.
+public struct ServerAddress: Sendable, Hashable, CustomStringConvertible {
+    public var description: String { "ws://\(host):\(port)" }
+
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// Parses `ws://host:port[/path]` (or `host:port`).
+    public init(url: String) throws {
+        var rest = url
+        for scheme in ["ws://", "http://"] where rest.hasPrefix(scheme) { rest.removeFirst(scheme.count) }
+        let hostPort = rest.split(separator: "/", maxSplits: 1).first.map(String.init) ?? rest
+        let parts = hostPort.split(separator: ":")
+        guard parts.count == 2, let port = Int(parts[1]), !parts[0].isEmpty else { throw ConnectError.invalidURL(url) }
+        self.init(host: String(parts[0]), port: port)
+    }
+}
+
+/// A WebSocket connection to `/v1/connect`, on NIO: it can bind a chosen source address (load
+/// tests use several 127.0.0.x), decodes server messages on the event loop and hands them to a
+/// callback with their receive time.
+public final class DeviceConnection: Sendable {
+    public let channel: any Channel
+    private let codec = MessageCodec()
+
+    private init(channel: any Channel) {
+        self.channel = channel
+    }
+
+    public static func connect(
+        to server: ServerAddress, token: String, sourceAddress: String? = nil,
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, timeout: TimeAmount = .seconds(10),
+        onEvent: @escaping @Sendable (ConnectionEvent) -> Void
+    ) async throws -> DeviceConnection {
+        var key = [UInt8](repeating: 0, count: 16)
+        var generator = SystemRandomNumberGenerator()
+        for index in key.indices { key[index] = generator.next() }
+        let request =
+            "GET /v1/connect HTTP/1.1\r\nHost: \(server.host):\(server.port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            + "Sec-WebSocket-Key: \(Data(key).base64EncodedString())\r\nSec-WebSocket-Version: 13\r\n"
+            + "Authorization: Bearer \(token)\r\n\r\n"
+        let handshake = group.next().makePromise(of: Void.self)
+        var bootstrap = ClientBootstrap(group: group)
+            .connectTimeout(timeout)
+            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        UpgradeRequestHandler(request: request, done: handshake, onEvent: onEvent))
+                }
+            }
+        if let sourceAddress {
+            bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: sourceAddress, port: 0))
+        }
+        let channel: any Channel
+        do {
+            channel = try await bootstrap.connect(host: server.host, port: server.port).get()
+        } catch {
+            handshake.fail(error)
+            throw error
+        }
+        channel.eventLoop.scheduleTask(in: timeout) { handshake.fail(ConnectError.timedOut) }
+        do {
+            try await handshake.futureResult.get()
+        } catch {
+            try? await channel.close()
+            throw error
+        }
+        return DeviceConnection(channel: channel)
+    }
+
+    public func send(_ message: ClientMessage) async throws {
+        let data = try codec.encode(message)
+        try await channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .text, maskKey: .random(), data: ByteBuffer(bytes: data)))
+    }
+
+    /// Sends without waiting for the write (open-loop load).
+    public func sendNow(_ message: ClientMessage) {
+        guard let data = try? codec.encode(message) else { return }
+        channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .text, maskKey: .random(), data: ByteBuffer(bytes: data)), promise: nil)
+    }
+
+    /// Closes cleanly with a close frame (1000 releases the lease at once), then the socket.
+    public func close(code: UInt16 = 1000) async {
+        var payload = channel.allocator.buffer(capacity: 2)
+        payload.writeInteger(code)
+        try? await channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: payload))
+        let channel = self.channel
+        channel.eventLoop.scheduleTask(in: .seconds(2)) { channel.close(promise: nil) }  // if the server never answers
+        try? await channel.closeFuture.get()
+    }
+
+    /// Drops the connection without a close frame (an abrupt loss).
+    public func drop() async {
+        try? await channel.close()
+    }
+}
+
+/// Writes the upgrade request, waits for 101, then installs the frame codec.
+private final class UpgradeRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+
+    let request: String
+    let done: EventLoopPromise<Void>
+    let onEvent: @Sendable (ConnectionEvent) -> Void
+    var received = ByteBuffer()
+
+    init(request: String, done: EventLoopPromise<Void>, onEvent: @escaping @Sendable (ConnectionEvent) -> Void) {
+        self.request = request
+        self.done = done
+        self.onEvent = onEvent
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.writeAndFlush(NIOAny(ByteBuffer(string: request)), promise: nil)
+        context.fireChannelActive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        received.writeBuffer(&bytes)
+        guard let headEnd = received.readableBytesView.firstRange(of: Array("\r\n\r\n".utf8)) else { return }
+        let headLength = headEnd.upperBound - received.readerIndex
+        let head = received.readString(length: headLength) ?? ""
+        let status = Int(head.split(separator: " ").dropFirst().first ?? "") ?? 0
+        guard status == 101 else {
+            let body = received.readString(length: received.readableBytes) ?? ""
+            done.fail(ConnectError.refused(status: status, body: body))
+            context.close(promise: nil)
+            return
+        }
+        let leftover = received
+        do {
+            try context.pipeline.syncOperations.addHandler(WebSocketFrameEncoder())
+            try context.pipeline.syncOperations.addHandler(ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: 1 << 24)))
+            try context.pipeline.syncOperations.addHandler(ServerFrameHandler(onEvent: onEvent))
+        } catch {
+            done.fail(error)
+            return
+        }
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        if leftover.readableBytes > 0 { context.fireChannelRead(NIOAny(leftover)) }
+        done.succeed()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        done.fail(ConnectError.refused(status: 0, body: "connection closed during the handshake"))
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        done.fail(error)
+        context.close(promise: nil)
+    }
+}
+
+/// Reassembles server messages, answers pings, reports the close.
+private final class ServerFrameHandler: ChannelInboundHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    let onEvent: @Sendable (ConnectionEvent) -> Void
+    let codec = MessageCodec()
+    var text: ByteBuffer?
+    var closeCode: UInt16?
+    var closeReason = ""
+
+    init(onEvent: @escaping @Sendable (ConnectionEvent) -> Void) {
+        self.onEvent = onEvent
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        switch frame.opcode {
+        case .text, .continuation:
+            var data = frame.data
+            if text == nil { text = data } else { text?.writeBuffer(&data) }
+            guard frame.fin, let message = text else { return }
+            text = nil
+            let now = DispatchTime.now().uptimeNanoseconds
+            if let decoded = try? codec.decodeServerMessage(message.readableBytesView) {
+                onEvent(.message(decoded, receivedNs: now))
+            }
+        case .ping:
+            context.writeAndFlush(
+                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(), data: frame.data)), promise: nil)
+        case .connectionClose:
+            var data = frame.data
+            closeCode = data.readInteger(as: UInt16.self)
+            closeReason = data.readString(length: data.readableBytes) ?? ""
+            var echo = context.channel.allocator.buffer(capacity: 2)
+            if let closeCode { echo.writeInteger(closeCode) }
+            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, maskKey: .random(), data: echo)))
+                .whenComplete { _ in loopBound.value.close(promise: nil) }
+        default:
+            break
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        onEvent(.closed(code: closeCode, reason: closeReason))
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}

@@ -1,0 +1,24 @@
+import PlaybackCore
+
+/// Readable one-line forms of states and device lists, for the console.
+public enum Formatting {
+    public static func state(_ state: PlayerState) -> String {
+        guard let track = state.track else {
+            return "nothing loaded (v\(state.version), active: \(state.activeDevice ?? "nobody"))"
+        }
+        let position = CommandParser.clock(state.position(at: state.positionAt))
+        var text = "\(state.isPlaying ? "▶" : "❚❚") \(track.id) \"\(track.title)\" — \(track.artist) at \(position)/\(CommandParser.clock(track.durationMs))"
+        text += " on \(state.activeDevice ?? "nobody"), vol \(state.volume)"
+        if state.repeat != .off { text += ", repeat \(state.repeat.rawValue)" }
+        if state.shuffle { text += ", shuffled" }
+        if let queue = state.queue, !queue.isEmpty {
+            text += ", next: " + queue.prefix(3).map { "\($0.entry)=\($0.track.id)" }.joined(separator: " ") + (queue.count > 3 ? " …(\(queue.count))" : "")
+        }
+        return text
+    }
+
+    public static func devices(_ devices: [DeviceInfo]) -> String {
+        guard !devices.isEmpty else { return "no devices" }
+        return "devices: " + devices.map { "\($0.id)\($0.active ? "●" : "")\($0.online ? "" : " (offline)")" }.joined(separator: ", ")
+    }
+}

@@ -1,0 +1,166 @@
+import DeviceSimKit
+import Foundation
+import PlaybackCore
+import Synchronization
+import Testing
+
+/// `device-sim` run as a real subprocess, reading its output line by line.
+final class SimProcess: Sendable {
+    let process: Process
+    let input: Pipe
+    let lines: Inbox
+
+    /// The `device-sim` built next to the test binary.
+    static var executable: URL {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("device-sim")
+    }
+
+    init(_ arguments: [String]) throws {
+        process = Process()
+        process.executableURL = Self.executable
+        process.arguments = arguments
+        input = Pipe()
+        let output = Pipe()
+        process.standardInput = input
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        let lines = Inbox()
+        self.lines = lines
+        try process.run()
+        let handle = output.fileHandleForReading
+        Thread.detachNewThread {
+            var pending = Data()
+            while true {
+                let chunk = handle.availableData
+                if chunk.isEmpty { break }
+                pending.append(chunk)
+                while let newline = pending.firstIndex(of: 0x0A) {
+                    lines.push(.undecodable(String(decoding: pending[pending.startIndex..<newline], as: UTF8.self)))
+                    pending.removeSubrange(pending.startIndex...newline)
+                }
+            }
+            lines.push(.disconnected)
+        }
+    }
+
+    /// Runs to completion; returns the exit code and everything printed.
+    static func run(_ arguments: [String]) async throws -> (code: Int32, output: String) {
+        let sim = try SimProcess(arguments)
+        var text: [String] = []
+        while let event = await sim.lines.next(timeout: .seconds(30)) {
+            guard case .undecodable(let line) = event else { break }
+            text.append(line)
+        }
+        sim.process.waitUntilExit()
+        return (sim.process.terminationStatus, text.joined(separator: "\n"))
+    }
+
+    /// The next printed message of a type (for `--json` devices).
+    func expect(_ type: String, timeout: Duration = .seconds(10)) async throws -> ServerMessage {
+        while let event = await lines.next(timeout: timeout) {
+            guard case .undecodable(let line) = event else { break }
+            if let message = try? MessageCodec().decodeServerMessage(Array(line.utf8)), message.type == type { return message }
+        }
+        throw TestTimeout(waitingFor: "device-sim to print \(type)")
+    }
+
+    func quit() {
+        input.fileHandleForWriting.write(Data("quit\n".utf8))
+        try? input.fileHandleForWriting.close()
+        process.waitUntilExit()
+    }
+}
+
+@Suite("device-sim, as a subprocess", .serialized)
+struct DeviceSimTests {
+    @Test func theExecutableIsBuilt() {
+        #expect(FileManager.default.isExecutableFile(atPath: SimProcess.executable.path), "swift build builds device-sim")
+    }
+
+    @Test func aTransferRevokesTheOldDeviceAndTheNewOnePlaysAtTheSamePosition() async throws {
+        try await TestServer.with { server in
+            let address = ["--server", "ws://127.0.0.1:\(server.port)", "--user", "alice"]
+            let kitchen = try SimProcess(["connect", "--name", "Kitchen", "--kind", "speaker", "--json"] + address)
+            let phone = try SimProcess(["connect", "--name", "Phone", "--kind", "smartphone", "--json"] + address)
+            defer {
+                kitchen.quit()
+                phone.quit()
+            }
+            _ = try await kitchen.expect("welcome")
+            _ = try await phone.expect("welcome")
+            let play = try await SimProcess.run(["play", "t0042", "--device", "kitchen", "--at", "1:00"] + address)
+            #expect(play.code == 0, "\(play.output)")
+            guard case .leaseGranted(let started) = try await kitchen.expect("lease_granted") else { return }
+            try await Task.sleep(for: .milliseconds(1_500))
+            let transfer = try await SimProcess.run(["transfer", "phone"] + address)
+            #expect(transfer.code == 0 && transfer.output.hasPrefix("ok"), "\(transfer.output)")
+            guard case .leaseRevoked(let revoked) = try await kitchen.expect("lease_revoked") else { return }
+            #expect(revoked.reason == .transferred && revoked.by == "phone")
+            guard case .leaseGranted(let granted) = try await phone.expect("lease_granted") else { return }
+            #expect(granted.state.isPlaying && granted.state.track?.id == "t0042")
+            let expected = 60_000 + (granted.state.positionAt - started.state.positionAt)
+            #expect(abs(granted.state.positionMs - expected) <= 1_000, "granted \(granted.state.positionMs), expected \(expected)")
+            #expect(granted.state.positionMs >= 61_000, "the track kept playing on the kitchen until the transfer")
+        }
+    }
+
+    @Test func aSmallSwarmReportsNoInvariantViolations() async throws {
+        try await TestServer.with { server in
+            let result = try await SimProcess.run([
+                "swarm", "--server", "ws://127.0.0.1:\(server.port)", "--users", "3", "--devices-per-user", "3", "--rate", "40/s",
+                "--duration", "2s", "--json",
+            ])
+            #expect(result.code == 0, "\(result.output)")
+            let report = try JSONDecoder().decode(SwarmReport.self, from: Data(result.output.utf8))
+            #expect(report.invariants.total == 0, "\(report.invariants.details)")
+            #expect(report.commandsSent == 80 && report.commandsAnswered == 80)
+            #expect(report.commandToLastDevice.count > 0)
+        }
+    }
+
+    @Test func oneShotErrorsExitNonZero() async throws {
+        try await TestServer.with { server in
+            let address = ["--server", "ws://127.0.0.1:\(server.port)", "--user", "bob"]
+            let seek = try await SimProcess.run(["seek", "1:00"] + address)
+            #expect(seek.code == 1 && seek.output.contains("bad_request"), "\(seek.output)")
+            let volume = try await SimProcess.run(["vol", "500"] + address)
+            #expect(volume.code == 1, "\(volume.output)")
+            let ok = try await SimProcess.run(["vol", "50"] + address)
+            #expect(ok.code == 0 && ok.output == "ok version=1", "\(ok.output)")
+            let state = try await SimProcess.run(["state"] + address)
+            #expect(state.code == 0 && state.output.contains("nothing loaded"), "\(state.output)")
+            let usage = try await SimProcess.run(["seek", "soon"] + address)
+            #expect(usage.code != 0 && usage.code != 1)
+            let unreachable = try await SimProcess.run(["pause", "--server", "ws://127.0.0.1:1", "--user", "bob"])
+            #expect(unreachable.code == 3)
+        }
+    }
+}
+
+@Suite("device-sim command language")
+struct CommandParserTests {
+    @Test(arguments: [
+        ("play t0042", CommandParser.Parsed.command(.play(.init(trackID: "t0042", device: "me")))),
+        ("play", .command(.play(.init(device: "me")))),
+        ("seek 1:23", .command(.seek(positionMs: 83_000))),
+        ("seek 90", .command(.seek(positionMs: 90_000))),
+        ("vol 40", .command(.volume(percent: 40))),
+        ("repeat track", .command(.setRepeat(.track))),
+        ("shuffle on", .command(.setShuffle(true))),
+        ("queue add t0042 next", .command(.queueAdd(trackID: "t0042", at: .next))),
+        ("queue rm e3", .command(.queueRemove(entry: "e3"))),
+        ("queue mv e3 0", .command(.queueMove(entry: "e3", to: 0))),
+        ("transfer phone play", .command(.transfer(device: "phone", play: true))),
+        ("prev", .command(.previous)),
+        ("devices", .showDevices),
+        ("quit", .quit),
+    ])
+    func parses(line: String, expected: CommandParser.Parsed) throws {
+        #expect(try CommandParser.parse(line, device: "me") == expected)
+    }
+
+    @Test(arguments: ["", "dance", "seek", "seek soon", "vol loud", "repeat sometimes", "queue mv e3", "transfer"])
+    func rejects(line: String) {
+        #expect(throws: CommandParser.Failure.self) { try CommandParser.parse(line, device: "me") }
+    }
+}
