@@ -7,6 +7,8 @@ import PlaybackCore
 /// What a connection reports: a decoded server message (with its receive time), or its end.
 public enum ConnectionEvent: Sendable {
     case message(ServerMessage, receivedNs: UInt64)
+    /// A text message that is not a known server message (a newer server, or a bug).
+    case undecodable(String)
     /// The server's close frame code (nil when the connection just dropped).
     case closed(code: UInt16?, reason: String)
 }
@@ -60,31 +62,59 @@ public final class DeviceConnection: Sendable {
         self.channel = channel
     }
 
+    /// How to connect.
+    public struct Options: Sendable {
+        /// Local address to connect from (load tests spread over 127.0.0.x).
+        public var sourceAddress: String?
+        /// Send the token as `?access_token=` (as browsers do) instead of `Authorization`.
+        public var tokenInQuery = false
+        /// An `Origin` header, as a browser sends.
+        public var origin: String?
+        /// SO_RCVBUF for the socket; small values make a slow reader.
+        public var receiveBufferBytes: Int?
+        /// Answer the server's pings (a silent client does not).
+        public var answerPings = true
+        public var timeout: TimeAmount = .seconds(10)
+
+        public init(sourceAddress: String? = nil) { self.sourceAddress = sourceAddress }
+    }
+
     public static func connect(
-        to server: ServerAddress, token: String, sourceAddress: String? = nil,
-        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton, timeout: TimeAmount = .seconds(10),
+        to server: ServerAddress, token: String?, options: Options = Options(),
+        group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         onEvent: @escaping @Sendable (ConnectionEvent) -> Void
     ) async throws -> DeviceConnection {
         var key = [UInt8](repeating: 0, count: 16)
         var generator = SystemRandomNumberGenerator()
         for index in key.indices { key[index] = generator.next() }
-        let request =
-            "GET /v1/connect HTTP/1.1\r\nHost: \(server.host):\(server.port)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            + "Sec-WebSocket-Key: \(Data(key).base64EncodedString())\r\nSec-WebSocket-Version: 13\r\n"
-            + "Authorization: Bearer \(token)\r\n\r\n"
+        var path = "/v1/connect"
+        var headers = [
+            "Host: \(server.host):\(server.port)", "Upgrade: websocket", "Connection: Upgrade",
+            "Sec-WebSocket-Key: \(Data(key).base64EncodedString())", "Sec-WebSocket-Version: 13",
+        ]
+        if let token {
+            if options.tokenInQuery { path += "?access_token=\(token)" } else { headers.append("Authorization: Bearer \(token)") }
+        }
+        if let origin = options.origin { headers.append("Origin: \(origin)") }
+        let request = "GET \(path) HTTP/1.1\r\n" + headers.map { $0 + "\r\n" }.joined() + "\r\n"
         let handshake = group.next().makePromise(of: Void.self)
+        let answerPings = options.answerPings
         var bootstrap = ClientBootstrap(group: group)
-            .connectTimeout(timeout)
+            .connectTimeout(options.timeout)
             .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
-                        UpgradeRequestHandler(request: request, done: handshake, onEvent: onEvent))
+                        UpgradeRequestHandler(request: request, done: handshake, answerPings: answerPings, onEvent: onEvent))
                 }
             }
-        if let sourceAddress {
+        if let sourceAddress = options.sourceAddress {
             bootstrap = bootstrap.bind(to: try SocketAddress(ipAddress: sourceAddress, port: 0))
         }
+        if let receiveBuffer = options.receiveBufferBytes {
+            bootstrap = bootstrap.channelOption(ChannelOptions.socketOption(.so_rcvbuf), value: SocketOptionValue(receiveBuffer))
+        }
+        let timeout = options.timeout
         let channel: any Channel
         do {
             channel = try await bootstrap.connect(host: server.host, port: server.port).get()
@@ -127,6 +157,20 @@ public final class DeviceConnection: Sendable {
     public func drop() async {
         try? await channel.close()
     }
+
+    /// Writes bytes to the socket as they are, bypassing the frame encoder: for protocol tests
+    /// that need unmasked, reserved or otherwise invalid frames.
+    public func writeRaw(_ bytes: ByteBuffer) async throws {
+        let channel = self.channel
+        try await channel.eventLoop.flatSubmit {
+            do {
+                let encoder = try channel.pipeline.syncOperations.context(handlerType: WebSocketFrameEncoder.self)
+                return encoder.writeAndFlush(NIOAny(bytes))
+            } catch {
+                return channel.eventLoop.makeFailedFuture(error)
+            }
+        }.get()
+    }
 }
 
 /// Writes the upgrade request, waits for 101, then installs the frame codec.
@@ -135,12 +179,15 @@ private final class UpgradeRequestHandler: ChannelInboundHandler, RemovableChann
 
     let request: String
     let done: EventLoopPromise<Void>
+    let answerPings: Bool
     let onEvent: @Sendable (ConnectionEvent) -> Void
     var received = ByteBuffer()
+    var refusedStatus: Int?
 
-    init(request: String, done: EventLoopPromise<Void>, onEvent: @escaping @Sendable (ConnectionEvent) -> Void) {
+    init(request: String, done: EventLoopPromise<Void>, answerPings: Bool, onEvent: @escaping @Sendable (ConnectionEvent) -> Void) {
         self.request = request
         self.done = done
+        self.answerPings = answerPings
         self.onEvent = onEvent
     }
 
@@ -152,21 +199,23 @@ private final class UpgradeRequestHandler: ChannelInboundHandler, RemovableChann
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var bytes = unwrapInboundIn(data)
         received.writeBuffer(&bytes)
+        guard refusedStatus == nil else { return }  // collecting the body of a refusal
         guard let headEnd = received.readableBytesView.firstRange(of: Array("\r\n\r\n".utf8)) else { return }
         let headLength = headEnd.upperBound - received.readerIndex
         let head = received.readString(length: headLength) ?? ""
         let status = Int(head.split(separator: " ").dropFirst().first ?? "") ?? 0
         guard status == 101 else {
-            let body = received.readString(length: received.readableBytes) ?? ""
-            done.fail(ConnectError.refused(status: status, body: body))
-            context.close(promise: nil)
+            // The server answers a refused upgrade and closes: the body is complete at the close.
+            refusedStatus = status
+            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.eventLoop.scheduleTask(in: .milliseconds(500)) { loopBound.value.close(promise: nil) }
             return
         }
         let leftover = received
         do {
             try context.pipeline.syncOperations.addHandler(WebSocketFrameEncoder())
             try context.pipeline.syncOperations.addHandler(ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: 1 << 24)))
-            try context.pipeline.syncOperations.addHandler(ServerFrameHandler(onEvent: onEvent))
+            try context.pipeline.syncOperations.addHandler(ServerFrameHandler(answerPings: answerPings, onEvent: onEvent))
         } catch {
             done.fail(error)
             return
@@ -177,7 +226,11 @@ private final class UpgradeRequestHandler: ChannelInboundHandler, RemovableChann
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        done.fail(ConnectError.refused(status: 0, body: "connection closed during the handshake"))
+        if let refusedStatus {
+            done.fail(ConnectError.refused(status: refusedStatus, body: received.readString(length: received.readableBytes) ?? ""))
+        } else {
+            done.fail(ConnectError.refused(status: 0, body: "connection closed during the handshake"))
+        }
         context.fireChannelInactive()
     }
 
@@ -192,13 +245,15 @@ private final class ServerFrameHandler: ChannelInboundHandler {
     typealias InboundIn = WebSocketFrame
     typealias OutboundOut = WebSocketFrame
 
+    let answerPings: Bool
     let onEvent: @Sendable (ConnectionEvent) -> Void
     let codec = MessageCodec()
     var text: ByteBuffer?
     var closeCode: UInt16?
     var closeReason = ""
 
-    init(onEvent: @escaping @Sendable (ConnectionEvent) -> Void) {
+    init(answerPings: Bool, onEvent: @escaping @Sendable (ConnectionEvent) -> Void) {
+        self.answerPings = answerPings
         self.onEvent = onEvent
     }
 
@@ -213,8 +268,10 @@ private final class ServerFrameHandler: ChannelInboundHandler {
             let now = DispatchTime.now().uptimeNanoseconds
             if let decoded = try? codec.decodeServerMessage(message.readableBytesView) {
                 onEvent(.message(decoded, receivedNs: now))
+            } else {
+                onEvent(.undecodable(String(decoding: message.readableBytesView, as: UTF8.self)))
             }
-        case .ping:
+        case .ping where answerPings:
             context.writeAndFlush(
                 wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(), data: frame.data)), promise: nil)
         case .connectionClose:

@@ -196,6 +196,8 @@ public actor SimulatedDevice {
                 stopping = true
                 output.yield(.stopped("another connection with device id \(identity.id) replaced this one"))
             }
+        case .undecodable(let text):
+            output.yield(.connection("unknown message from the server: \(text.prefix(200))"))
         }
     }
 

@@ -87,6 +87,7 @@ public struct Swarm: Sendable {
                     default: break
                     }
                 case .closed: state.closed = true
+                case .undecodable: break
                 }
             }
         }
@@ -108,7 +109,7 @@ public struct Swarm: Sendable {
             for device in 0..<options.devicesPerUser {
                 let deviceLog = DeviceLog(user: user, device: "d\(device)")
                 let source = options.sourceAddresses.isEmpty ? nil : options.sourceAddresses[index % options.sourceAddresses.count]
-                let connection = try await DeviceConnection.connect(to: server, token: tokens[user], sourceAddress: source) {
+                let connection = try await DeviceConnection.connect(to: server, token: tokens[user], options: .init(sourceAddress: source)) {
                     deviceLog.record($0)
                 }
                 connection.sendNow(.hello(.init(device: .init(id: deviceLog.device, name: "Swarm \(device)", kind: .other))))

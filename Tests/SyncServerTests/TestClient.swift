@@ -1,21 +1,21 @@
 import DequeModule
+import DeviceSimKit
 import Foundation
 import NIOCore
-import NIOPosix
 import NIOWebSocket
 import PlaybackCore
 import Synchronization
 
 /// What a test client observed.
 enum ClientEvent: Sendable, CustomStringConvertible {
-    case message(ServerMessage, raw: String)
+    case message(ServerMessage)
     case undecodable(String)
     case close(code: UInt16?, reason: String)
     case disconnected
 
     var description: String {
         switch self {
-        case .message(_, let raw): "message \(raw)"
+        case .message(let message): "message \(message.type)"
         case .undecodable(let raw): "undecodable \(raw)"
         case .close(let code, let reason): "close \(code.map(String.init) ?? "-") \(reason)"
         case .disconnected: "disconnected"
@@ -34,50 +34,48 @@ struct TestTimeout: Error, CustomStringConvertible {
     var description: String { "timed out waiting for \(waitingFor)" }
 }
 
-/// A WebSocket client for tests, on raw NIO: it writes frames byte by byte (so it can also
-/// write unmasked, reserved or invalid ones) and records everything the server sends.
+/// A WebSocket client for tests: `DeviceSimKit`'s connection, plus raw frame writes (unmasked,
+/// reserved or invalid frames) and an inbox of everything the server sent.
 final class TestClient: Sendable {
-    let channel: any Channel
+    let connection: DeviceConnection
     let inbox: Inbox
     let codec = MessageCodec()
 
-    private init(channel: any Channel, inbox: Inbox) {
-        self.channel = channel
+    var channel: any Channel { connection.channel }
+
+    private init(connection: DeviceConnection, inbox: Inbox) {
+        self.connection = connection
         self.inbox = inbox
     }
-
-    static let group = MultiThreadedEventLoopGroup.singleton
 
     /// Connects and upgrades; throws `HandshakeRefused` when the server answers with another status.
     static func connect(
         port: Int, token: String?, useQuery: Bool = false, origin: String? = nil, receiveBuffer: Int? = nil,
         autoRead: Bool = true, answerPings: Bool = true
     ) async throws -> TestClient {
-        var path = "/v1/connect"
-        var headers: [(String, String)] = [("Host", "127.0.0.1:\(port)"), ("Upgrade", "websocket"), ("Connection", "Upgrade"),
-            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="), ("Sec-WebSocket-Version", "13")]
-        if let token {
-            if useQuery { path += "?access_token=\(token)" } else { headers.append(("Authorization", "Bearer \(token)")) }
-        }
-        if let origin { headers.append(("Origin", origin)) }
-        let request = "GET \(path) HTTP/1.1\r\n" + headers.map { "\($0.0): \($0.1)\r\n" }.joined() + "\r\n"
+        var options = DeviceConnection.Options()
+        options.tokenInQuery = useQuery
+        options.origin = origin
+        options.receiveBufferBytes = receiveBuffer
+        options.answerPings = answerPings
+        options.timeout = .seconds(5)
         let inbox = Inbox()
-        let handshake = group.next().makePromise(of: Void.self)
-        var bootstrap = ClientBootstrap(group: group)
-            .connectTimeout(.seconds(5))
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(HandshakeHandler(request: request, inbox: inbox, done: handshake, answerPings: answerPings))
+        let connection: DeviceConnection
+        do {
+            connection = try await DeviceConnection.connect(to: .init(host: "127.0.0.1", port: port), token: token, options: options) { event in
+                switch event {
+                case .message(let message, _): inbox.push(.message(message))
+                case .undecodable(let text): inbox.push(.undecodable(text))
+                case .closed(let code, let reason):
+                    if let code { inbox.push(.close(code: code, reason: reason)) }
+                    inbox.push(.disconnected)
                 }
             }
-        if let receiveBuffer {
-            bootstrap = bootstrap.channelOption(ChannelOptions.socketOption(.so_rcvbuf), value: SocketOptionValue(receiveBuffer))
+        } catch ConnectError.refused(let status, let body) {
+            throw HandshakeRefused(status: status, body: body)
         }
-        let channel = try await bootstrap.connect(host: "127.0.0.1", port: port).get()
-        channel.eventLoop.scheduleTask(in: .seconds(5)) { handshake.fail(TestTimeout(waitingFor: "the handshake")) }
-        try await handshake.futureResult.get()
-        if !autoRead { try await channel.setOption(ChannelOptions.autoRead, value: false).get() }
-        return TestClient(channel: channel, inbox: inbox)
+        if !autoRead { try await connection.channel.setOption(ChannelOptions.autoRead, value: false).get() }
+        return TestClient(connection: connection, inbox: inbox)
     }
 
     // MARK: Sending
@@ -92,7 +90,7 @@ final class TestClient: Sendable {
 
     /// Writes one frame exactly as asked: masked or not, any opcode, any reserved bits.
     func sendFrame(opcode: UInt8, payload: [UInt8], fin: Bool = true, masked: Bool = true, rsv1: Bool = false) async throws {
-        var buffer = channel.allocator.buffer(capacity: payload.count + 14)
+        var buffer = ByteBuffer()
         buffer.writeInteger(UInt8((fin ? 0x80 : 0) | (rsv1 ? 0x40 : 0) | (opcode & 0x0F)))
         let maskBit: UInt8 = masked ? 0x80 : 0
         switch payload.count {
@@ -111,7 +109,7 @@ final class TestClient: Sendable {
         } else {
             buffer.writeBytes(payload)
         }
-        try await channel.writeAndFlush(buffer)
+        try await connection.writeRaw(buffer)
     }
 
     func sendClose(code: UInt16) async throws {
@@ -122,7 +120,7 @@ final class TestClient: Sendable {
 
     /// Drops the TCP connection without a close frame (an abrupt loss).
     func drop() async {
-        try? await channel.close()
+        await connection.drop()
     }
 
     // MARK: Receiving
@@ -136,8 +134,8 @@ final class TestClient: Sendable {
         while true {
             guard let event = await next(timeout: timeout) else { throw TestTimeout(waitingFor: "a message") }
             switch event {
-            case .message(let message, _) where skipping.contains(message.type): continue
-            case .message(let message, _): return message
+            case .message(let message) where skipping.contains(message.type): continue
+            case .message(let message): return message
             default: throw TestTimeout(waitingFor: "a message, got \(event)")
             }
         }
@@ -147,7 +145,7 @@ final class TestClient: Sendable {
     func expect(_ type: String, timeout: Duration = .seconds(5)) async throws -> ServerMessage {
         while true {
             guard let event = await next(timeout: timeout) else { throw TestTimeout(waitingFor: type) }
-            if case .message(let message, _) = event, message.type == type { return message }
+            if case .message(let message) = event, message.type == type { return message }
             if case .close = event { throw TestTimeout(waitingFor: "\(type), got \(event)") }
             if case .disconnected = event { throw TestTimeout(waitingFor: "\(type), got \(event)") }
         }
@@ -182,8 +180,8 @@ final class TestClient: Sendable {
         while true {
             guard let event = await next() else { throw TestTimeout(waitingFor: "the answer to \(id)") }
             switch event {
-            case .message(.ack(let ack), _) where ack.id == id: return .ack(ack)
-            case .message(.error(let error), _) where error.id == id: return .error(error)
+            case .message(.ack(let ack)) where ack.id == id: return .ack(ack)
+            case .message(.error(let error)) where error.id == id: return .error(error)
             case .close, .disconnected: throw TestTimeout(waitingFor: "the answer to \(id), got \(event)")
             default: earlier.append(event)
             }
@@ -252,122 +250,3 @@ final class Inbox: Sendable {
     }
 }
 
-/// Writes the upgrade request, reads the response head, then switches the pipeline to frames.
-private final class HandshakeHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = ByteBuffer
-    typealias InboundOut = ByteBuffer
-
-    let request: String
-    let inbox: Inbox
-    let done: EventLoopPromise<Void>
-    let answerPings: Bool
-    var received = ByteBuffer()
-    var refusedStatus: Int?
-
-    init(request: String, inbox: Inbox, done: EventLoopPromise<Void>, answerPings: Bool) {
-        self.request = request
-        self.inbox = inbox
-        self.done = done
-        self.answerPings = answerPings
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
-        context.writeAndFlush(NIOAny(ByteBuffer(string: request)), promise: nil)
-        context.fireChannelActive()
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var bytes = unwrapInboundIn(data)
-        received.writeBuffer(&bytes)
-        guard refusedStatus == nil else { return }
-        let view = String(decoding: received.readableBytesView, as: UTF8.self)
-        guard let end = view.range(of: "\r\n\r\n") else { return }
-        let head = String(view[..<end.lowerBound])
-        let status = Int(head.split(separator: " ").dropFirst().first ?? "") ?? 0
-        guard status == 101 else {
-            // The server answers a refused upgrade and closes; collect the body until then.
-            refusedStatus = status
-            received.moveReaderIndex(forwardBy: head.utf8.count + 4)
-            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-            context.eventLoop.scheduleTask(in: .milliseconds(500)) { loopBound.value.close(promise: nil) }
-            return
-        }
-        received.moveReaderIndex(forwardBy: head.utf8.count + 4)
-        let leftover = received
-        do {
-            try context.pipeline.syncOperations.addHandler(ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: 1 << 24)))
-            try context.pipeline.syncOperations.addHandler(FrameCollector(inbox: inbox, answerPings: answerPings))
-        } catch {
-            done.fail(error)
-            return
-        }
-        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
-        if leftover.readableBytes > 0 { context.fireChannelRead(NIOAny(leftover)) }
-        done.succeed()
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        let body = String(decoding: received.readableBytesView, as: UTF8.self)
-        done.fail(HandshakeRefused(status: refusedStatus ?? 0, body: refusedStatus == nil ? "connection closed" : body))
-        context.fireChannelInactive()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        done.fail(error)
-        context.close(promise: nil)
-    }
-}
-
-/// Records server frames; answers pings like any client would.
-private final class FrameCollector: ChannelInboundHandler {
-    typealias InboundIn = WebSocketFrame
-
-    let inbox: Inbox
-    let answerPings: Bool
-    let codec = MessageCodec()
-    var text: ByteBuffer?
-
-    init(inbox: Inbox, answerPings: Bool) {
-        self.inbox = inbox
-        self.answerPings = answerPings
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = unwrapInboundIn(data)
-        switch frame.opcode {
-        case .text, .continuation:
-            var data = frame.data
-            if text == nil { text = data } else { text?.writeBuffer(&data) }
-            guard frame.fin, let message = text else { return }
-            text = nil
-            let raw = String(decoding: message.readableBytesView, as: UTF8.self)
-            if let decoded = try? codec.decodeServerMessage(message.readableBytesView) {
-                inbox.push(.message(decoded, raw: raw))
-            } else {
-                inbox.push(.undecodable(raw))
-            }
-        case .connectionClose:
-            var data = frame.data
-            let code = data.readInteger(as: UInt16.self)
-            inbox.push(.close(code: code, reason: data.readString(length: data.readableBytes) ?? ""))
-        case .ping where answerPings:
-            var pong = context.channel.allocator.buffer(capacity: 6 + frame.data.readableBytes)
-            pong.writeInteger(UInt8(0x8A))
-            pong.writeInteger(UInt8(0x80 | UInt8(frame.data.readableBytes)))
-            pong.writeBytes([0, 0, 0, 0])
-            var payload = frame.data
-            pong.writeBuffer(&payload)
-            context.writeAndFlush(NIOAny(pong), promise: nil)
-        default:
-            break
-        }
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        inbox.push(.disconnected)
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        context.close(promise: nil)
-    }
-}

@@ -18,7 +18,7 @@ public struct ServerConfiguration: Sendable {
     public var maxMessageBytes = ProtocolInfo.maxMessageBytes
     public var messagesPerSecond = ProtocolInfo.messagesPerSecond
     public var messageBurst = ProtocolInfo.messageBurst
-    /// Rate-limited messages in a row (without backing off) before closing with 4029.
+    /// Rate-limited messages within one second before the connection is closed with 4029.
     public var rateLimitStrikes = 100
     public var malformedLimit = ProtocolInfo.malformedLimit
     /// Outbound bytes buffered for one connection before it is closed with 4008.

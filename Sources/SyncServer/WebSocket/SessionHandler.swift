@@ -32,6 +32,7 @@ final class SessionHandler: ChannelDuplexHandler {
     private var bucket: TokenBucket
     private var malformedInARow = 0
     private var rateStrikes = 0
+    private var rateStrikeWindowNs: UInt64 = 0
     private var pending = Deque<ClientMessage>()
     private var working = false
     private var readsHeld = false
@@ -159,8 +160,14 @@ final class SessionHandler: ChannelDuplexHandler {
     }
 
     private func receive(_ text: ByteBuffer) {
-        let decision = bucket.take(nowNs: NIODeadline.now().uptimeNanoseconds)
+        let nowNs = NIODeadline.now().uptimeNanoseconds
+        let decision = bucket.take(nowNs: nowNs)
         guard decision.allowed else {
+            // Sustained abuse: more than `rateLimitStrikes` refused messages within one second.
+            if nowNs - rateStrikeWindowNs > 1_000_000_000 {
+                rateStrikeWindowNs = nowNs
+                rateStrikes = 0
+            }
             rateStrikes += 1
             ServerMetrics.message("any", result: "rate_limited")
             if rateStrikes > configuration.rateLimitStrikes {
@@ -173,7 +180,6 @@ final class SessionHandler: ChannelDuplexHandler {
             }
             return
         }
-        rateStrikes = 0
         let decoded = codec.decodeClientMessage(text.readableBytesView)
         switch phase {
         case .awaitingHello:
