@@ -29,6 +29,20 @@ let package = Package(
     targets: [
         // Pure model: player state, commands, the reducer, the wire messages. Foundation only.
         .target(name: "PlaybackCore"),
+        // hiredis (apt libhiredis-dev), as a system library: only RedisClient imports it. Its headers are
+        // included by path (see shim.h) rather than through pkg-config, whose flags SwiftPM warns about.
+        .systemLibrary(name: "CHiredis", providers: [.apt(["libhiredis-dev"])]),
+        // Async Redis client on SwiftNIO; hiredis formats commands and parses replies.
+        .target(
+            name: "RedisClient",
+            dependencies: [
+                "CHiredis",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
+        ),
         // The engine contract and its implementations (MemoryEngine: single node, no dependencies).
         .target(
             name: "PlaybackEngine",
@@ -90,6 +104,13 @@ let package = Package(
             ]
         ),
         .testTarget(name: "PlaybackCoreTests", dependencies: ["PlaybackCore"]),
+        .testTarget(
+            name: "RedisClientTests",
+            dependencies: [
+                "RedisClient",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
         .testTarget(
             name: "SyncServerTests",
             dependencies: [

@@ -162,6 +162,7 @@ public final class DeviceConnection: Sendable {
     /// that need unmasked, reserved or otherwise invalid frames.
     public func writeRaw(_ bytes: ByteBuffer) async throws {
         let channel = self.channel
+        guard channel.isActive else { throw ChannelError.ioOnClosedChannel }
         try await channel.eventLoop.flatSubmit {
             do {
                 let encoder = try channel.pipeline.syncOperations.context(handlerType: WebSocketFrameEncoder.self)

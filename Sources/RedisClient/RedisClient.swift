@@ -1,0 +1,118 @@
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// A Redis client: one multiplexed, pipelined connection, re-established with backoff after it
+/// drops. While Redis is unreachable, commands fail fast with `.unavailable` instead of waiting.
+/// Commands are never retried here (a write may or may not have happened); callers decide.
+public final class RedisClient: Sendable {
+    public let configuration: RedisConfiguration
+    private let group: any EventLoopGroup
+    private let logger: Logger
+
+    private struct State {
+        var connection: RedisConnection?
+        var connecting: Task<RedisConnection, any Error>?
+        var failures = 0
+        var retryAfter: ContinuousClock.Instant?
+        var closed = false
+    }
+
+    private let state = Mutex(State())
+
+    public init(
+        configuration: RedisConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "playback.redis")
+    ) {
+        self.configuration = configuration
+        self.group = group
+        self.logger = logger
+    }
+
+    public func send(_ arguments: [RedisArgument]) async throws -> RESPValue {
+        try await connection().send(arguments)
+    }
+
+    /// Runs a Lua script by its SHA, loading it first (and again after NOSCRIPT, e.g. when
+    /// Redis restarted or its script cache was flushed).
+    public func evaluate(_ script: RedisScript, keys: [String], arguments: [RedisArgument]) async throws -> RESPValue {
+        let connection = try await connection()
+        let tail: [RedisArgument] = [.integer(Int64(keys.count))] + keys.map { .string($0) } + arguments
+        if let sha = script.sha {
+            let reply = try await connection.sendRaw(["EVALSHA", .string(sha)] + tail)
+            if case .error(let message) = reply {
+                guard message.hasPrefix("NOSCRIPT") else { throw RedisError(.server, message) }
+            } else {
+                return reply
+            }
+        }
+        guard let sha = try await connection.send(["SCRIPT", "LOAD", .string(script.source)]).string else {
+            throw RedisError(.protocolError, "SCRIPT LOAD returned no SHA")
+        }
+        script.remember(sha: sha)
+        return try await connection.send(["EVALSHA", .string(sha)] + tail)
+    }
+
+    /// The current connection, connecting (once, for all callers) when there is none.
+    public func connection() async throws -> RedisConnection {
+        let task: Task<RedisConnection, any Error> = try state.withLock { state in
+            if state.closed { throw RedisError(.unavailable, "the client is shut down") }
+            if let connection = state.connection, connection.isActive { return Task { connection } }
+            if let connecting = state.connecting { return connecting }
+            if let retryAfter = state.retryAfter, ContinuousClock.now < retryAfter {
+                throw RedisError(.unavailable, "Redis at \(configuration.host):\(configuration.port) is unreachable; retrying")
+            }
+            let configuration = self.configuration
+            let group = self.group
+            let connecting = Task { try await RedisConnection.connect(configuration, group: group) }
+            state.connection = nil
+            state.connecting = connecting
+            return connecting
+        }
+        do {
+            let connection = try await task.value
+            state.withLock { state in
+                if state.connecting != nil {
+                    if state.failures > 0 { logger.info("redis reconnected", metadata: ["redis.host": .string(configuration.host)]) }
+                    state.connection = connection
+                    state.connecting = nil
+                    state.failures = 0
+                    state.retryAfter = nil
+                }
+            }
+            return connection
+        } catch {
+            state.withLock { state in
+                guard state.connecting != nil else { return }
+                state.connecting = nil
+                state.failures += 1
+                let backoff = min(configuration.maxBackoffMs, 50 << min(state.failures, 10))
+                state.retryAfter = ContinuousClock.now + .milliseconds(backoff)
+            }
+            logger.warning("redis unreachable", metadata: ["error": .string("\(error)")])
+            throw error
+        }
+    }
+
+    public func shutdown() async {
+        let connection = state.withLock { state in
+            state.closed = true
+            state.connecting?.cancel()
+            return state.connection
+        }
+        await connection?.close()
+    }
+}
+
+/// A Lua script, loaded once per Redis and run by SHA.
+public final class RedisScript: Sendable {
+    public let source: String
+    private let loadedSHA = Mutex<String?>(nil)
+
+    public init(_ source: String) { self.source = source }
+
+    var sha: String? { loadedSHA.withLock { $0 } }
+
+    func remember(sha: String) { loadedSHA.withLock { $0 = sha } }
+}

@@ -1,0 +1,75 @@
+import NIOCore
+import NIOPosix
+
+/// One TCP connection to Redis. Commands may be sent concurrently; they are pipelined and
+/// answered in order. A command without a reply within the timeout closes the connection
+/// (failing everything pending), since the replies can no longer be matched.
+public final class RedisConnection: Sendable {
+    let channel: any Channel
+    let configuration: RedisConfiguration
+
+    private init(channel: any Channel, configuration: RedisConfiguration) {
+        self.channel = channel
+        self.configuration = configuration
+    }
+
+    public var isActive: Bool { channel.isActive }
+
+    public static func connect(
+        _ configuration: RedisConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        onPush: (@Sendable (RESPValue) -> Void)? = nil
+    ) async throws -> RedisConnection {
+        let channel: any Channel
+        do {
+            channel = try await ClientBootstrap(group: group)
+                .connectTimeout(.milliseconds(configuration.connectTimeoutMs))
+                .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(onPush: onPush))
+                    }
+                }
+                .connect(host: configuration.host, port: configuration.port).get()
+        } catch {
+            throw RedisError(.unavailable, "cannot connect to \(configuration.host):\(configuration.port): \(error)")
+        }
+        let connection = RedisConnection(channel: channel, configuration: configuration)
+        do {
+            if let password = configuration.password {
+                let auth: [RedisArgument] = configuration.username.map { ["AUTH", .string($0), .string(password)] } ?? ["AUTH", .string(password)]
+                _ = try await connection.send(auth)
+            }
+            if configuration.database != 0 { _ = try await connection.send(["SELECT", .integer(Int64(configuration.database))]) }
+            if let name = configuration.clientName { _ = try await connection.send(["CLIENT", "SETNAME", .string(name)]) }
+        } catch {
+            await connection.close()
+            throw error
+        }
+        return connection
+    }
+
+    /// Sends a command; an error reply throws `RedisError(.server, …)`.
+    public func send(_ arguments: [RedisArgument]) async throws -> RESPValue {
+        let reply = try await sendRaw(arguments)
+        if case .error(let message) = reply { throw RedisError(.server, message) }
+        return reply
+    }
+
+    /// Sends a command and returns the reply as is (error replies included).
+    public func sendRaw(_ arguments: [RedisArgument]) async throws -> RESPValue {
+        var bytes = channel.allocator.buffer(capacity: 64)
+        RESPEncoder.encode(arguments, into: &bytes)
+        let promise = channel.eventLoop.makePromise(of: RESPValue.self)
+        let channel = self.channel
+        channel.writeAndFlush(RedisRequest(bytes: bytes, promise: promise), promise: nil)
+        let timeout = channel.eventLoop.scheduleTask(in: .milliseconds(configuration.commandTimeoutMs)) {
+            channel.close(promise: nil)
+        }
+        defer { timeout.cancel() }
+        return try await promise.futureResult.get()
+    }
+
+    public func close() async {
+        try? await channel.close()
+    }
+}

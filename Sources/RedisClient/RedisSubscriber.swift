@@ -1,0 +1,115 @@
+import Logging
+import NIOCore
+import NIOPosix
+import Synchronization
+
+/// A dedicated pub/sub connection. It keeps the set of channels callers want, subscribes them on
+/// every (re)connection, and reports messages and reconnections. While it is disconnected,
+/// messages are lost; `onResubscribed` tells the caller so it can catch up (re-read state).
+public final class RedisSubscriber: Sendable {
+    public typealias MessageHandler = @Sendable (_ channel: String, _ payload: ByteBuffer) -> Void
+
+    private let configuration: RedisConfiguration
+    private let group: any EventLoopGroup
+    private let logger: Logger
+    private let onMessage: MessageHandler
+    private let onResubscribed: @Sendable () -> Void
+
+    private struct State {
+        var wanted: Set<String> = []
+        var connection: RedisConnection?
+        var stopped = false
+        var connectedWaiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    private let state = Mutex(State())
+
+    public init(
+        configuration: RedisConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        logger: Logger = Logger(label: "playback.redis.pubsub"), onResubscribed: @escaping @Sendable () -> Void = {},
+        onMessage: @escaping MessageHandler
+    ) {
+        self.configuration = configuration
+        self.group = group
+        self.logger = logger
+        self.onMessage = onMessage
+        self.onResubscribed = onResubscribed
+    }
+
+    public var isConnected: Bool { state.withLock { $0.connection?.isActive == true } }
+
+    /// Adds a channel; subscribes at once when connected (and waits for Redis to confirm).
+    public func subscribe(_ channel: String) async throws {
+        let connection = state.withLock { state -> RedisConnection? in
+            state.wanted.insert(channel)
+            return state.connection
+        }
+        guard let connection, connection.isActive else { return }
+        _ = try await connection.send(["SUBSCRIBE", .string(channel)])
+    }
+
+    public func unsubscribe(_ channel: String) async throws {
+        let connection = state.withLock { state -> RedisConnection? in
+            state.wanted.remove(channel)
+            return state.connection
+        }
+        guard let connection, connection.isActive else { return }
+        _ = try await connection.send(["UNSUBSCRIBE", .string(channel)])
+    }
+
+    /// Waits until the first subscription round is done (or returns at once when it is).
+    public func waitUntilConnected() async {
+        await withCheckedContinuation { continuation in
+            let ready = state.withLock { state -> Bool in
+                if state.connection?.isActive == true { return true }
+                state.connectedWaiters.append(continuation)
+                return false
+            }
+            if ready { continuation.resume() }
+        }
+    }
+
+    /// Keeps the subscription alive until `stop()` or cancellation.
+    public func run() async {
+        var failures = 0
+        while !Task.isCancelled, !state.withLock({ $0.stopped }) {
+            do {
+                let onMessage = self.onMessage
+                let connection = try await RedisConnection.connect(configuration, group: group) { push in
+                    guard case .array(let parts) = push, parts.count >= 3, let channel = parts[parts.count - 2].string,
+                        case .bulkString(let payload) = parts[parts.count - 1]
+                    else { return }
+                    onMessage(channel, payload)
+                }
+                let channels = state.withLock { Array($0.wanted) }
+                for channel in channels { _ = try await connection.send(["SUBSCRIBE", .string(channel)]) }
+                let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+                    state.connection = connection
+                    defer { state.connectedWaiters.removeAll() }
+                    return state.connectedWaiters
+                }
+                // Channels wanted while the round above ran.
+                let missed = state.withLock { $0.wanted.subtracting(channels) }
+                for channel in missed { _ = try await connection.send(["SUBSCRIBE", .string(channel)]) }
+                for waiter in waiters { waiter.resume() }
+                if failures > 0 { logger.info("redis pub/sub resubscribed", metadata: ["channels": .stringConvertible(channels.count)]) }
+                onResubscribed()
+                failures = 0
+                try await connection.channel.closeFuture.get()
+            } catch {
+                logger.warning("redis pub/sub connection failed", metadata: ["error": .string("\(error)")])
+            }
+            state.withLock { $0.connection = nil }
+            failures += 1
+            try? await Task.sleep(for: .milliseconds(min(configuration.maxBackoffMs, 50 << min(failures, 10))))
+        }
+    }
+
+    public func stop() async {
+        let connection = state.withLock { state in
+            state.stopped = true
+            return state.connection
+        }
+        await connection?.close()
+    }
+}

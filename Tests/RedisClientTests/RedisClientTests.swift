@@ -1,0 +1,156 @@
+import Foundation
+import NIOCore
+import Synchronization
+import Testing
+
+@testable import RedisClient
+
+/// The redis-server that scripts/test starts (PLAYBACK_REDIS_URL).
+enum TestRedis {
+    static let url = ProcessInfo.processInfo.environment["PLAYBACK_REDIS_URL"]
+    static var configuration: RedisConfiguration {
+        get throws { try RedisConfiguration(url: url ?? "redis://127.0.0.1:6390/0") }
+    }
+
+    static func key(_ name: String) -> String { "test:\(name):\(UInt32.random(in: 0...UInt32.max))" }
+
+    /// A configuration whose connections carry a unique client name.
+    static func named(_ name: String) throws -> RedisConfiguration {
+        var configuration = try configuration
+        configuration.clientName = key(name).replacingOccurrences(of: ":", with: "-")
+        return configuration
+    }
+
+    /// Kills exactly the connections with this client name (other tests run in parallel).
+    static func kill(clientNamed name: String, using admin: RedisClient) async throws -> Int {
+        let list = try await admin.send(["CLIENT", "LIST"]).string ?? ""
+        var killed = 0
+        for line in list.split(separator: "\n") where line.contains(" name=\(name) ") {
+            guard let id = line.split(separator: " ").first(where: { $0.hasPrefix("id=") })?.dropFirst(3) else { continue }
+            killed += Int(try await admin.send(["CLIENT", "KILL", "ID", .string(String(id))]).int ?? 0)
+        }
+        return killed
+    }
+}
+
+@Suite("RedisClient against a real redis-server", .enabled(if: TestRedis.url != nil, "needs PLAYBACK_REDIS_URL (scripts/test sets it)"))
+struct RedisClientTests {
+    @Test func tenThousandPipelinedCommandsAreAnsweredInOrder() async throws {
+        let client = RedisClient(configuration: try TestRedis.configuration)
+        let key = TestRedis.key("counter")
+        let replies = try await withThrowingTaskGroup(of: Int64.self) { group in
+            for _ in 0..<10_000 { group.addTask { try await client.send(["INCR", .string(key)]).int ?? -1 } }
+            var all: [Int64] = []
+            for try await reply in group { all.append(reply) }
+            return all
+        }
+        #expect(Set(replies) == Set(1...10_000), "every INCR got its own reply")
+        #expect(try await client.send(["GET", .string(key)]).int == 10_000)
+        _ = try await client.send(["DEL", .string(key)])
+        await client.shutdown()
+    }
+
+    @Test func errorRepliesThrowWithTheServersMessage() async throws {
+        let client = RedisClient(configuration: try TestRedis.configuration)
+        let key = TestRedis.key("string")
+        _ = try await client.send(["SET", .string(key), "text"])
+        await #expect {
+            _ = try await client.send(["INCR", .string(key)])
+        } throws: { error in
+            (error as? RedisError)?.code == .server && "\(error)".contains("not an integer")
+        }
+        #expect(try await client.send(["GET", .string(key)]).string == "text", "the connection is still usable")
+        await client.shutdown()
+    }
+
+    @Test func hugeBulkStringsAndNestedArraysRoundTrip() async throws {
+        let client = RedisClient(configuration: try TestRedis.configuration)
+        let key = TestRedis.key("huge")
+        let huge = ByteBuffer(bytes: (0..<8_000_000).map { UInt8(truncatingIfNeeded: $0 &* 31) })
+        _ = try await client.send(["SET", .string(key), .bytes(huge), "PX", 60_000])
+        #expect(try await client.send(["GET", .string(key)]) == .bulkString(huge))
+        let nested = try await client.evaluate(RedisScript("return {1, {'a', {2, {}}}, 'b'}"), keys: [], arguments: [])
+        #expect(nested == .array([.integer(1), .array([.bulkString(ByteBuffer(string: "a")), .array([.integer(2), .array([])])]), .bulkString(ByteBuffer(string: "b"))]))
+        await client.shutdown()
+    }
+
+    @Test func scriptsSurviveAFlushOfTheScriptCache() async throws {
+        let client = RedisClient(configuration: try TestRedis.configuration)
+        let script = RedisScript("return tonumber(ARGV[1]) * 2")
+        #expect(try await client.evaluate(script, keys: [], arguments: [21]).int == 42)
+        _ = try await client.send(["SCRIPT", "FLUSH"])
+        #expect(try await client.evaluate(script, keys: [], arguments: [4]).int == 8, "NOSCRIPT → load again → run")
+        await client.shutdown()
+    }
+
+    @Test func aKilledConnectionFailsPendingCommandsAndTheClientReconnects() async throws {
+        let victim = try TestRedis.named("victim")
+        let client = RedisClient(configuration: victim)
+        let admin = RedisClient(configuration: try TestRedis.configuration)
+        _ = try await client.send(["PING"])
+        let list = TestRedis.key("blocked")
+        // A blocking command keeps the pipeline busy; everything behind it is pending when the kill arrives.
+        let pending = (0..<20).map { index in
+            Task { try await client.send(index == 0 ? ["BLPOP", .string(list), 5] : ["PING"]) }
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        let killed = try await TestRedis.kill(clientNamed: victim.clientName ?? "", using: admin)
+        #expect(killed >= 1, "killed \(killed) connections named \(victim.clientName ?? "")")
+        var failed = 0
+        for task in pending {
+            do { _ = try await task.value } catch let error as RedisError {
+                #expect(error.code == .connectionClosed)
+                failed += 1
+            }
+        }
+        #expect(failed == 20, "every pending command failed cleanly")
+        #expect(try await client.send(["PING"]) == .simpleString("PONG"), "and the client reconnected")
+        await client.shutdown()
+        await admin.shutdown()
+    }
+
+    @Test func pubSubDeliversAndResubscribesAfterAKill() async throws {
+        let received = Mutex<[String]>([])
+        let resubscribed = Mutex(0)
+        let subscriberConfiguration = try TestRedis.named("subscriber")
+        let subscriber = RedisSubscriber(configuration: subscriberConfiguration, onResubscribed: { resubscribed.withLock { $0 += 1 } }) { channel, payload in
+            received.withLock { $0.append("\(channel)=\(String(buffer: payload))") }
+        }
+        let channel = TestRedis.key("channel")
+        try await subscriber.subscribe(channel)
+        let running = Task { await subscriber.run() }
+        await subscriber.waitUntilConnected()
+        let publisher = RedisClient(configuration: try TestRedis.configuration)
+        #expect(try await publisher.send(["PUBLISH", .string(channel), "one"]).int == 1)
+        #expect(try await TestRedis.kill(clientNamed: subscriberConfiguration.clientName ?? "", using: publisher) == 1)
+        var delivered = false
+        for _ in 0..<100 {
+            if try await publisher.send(["PUBLISH", .string(channel), "two"]).int == 1 {
+                delivered = true
+                break
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        #expect(delivered, "the subscription came back after the kill")
+        try await Task.sleep(for: .milliseconds(100))
+        #expect(received.withLock { $0.first } == "\(channel)=one")
+        #expect(received.withLock { $0.contains("\(channel)=two") })
+        #expect(resubscribed.withLock { $0 } >= 2)
+        await subscriber.stop()
+        running.cancel()
+        await publisher.shutdown()
+    }
+
+    @Test func anUnreachableRedisFailsFastAsUnavailable() async throws {
+        var configuration = try TestRedis.configuration
+        configuration.port = 1
+        let client = RedisClient(configuration: configuration)
+        for _ in 0..<2 {
+            await #expect {
+                _ = try await client.send(["PING"])
+            } throws: { error in
+                (error as? RedisError)?.code == .unavailable
+            }
+        }
+    }
+}
