@@ -47,7 +47,7 @@ let package = Package(
         .target(
             name: "PlaybackEngine",
             dependencies: [
-                "PlaybackCore",
+                "PlaybackCore", "RedisClient",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -79,7 +79,7 @@ let package = Package(
         .executableTarget(
             name: "playback-syncd",
             dependencies: [
-                "SyncServer",
+                "SyncServer", "PlaybackEngine", "RedisClient",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -114,7 +114,7 @@ let package = Package(
         .testTarget(
             name: "SyncServerTests",
             dependencies: [
-                "SyncServer", "PlaybackEngine", "PlaybackCore", "DeviceSimKit",
+                "SyncServer", "PlaybackEngine", "PlaybackCore", "DeviceSimKit", "RedisClient",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),

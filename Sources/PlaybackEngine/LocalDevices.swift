@@ -5,6 +5,7 @@ public struct LocalDevices: Sendable {
     public init() {}
 
     public var isEmpty: Bool { sinks.isEmpty }
+    public var deviceIDs: Dictionary<String, any DeviceSink>.Keys { sinks.keys }
     public var count: Int { sinks.count }
 
     public func sink(for device: String) -> (any DeviceSink)? { sinks[device] }
@@ -29,12 +30,17 @@ public struct LocalDevices: Sendable {
         for (device, sink) in sinks where device != excluded { sink.send(message) }
     }
 
-    /// Delivers a committed change: lease messages first, then the state to every device.
-    public func deliver(_ event: PlaybackEvent) {
+    /// Delivers a committed change: lease messages first, then the state to every device
+    /// (or to `only` that one).
+    public func deliver(_ event: PlaybackEvent, only: String? = nil) {
         let messages = event.messages
-        if let revoked = messages.revoked { send(revoked.message, to: revoked.device) }
-        if let granted = messages.granted { send(granted.message, to: granted.device) }
-        broadcast(messages.state)
+        if let revoked = messages.revoked, only == nil || only == revoked.device { send(revoked.message, to: revoked.device) }
+        if let granted = messages.granted, only == nil || only == granted.device { send(granted.message, to: granted.device) }
+        if let only {
+            send(messages.state, to: only)
+        } else {
+            broadcast(messages.state)
+        }
     }
 
     public func closeAll(_ code: CloseCode, reason: String) {

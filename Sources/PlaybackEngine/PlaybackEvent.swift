@@ -1,6 +1,6 @@
 /// One committed change of a user's playback, as it travels to the nodes holding the user's
 /// devices: the new state, whether the queue changed, the lease change and the cause.
-public struct PlaybackEvent: Sendable, Equatable {
+public struct PlaybackEvent: Codable, Sendable, Equatable {
     /// The full new state (with `queue`).
     public var state: PlayerState
     public var queueChanged: Bool

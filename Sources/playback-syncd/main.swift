@@ -3,7 +3,9 @@ import Foundation
 import Hummingbird
 import Logging
 import Metrics
+import PlaybackEngine
 import Prometheus
+import RedisClient
 import SyncServer
 
 /// `playback-syncd`: reads flags and environment variables, then runs the server until
@@ -22,8 +24,10 @@ struct PlaybackSyncd: AsyncParsableCommand {
     var port: Int?
     @Option(help: "HS256 secret for access tokens, at least 32 bytes. [PLAYBACK_JWT_SECRET, default: a development secret]")
     var jwtSecret: String?
-    @Option(help: "Where playback lives: memory. [PLAYBACK_ENGINE, default memory]")
+    @Option(help: "Where playback lives: memory (this process only) or redis (shared by several daemons). [PLAYBACK_ENGINE, default memory]")
     var engine: String?
+    @Option(help: "Redis for --engine redis: redis://[user:password@]host[:port][/db]. [PLAYBACK_REDIS_URL, default redis://127.0.0.1:6379/0]")
+    var redisUrl: String?
     @Option(help: "How long an active device that vanished keeps the lease, ms. [PLAYBACK_GRACE_MS, default 10000]")
     var graceMs: Int64?
     @Option(help: "Server ping interval, ms. [PLAYBACK_HEARTBEAT_MS, default 15000]")
@@ -82,14 +86,26 @@ struct PlaybackSyncd: AsyncParsableCommand {
             config.allowedOrigins = origins.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
         }
         let engineName = setting(engine, "PLAYBACK_ENGINE") ?? "memory"
-        guard engineName == "memory" else { throw ValidationError("unknown engine \(engineName); this build has: memory") }
+        let playbackEngine: any PlaybackEngine
+        switch engineName {
+        case "memory":
+            playbackEngine = MemoryEngine(configuration: config.engine, logger: logger)
+        case "redis":
+            let url = setting(redisUrl, "PLAYBACK_REDIS_URL") ?? "redis://127.0.0.1:6379/0"
+            let redis = RedisEngine(redis: try RedisConfiguration(url: url), configuration: config.engine, logger: logger)
+            logger.info("connecting to redis", metadata: ["redis.url": .string(url), "node.id": .string(redis.nodeID)])
+            await redis.start()
+            playbackEngine = redis
+        default:
+            throw ValidationError("unknown engine \(engineName): use memory or redis")
+        }
 
         if config.usesDevelopmentSecret {
             logger.warning(
                 "NO JWT SECRET CONFIGURED: using the public development secret. Anyone can mint tokens. Set --jwt-secret or PLAYBACK_JWT_SECRET in production.")
         }
         let port = config.port
-        let app = try await buildApplication(config, metrics: registry, logger: logger) { channel in
+        let app = try await buildApplication(config, engine: playbackEngine, metrics: registry, logger: logger) { channel in
             logger.info(
                 "listening", metadata: [
                     "address": .string("\(channel.localAddress?.description ?? "?")"), "engine": .string(engineName),
@@ -97,5 +113,6 @@ struct PlaybackSyncd: AsyncParsableCommand {
                 ])
         }
         try await app.runService()
+        await playbackEngine.shutdown()
     }
 }

@@ -4,8 +4,9 @@ import Testing
 
 @Suite("the lease: takeover, transfer, reports, grace")
 struct LeaseTests {
-    @Test func startingPlaybackElsewhereRevokesTheHolderFirst() async throws {
-        try await TestServer.with { server in
+    @Test(arguments: EngineKind.allCases)
+    func startingPlaybackElsewhereRevokesTheHolderFirst(engine: EngineKind) async throws {
+        try await TestServer.with(engine: engine) { server in
             let (phone, _) = try await server.device("phone")
             let (laptop, _) = try await server.device("laptop", kind: .computer)
             try await phone.command("p1", .play(.init(trackID: "t0001", device: "phone")))
@@ -31,8 +32,9 @@ struct LeaseTests {
         }
     }
 
-    @Test func transferMovesPlaybackAtTheExactPosition() async throws {
-        try await TestServer.with { server in
+    @Test(arguments: EngineKind.allCases)
+    func transferMovesPlaybackAtTheExactPosition(engine: EngineKind) async throws {
+        try await TestServer.with(engine: engine) { server in
             let (phone, _) = try await server.device("phone")
             let (speaker, _) = try await server.device("speaker", kind: .speaker)
             try await phone.command("p", .play(.init(trackID: "t0001", positionMs: 30_000, device: "phone")))
@@ -46,8 +48,9 @@ struct LeaseTests {
         }
     }
 
-    @Test func reportsAreFencedByEpoch() async throws {
-        try await TestServer.with { server in
+    @Test(arguments: EngineKind.allCases)
+    func reportsAreFencedByEpoch(engine: EngineKind) async throws {
+        try await TestServer.with(engine: engine) { server in
             let (phone, _) = try await server.device("phone")
             let (laptop, _) = try await server.device("laptop")
             try await phone.command("p", .play(.init(trackID: "t0001", device: "phone")))
@@ -63,8 +66,9 @@ struct LeaseTests {
         }
     }
 
-    @Test func trackEndedAdvancesTheContext() async throws {
-        try await TestServer.with { server in
+    @Test(arguments: EngineKind.allCases)
+    func trackEndedAdvancesTheContext(engine: EngineKind) async throws {
+        try await TestServer.with(engine: engine) { server in
             let (phone, _) = try await server.device("phone")
             try await phone.command("p", .play(.init(context: .init(kind: "album", id: "a01"), device: "phone")))
             try await phone.send(.trackEnded(.init(epoch: 1, trackID: "t0001")))
@@ -73,8 +77,9 @@ struct LeaseTests {
         }
     }
 
-    @Test func anAbruptlyLostHolderKeepsTheLeaseForTheGracePeriodThenExpires() async throws {
-        try await TestServer.with({ $0.engine.graceMs = 400 }) { server in
+    @Test(arguments: EngineKind.allCases)
+    func anAbruptlyLostHolderKeepsTheLeaseForTheGracePeriodThenExpires(engine: EngineKind) async throws {
+        try await TestServer.with(engine: engine, { $0.engine.graceMs = 400 }) { server in
             let (phone, _) = try await server.device("phone")
             let (laptop, _) = try await server.device("laptop")
             try await phone.command("p", .play(.init(trackID: "t0001", device: "phone")))
@@ -87,8 +92,9 @@ struct LeaseTests {
         }
     }
 
-    @Test func aHolderBackWithinTheGraceKeepsItsLeaseAndEpoch() async throws {
-        try await TestServer.with({ $0.engine.graceMs = 1_500 }) { server in
+    @Test(arguments: EngineKind.allCases)
+    func aHolderBackWithinTheGraceKeepsItsLeaseAndEpoch(engine: EngineKind) async throws {
+        try await TestServer.with(engine: engine, { $0.engine.graceMs = 1_500 }) { server in
             let (phone, _) = try await server.device("phone")
             try await phone.command("p", .play(.init(trackID: "t0001", device: "phone")))
             await phone.drop()
@@ -102,9 +108,9 @@ struct LeaseTests {
         }
     }
 
-    @Test(arguments: [UInt16(1000), 1001])
-    func aCleanCloseOfTheHolderReleasesAtOnce(code: UInt16) async throws {
-        try await TestServer.with({ $0.engine.graceMs = 60_000 }) { server in
+    @Test(arguments: EngineKind.allCases, [UInt16(1000), 1001])
+    func aCleanCloseOfTheHolderReleasesAtOnce(engine: EngineKind, code: UInt16) async throws {
+        try await TestServer.with(engine: engine, { $0.engine.graceMs = 60_000 }) { server in
             let (phone, _) = try await server.device("phone")
             let (laptop, _) = try await server.device("laptop")
             try await phone.command("p", .play(.init(trackID: "t0001", device: "phone")))
@@ -114,8 +120,9 @@ struct LeaseTests {
         }
     }
 
-    @Test func releaseMessageFromTheHolderIsAckedAndFromOthersIsStale() async throws {
-        try await TestServer.with { server in
+    @Test(arguments: EngineKind.allCases)
+    func releaseMessageFromTheHolderIsAckedAndFromOthersIsStale(engine: EngineKind) async throws {
+        try await TestServer.with(engine: engine) { server in
             let (phone, _) = try await server.device("phone")
             let (laptop, _) = try await server.device("laptop")
             try await phone.command("p", .play(.init(trackID: "t0001", device: "phone")))
@@ -130,8 +137,9 @@ struct LeaseTests {
         }
     }
 
-    @Test func aNewConnectionOfTheSameDeviceReplacesTheOldOneAndKeepsTheLease() async throws {
-        try await TestServer.with { server in
+    @Test(arguments: EngineKind.allCases)
+    func aNewConnectionOfTheSameDeviceReplacesTheOldOneAndKeepsTheLease(engine: EngineKind) async throws {
+        try await TestServer.with(engine: engine) { server in
             let (first, _) = try await server.device("phone")
             try await first.command("p", .play(.init(trackID: "t0001", device: "phone")))
             let (second, welcome) = try await server.device("phone")
@@ -158,8 +166,9 @@ struct LeaseTests {
         }
     }
 
-    @Test func fiftyDevicesRacingToPlayOnThemselvesEndWithOneHolderAndOneState() async throws {
-        try await TestServer.with { server in
+    @Test(arguments: EngineKind.allCases)
+    func fiftyDevicesRacingToPlayOnThemselvesEndWithOneHolderAndOneState(engine: EngineKind) async throws {
+        try await TestServer.with(engine: engine) { server in
             var clients: [TestClient] = []
             for index in 0..<50 { clients.append(try await server.device("d\(index)").0) }
             let beliefs = try await withThrowingTaskGroup(of: (Int, LeaseBelief).self) { group in
@@ -206,14 +215,15 @@ struct LeaseTests {
 
 @Suite("liveness")
 struct LivenessTests {
-    @Test func aClientSilentForTwoHeartbeatsIsDroppedAndOneAnsweringPingsStays() async throws {
-        try await TestServer.with({ $0.heartbeatMs = 500 }) { server in
+    @Test(arguments: EngineKind.allCases)
+    func aClientSilentForTwoHeartbeatsIsDroppedAndOneAnsweringPingsStays(engine: EngineKind) async throws {
+        try await TestServer.with(engine: engine, { $0.heartbeatMs = 1_000 }) { server in
             let silent = try await server.connect(answerPings: false)
             _ = try await silent.hello("silent")
             let alive = try await server.connect()
             _ = try await alive.hello("alive")
             var dropped = false
-            while let event = await silent.next(timeout: .seconds(5)) {
+            while let event = await silent.next(timeout: .seconds(8)) {
                 if case .disconnected = event { dropped = true; break }
             }
             #expect(dropped, "no close frame: an abrupt loss")

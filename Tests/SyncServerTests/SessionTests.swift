@@ -4,8 +4,9 @@ import Testing
 
 @Suite("sessions: welcome, commands, broadcast")
 struct SessionTests {
-    @Test func welcomeCarriesTheFullStateOfAFreshUser() async throws {
-        try await TestServer.with { server in
+    @Test(arguments: EngineKind.allCases)
+    func welcomeCarriesTheFullStateOfAFreshUser(engine: EngineKind) async throws {
+        try await TestServer.with(engine: engine) { server in
             let (_, welcome) = try await server.device("phone")
             #expect(welcome.state == Playback.initial.playerState())
             #expect(welcome.changed)
@@ -17,8 +18,9 @@ struct SessionTests {
         }
     }
 
-    @Test func welcomeSaysUnchangedWhenLastSeenIsCurrent() async throws {
-        try await TestServer.with { server in
+    @Test(arguments: EngineKind.allCases)
+    func welcomeSaysUnchangedWhenLastSeenIsCurrent(engine: EngineKind) async throws {
+        try await TestServer.with(engine: engine) { server in
             let (phone, _) = try await server.device("phone")
             try await phone.command("r1", .volume(percent: 30))
             let client = try await server.connect()
@@ -29,8 +31,9 @@ struct SessionTests {
         }
     }
 
-    @Test func devicesEventsFollowConnectsAndDisconnects() async throws {
-        try await TestServer.with { server in
+    @Test(arguments: EngineKind.allCases)
+    func devicesEventsFollowConnectsAndDisconnects(engine: EngineKind) async throws {
+        try await TestServer.with(engine: engine) { server in
             let (phone, _) = try await server.device("phone")
             let (laptop, _) = try await server.device("laptop", kind: .computer)
             guard case .devices(let devices) = try await phone.nextMessage(skipping: []) else { Issue.record("no devices"); return }
@@ -41,9 +44,9 @@ struct SessionTests {
         }
     }
 
-    @Test(arguments: [2, 4])
-    func everyDeviceSeesTheSameVersionsInOrder(devices count: Int) async throws {
-        try await TestServer.with { server in
+    @Test(arguments: EngineKind.allCases, [2, 4])
+    func everyDeviceSeesTheSameVersionsInOrder(engine: EngineKind, devices count: Int) async throws {
+        try await TestServer.with(engine: engine) { server in
             var clients: [TestClient] = []
             for index in 0..<count { clients.append(try await server.device("d\(index)").0) }
             try await clients[0].command("p", .play(.init(trackID: "t0001")))
@@ -61,8 +64,9 @@ struct SessionTests {
         }
     }
 
-    @Test func commandsAreAckedAndBroadcastWithTheirCause() async throws {
-        try await TestServer.with { server in
+    @Test(arguments: EngineKind.allCases)
+    func commandsAreAckedAndBroadcastWithTheirCause(engine: EngineKind) async throws {
+        try await TestServer.with(engine: engine) { server in
             let (phone, _) = try await server.device("phone")
             let (speaker, _) = try await server.device("speaker", kind: .speaker)
             let answer = try await phone.command("r-1", .play(.init(trackID: "t0042", context: .init(kind: "album", id: "a05"), device: "speaker")))
@@ -81,8 +85,9 @@ struct SessionTests {
         }
     }
 
-    @Test func queueAddAckCarriesTheEntry() async throws {
-        try await TestServer.with { server in
+    @Test(arguments: EngineKind.allCases)
+    func queueAddAckCarriesTheEntry(engine: EngineKind) async throws {
+        try await TestServer.with(engine: engine) { server in
             let (phone, _) = try await server.device("phone")
             guard case .ack(let ack) = try await phone.command("q", .queueAdd(trackID: "t0002", at: .end)) else { return }
             #expect(ack.entry != nil)
@@ -91,8 +96,9 @@ struct SessionTests {
         }
     }
 
-    @Test func aRepeatedRequestIdIsAnsweredAgainAndAppliedOnce() async throws {
-        try await TestServer.with { server in
+    @Test(arguments: EngineKind.allCases)
+    func aRepeatedRequestIdIsAnsweredAgainAndAppliedOnce(engine: EngineKind) async throws {
+        try await TestServer.with(engine: engine) { server in
             let (phone, _) = try await server.device("phone")
             try await phone.command("p", .play(.init(trackID: "t0001")))
             let first = try await phone.command("same", .queueAdd(trackID: "t0002", at: .end))
@@ -107,8 +113,9 @@ struct SessionTests {
         }
     }
 
-    @Test func ifVersionMismatchIsAConflictWithTheCurrentVersion() async throws {
-        try await TestServer.with { server in
+    @Test(arguments: EngineKind.allCases)
+    func ifVersionMismatchIsAConflictWithTheCurrentVersion(engine: EngineKind) async throws {
+        try await TestServer.with(engine: engine) { server in
             let (phone, _) = try await server.device("phone")
             try await phone.command("v1", .volume(percent: 50))
             let answer = try await phone.command("v2", .volume(percent: 60), ifVersion: 0)
@@ -118,8 +125,9 @@ struct SessionTests {
         }
     }
 
-    @Test func aCommandThatChangesNothingIsAckedWithoutABroadcast() async throws {
-        try await TestServer.with { server in
+    @Test(arguments: EngineKind.allCases)
+    func aCommandThatChangesNothingIsAckedWithoutABroadcast(engine: EngineKind) async throws {
+        try await TestServer.with(engine: engine) { server in
             let (phone, _) = try await server.device("phone")
             try await phone.command("v1", .volume(percent: 50))
             _ = try await phone.state { $0.version == 1 }
@@ -129,8 +137,9 @@ struct SessionTests {
         }
     }
 
-    @Test func usersAreIsolated() async throws {
-        try await TestServer.with { server in
+    @Test(arguments: EngineKind.allCases)
+    func usersAreIsolated(engine: EngineKind) async throws {
+        try await TestServer.with(engine: engine) { server in
             let (alicePhone, _) = try await server.device("phone", user: "alice")
             let (bob, _) = try await server.device("bob-phone", user: "bob")
             try await alicePhone.command("a", .play(.init(trackID: "t0001")))
@@ -145,8 +154,9 @@ struct SessionTests {
         }
     }
 
-    @Test func clockEchoesT0WithServerTime() async throws {
-        try await TestServer.with { server in
+    @Test(arguments: EngineKind.allCases)
+    func clockEchoesT0WithServerTime(engine: EngineKind) async throws {
+        try await TestServer.with(engine: engine) { server in
             let (phone, _) = try await server.device("phone")
             let before = Int64(Date().timeIntervalSince1970 * 1_000)
             try await phone.send(.clock(t0: .double(12.5)))

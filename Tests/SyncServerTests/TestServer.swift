@@ -8,6 +8,7 @@ import Metrics
 import NIOCore
 import PlaybackEngine
 import Prometheus
+import RedisClient
 import ServiceLifecycle
 import SyncServer
 import Synchronization
@@ -28,16 +29,34 @@ enum TestMetrics {
     }
 }
 
+/// Which engine a test server runs.
+enum EngineKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case memory, redis
+
+    var testDescription: String { rawValue }
+
+    /// The redis-server scripts/test starts.
+    static let redisURL = ProcessInfo.processInfo.environment["PLAYBACK_REDIS_URL"] ?? "redis://127.0.0.1:6390/0"
+}
+
 /// The daemon running in-process on a free port, for one test.
 final class TestServer: Sendable {
     let port: Int
     let configuration: ServerConfiguration
+    /// Appended to user names, so that tests sharing one Redis never share a user.
+    let namespace: String
+    let engine: any PlaybackEngine
     private let group: ServiceGroup
     private let task: Task<Void, any Error>
 
-    private init(port: Int, configuration: ServerConfiguration, group: ServiceGroup, task: Task<Void, any Error>) {
+    private init(
+        port: Int, configuration: ServerConfiguration, namespace: String, engine: any PlaybackEngine, group: ServiceGroup,
+        task: Task<Void, any Error>
+    ) {
         self.port = port
         self.configuration = configuration
+        self.namespace = namespace
+        self.engine = engine
         self.group = group
         self.task = task
     }
@@ -51,14 +70,25 @@ final class TestServer: Sendable {
         return configuration
     }
 
-    static func start(_ configure: (inout ServerConfiguration) -> Void = { _ in }) async throws -> TestServer {
+    static func start(
+        engine kind: EngineKind = .memory, namespace: String = String(UInt32.random(in: 0...UInt32.max), radix: 36),
+        _ configure: (inout ServerConfiguration) -> Void = { _ in }
+    ) async throws -> TestServer {
         _ = TestMetrics.registry
         var configuration = fastConfiguration()
         configure(&configuration)
+        let engine: any PlaybackEngine
+        switch kind {
+        case .memory: engine = MemoryEngine(configuration: configuration.engine)
+        case .redis:
+            let redis = RedisEngine(redis: try RedisConfiguration(url: EngineKind.redisURL), configuration: configuration.engine)
+            await redis.start()
+            engine = redis
+        }
         let (ports, portContinuation) = AsyncStream<Int>.makeStream()
         var logger = Logger(label: "test-server")
         logger.logLevel = ProcessInfo.processInfo.environment["TEST_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0) } ?? .critical
-        let app = try await buildApplication(configuration, metrics: TestMetrics.registry, logger: logger) { channel in
+        let app = try await buildApplication(configuration, engine: engine, metrics: TestMetrics.registry, logger: logger) { channel in
             portContinuation.yield(channel.localAddress?.port ?? 0)
             portContinuation.finish()
         }
@@ -66,7 +96,7 @@ final class TestServer: Sendable {
         let task = Task { try await group.run() }
         var iterator = ports.makeAsyncIterator()
         guard let port = await iterator.next(), port > 0 else { throw TestTimeout(waitingFor: "the server to listen") }
-        return TestServer(port: port, configuration: configuration, group: group, task: task)
+        return TestServer(port: port, configuration: configuration, namespace: namespace, engine: engine, group: group, task: task)
     }
 
     func connect(_ user: String = "alice", ttl: TimeInterval = 3_600, country: String? = nil, origin: String? = nil,
@@ -85,20 +115,21 @@ final class TestServer: Sendable {
 
     func token(_ user: String, ttl: TimeInterval = 3_600, country: String? = nil, secret: String? = nil) async throws -> String {
         let authenticator = await Authenticator(secret: secret ?? configuration.jwtSecret, allowedOrigins: [])
-        return try await authenticator.sign(AccessToken(user: user, expires: Date().addingTimeInterval(ttl), country: country))
+        return try await authenticator.sign(AccessToken(user: "\(user).\(namespace)", expires: Date().addingTimeInterval(ttl), country: country))
     }
 
     /// Shuts down gracefully, as on SIGTERM: sessions are closed with 1001.
     func stop() async {
         await group.triggerGracefulShutdown()
         _ = await task.result
+        await engine.shutdown()
     }
 
     /// Runs `body` against a fresh server and stops it afterwards.
-    static func with<T>(_ configure: (inout ServerConfiguration) -> Void = { _ in }, _ body: (TestServer) async throws -> T)
-        async throws -> T
-    {
-        let server = try await start(configure)
+    static func with<T>(
+        engine: EngineKind = .memory, _ configure: (inout ServerConfiguration) -> Void = { _ in }, _ body: (TestServer) async throws -> T
+    ) async throws -> T {
+        let server = try await start(engine: engine, configure)
         do {
             let result = try await body(server)
             await server.stop()

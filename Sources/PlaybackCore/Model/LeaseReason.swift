@@ -21,7 +21,7 @@ public enum LeaseReason: String, Codable, Sendable, CaseIterable {
 }
 
 /// A change of the active device: who lost it, who got it, and the new epoch.
-public struct LeaseChange: Sendable, Equatable {
+public struct LeaseChange: Codable, Sendable, Equatable {
     public var epoch: Int64
     public var revoked: String?
     public var granted: String?

@@ -1,0 +1,164 @@
+import Foundation
+import Logging
+import Metrics
+import NIOCore
+import RedisClient
+import Synchronization
+
+/// The multi-node engine: Redis holds each user's playback, lease and devices, and is the bus
+/// between daemons. A node serializes its own work per user (an actor), commits each change with
+/// one script call (optimistic: re-read and retry on a version conflict), and delivers changes to
+/// its local devices from the user's pub/sub channel, in channel order, whichever node made them.
+public final class RedisEngine: PlaybackEngine {
+    public let nodeID: String
+    let redis: RedisClient
+    let subscriber: RedisSubscriber
+    let registry: FanoutRegistry
+    let configuration: EngineConfiguration
+    let reducer: PlaybackReducer
+    let clock: @Sendable () -> Int64
+    let logger: Logger
+    let commitScript = RedisScript(RedisScripts.commit)
+    let renewScript = RedisScript(RedisScripts.renew)
+    private let users = Mutex<[String: RedisUser]>([:])
+    private let background = Mutex<[Task<Void, Never>]>([])
+
+    /// The lease's TTL while its holder is connected (renewed every tick, so several renewals may
+    /// fail before it lapses); a lease whose node died expires after it.
+    var leaseTTLMs: Int64 { max(configuration.graceMs, 2_000) }
+    /// How often leases are renewed, presence refreshed and dead leases swept.
+    var tickMs: Int64 { max(50, min(1_000, leaseTTLMs / 4)) }
+    var presenceTTLMs: Int64 { 3 * tickMs + 2_000 }
+
+    public init(
+        redis redisConfiguration: RedisConfiguration, catalog: any TrackCatalog = DemoCatalog.shared,
+        configuration: EngineConfiguration = EngineConfiguration(), clock: @escaping @Sendable () -> Int64 = ServerClock.nowMs,
+        logger: Logger = Logger(label: "playback.engine.redis")
+    ) {
+        let nodeID = "n-" + String(UInt32.random(in: 0...UInt32.max), radix: 16)
+        self.nodeID = nodeID
+        var commands = redisConfiguration
+        commands.clientName = "playback-syncd:\(nodeID)"
+        var pubsub = redisConfiguration
+        pubsub.clientName = "playback-syncd:\(nodeID):pubsub"
+        let registry = FanoutRegistry(logger: logger)
+        self.registry = registry
+        self.redis = RedisClient(configuration: commands, logger: logger)
+        self.subscriber = RedisSubscriber(
+            configuration: pubsub, logger: logger, onResubscribed: { registry.resubscribed() },
+            onMessage: { channel, payload in registry.route(channel: channel, payload: payload) })
+        self.configuration = configuration
+        self.reducer = PlaybackReducer(catalog: catalog, limits: configuration.limits)
+        self.clock = clock
+        var logger = logger
+        logger[metadataKey: "node.id"] = .string(nodeID)
+        self.logger = logger
+        registry.engine = self
+    }
+
+    /// Starts the pub/sub connection and the lease/presence loop; returns once subscribed.
+    public func start() async {
+        let subscriber = self.subscriber
+        let loop = Task { [weak self] in
+            while !Task.isCancelled {
+                guard let self else { return }
+                let tick = self.tickMs
+                for user in self.users.withLock({ Array($0.values) }) where self.registry.fanout(for: user.userID) != nil {
+                    await user.maintain()
+                }
+                try? await Task.sleep(for: .milliseconds(tick))
+            }
+        }
+        background.withLock { $0 = [Task { await subscriber.run() }, loop] }
+        await subscriber.waitUntilConnected()
+        logger.info("redis engine started", metadata: ["redis.host": .string(redis.configuration.host)])
+    }
+
+    func user(_ id: String) -> RedisUser {
+        users.withLock { users in
+            if let user = users[id] { return user }
+            let user = RedisUser(userID: id, engine: self)
+            users[id] = user
+            return user
+        }
+    }
+
+    public func connect(user: UserIdentity, hello: ClientMessage.Hello, sink: any DeviceSink, welcome: WelcomeParameters) async throws(ConnectRefusal) {
+        try await self.user(user.userID).connect(hello: hello, sink: sink, welcome: welcome)
+    }
+
+    public func disconnect(user: UserIdentity, device: String, sessionID: String, kind: DisconnectKind) async {
+        await self.user(user.userID).disconnect(device: device, sessionID: sessionID, kind: kind)
+    }
+
+    public func submit(_ submission: Submission) async -> Result<Receipt, PlaybackError> {
+        await user(submission.user.userID).submit(submission)
+    }
+
+    public func snapshot(user: UserIdentity) async throws(PlaybackError) -> (state: PlayerState, devices: [DeviceInfo]) {
+        try await self.user(user.userID).snapshot()
+    }
+
+    public func isReady() async -> Bool {
+        guard subscriber.isConnected else { return false }
+        return (try? await redis.send(["PING"])) == .simpleString("PONG")
+    }
+
+    public func shutdown() async {
+        for task in background.withLock({ $0 }) { task.cancel() }
+        await subscriber.stop()
+        await redis.shutdown()
+    }
+}
+
+/// Routes pub/sub messages to the users that have devices on this node.
+final class FanoutRegistry: Sendable {
+    private let fanouts = Mutex<[String: UserFanout]>([:])
+    private let engineBox = Mutex<RedisEngine?>(nil)
+    private let logger: Logger
+
+    init(logger: Logger) { self.logger = logger }
+
+    var engine: RedisEngine? {
+        get { engineBox.withLock { $0 } }
+        set { engineBox.withLock { $0 = newValue } }
+    }
+
+    func fanout(for user: String) -> UserFanout? { fanouts.withLock { $0[user] } }
+
+    func fanoutCreating(for user: String) -> (fanout: UserFanout, created: Bool) {
+        fanouts.withLock { fanouts in
+            if let fanout = fanouts[user] { return (fanout, false) }
+            let fanout = UserFanout()
+            fanouts[user] = fanout
+            return (fanout, true)
+        }
+    }
+
+    /// Removes the user's fanout if no device is on it; true when removed.
+    func removeIfEmpty(_ user: String) -> Bool {
+        fanouts.withLock { fanouts in
+            guard let fanout = fanouts[user], fanout.isEmpty else { return false }
+            fanouts[user] = nil
+            return true
+        }
+    }
+
+    func route(channel: String, payload: ByteBuffer) {
+        guard let user = RedisKeys.user(ofChannel: channel), let fanout = fanout(for: user) else { return }
+        do {
+            fanout.receive(try JSONDecoder().decode(BusMessage.self, from: Data(payload.readableBytesView)))
+        } catch {
+            logger.error("undecodable bus message", metadata: ["user.id": .string(user), "error": .string("\(error)")])
+        }
+    }
+
+    /// After the pub/sub connection came back, messages may have been lost: every local user
+    /// re-reads its state and sends it to its devices when it is newer than what they saw.
+    func resubscribed() {
+        guard let engine else { return }
+        for user in fanouts.withLock({ Array($0.keys) }) {
+            Task { await engine.user(user).recover() }
+        }
+    }
+}

@@ -1,0 +1,87 @@
+import Synchronization
+
+/// The devices of one user connected to this node, fed from the user's pub/sub channel in
+/// channel order. A device that is being welcomed is not fed directly: what arrives meanwhile is
+/// buffered and flushed after its `welcome`, minus what the welcome already contained.
+final class UserFanout: Sendable {
+    private struct Waiting {
+        var sink: any DeviceSink
+        var buffer: [BusMessage] = []
+    }
+
+    private struct State {
+        var devices = LocalDevices()
+        var waiting: [String: Waiting] = [:]
+        /// The newest version seen on the channel (to tell a cached state is stale).
+        var latestVersion: Int64 = -1
+    }
+
+    private let state = Mutex(State())
+
+    var latestVersion: Int64 { state.withLock { $0.latestVersion } }
+    var isEmpty: Bool { state.withLock { $0.devices.isEmpty && $0.waiting.isEmpty } }
+    var connectedDevices: [String] { state.withLock { Array($0.devices.deviceIDs) } }
+
+    func hasDevice(_ device: String) -> Bool { state.withLock { $0.devices.sink(for: device) != nil } }
+
+    /// Starts buffering for a device about to be welcomed; returns a connection it replaces here.
+    func beginWelcome(_ sink: any DeviceSink, device: String) -> (any DeviceSink)? {
+        state.withLock { state in
+            let replaced = state.devices.sink(for: device) ?? state.waiting[device]?.sink
+            if replaced != nil { _ = state.devices.detach(device: device, sessionID: replaced?.sessionID ?? "") }
+            state.waiting[device] = Waiting(sink: sink)
+            return replaced
+        }
+    }
+
+    /// Sends `welcome`, then what arrived meanwhile and is newer than it, and attaches the device.
+    func finishWelcome(device: String, sessionID: String, welcome: EncodedMessage, version: Int64) {
+        state.withLock { state in
+            guard let waiting = state.waiting[device], waiting.sink.sessionID == sessionID else { return }
+            state.waiting[device] = nil
+            waiting.sink.send(welcome)
+            _ = state.devices.attach(waiting.sink, device: device)
+            for message in waiting.buffer {
+                if let event = message.event, event.state.version > version {
+                    state.devices.deliver(event, only: device)
+                } else if let devices = message.devices, message.except != device {
+                    state.devices.send(EncodedMessage(.devices(devices)), to: device)
+                }
+            }
+        }
+    }
+
+    /// Forgets a device's connection if it is still the current one.
+    func detach(device: String, sessionID: String) -> Bool {
+        state.withLock { state in
+            if let waiting = state.waiting[device], waiting.sink.sessionID == sessionID {
+                state.waiting[device] = nil
+                return true
+            }
+            return state.devices.detach(device: device, sessionID: sessionID)
+        }
+    }
+
+    /// A message from the user's channel.
+    func receive(_ message: BusMessage) {
+        state.withLock { state in
+            for device in state.waiting.keys { state.waiting[device]?.buffer.append(message) }
+            if let event = message.event {
+                state.latestVersion = max(state.latestVersion, event.state.version)
+                state.devices.deliver(event)
+            }
+            if let devices = message.devices {
+                state.devices.broadcast(EncodedMessage(.devices(devices)), except: message.except)
+            }
+            if let replacement = message.replace, let sink = state.devices.sink(for: replacement.device),
+                sink.sessionID != replacement.session
+            {
+                sink.close(.replaced, reason: "replaced by a newer connection of this device")
+            }
+        }
+    }
+
+    func closeAll(_ code: CloseCode, reason: String) {
+        state.withLock { $0.devices.closeAll(code, reason: reason) }
+    }
+}

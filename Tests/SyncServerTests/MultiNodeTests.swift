@@ -1,0 +1,133 @@
+import Foundation
+import PlaybackCore
+import PlaybackEngine
+import Testing
+
+/// Several daemons (in-process, each with its own port and RedisEngine) on one redis-server.
+@Suite("several daemons on one Redis", .enabled(if: ProcessInfo.processInfo.environment["PLAYBACK_REDIS_URL"] != nil, "needs PLAYBACK_REDIS_URL"))
+struct MultiNodeTests {
+    static func cluster<T>(_ count: Int, _ body: ([TestServer]) async throws -> T) async throws -> T {
+        let namespace = String(UInt32.random(in: 0...UInt32.max), radix: 36)
+        var nodes: [TestServer] = []
+        do {
+            for _ in 0..<count { nodes.append(try await TestServer.start(engine: .redis, namespace: namespace)) }
+            let result = try await body(nodes)
+            for node in nodes { await node.stop() }
+            return result
+        } catch {
+            for node in nodes { await node.stop() }
+            throw error
+        }
+    }
+
+    @Test func aCommandOnOneNodeReachesDevicesOnTheOthersInVersionOrder() async throws {
+        try await Self.cluster(3) { nodes in
+            var devices: [TestClient] = []
+            for (index, node) in nodes.enumerated() { devices.append(try await node.device("d\(index)").0) }
+            try await devices[0].command("p", .play(.init(trackID: "t0001", device: "d0")))
+            for index in 1...20 { try await devices[index % 3].command("v\(index)", .volume(percent: index)) }
+            for device in devices {
+                var versions: [Int64] = []
+                while versions.last != 21 {
+                    guard case .state(let event) = try await device.expect("state") else { continue }
+                    versions.append(event.state.version)
+                }
+                #expect(versions == Array(1...21), "strictly increasing, none missing, on every node")
+            }
+        }
+    }
+
+    @Test func transferBetweenDevicesOnDifferentNodes() async throws {
+        try await Self.cluster(2) { nodes in
+            let (speaker, _) = try await nodes[0].device("speaker")
+            let (phone, _) = try await nodes[1].device("phone")
+            try await phone.command("p", .play(.init(trackID: "t0001", positionMs: 20_000, device: "speaker")))
+            guard case .leaseGranted = try await speaker.expect("lease_granted") else { return }
+            try await Task.sleep(for: .milliseconds(400))
+            try await speaker.command("t", .transfer(device: "phone", play: nil))
+            guard case .leaseRevoked(let revoked) = try await speaker.expect("lease_revoked") else { return }
+            #expect(revoked.reason == .transferred && revoked.by == "phone")
+            guard case .leaseGranted(let granted) = try await phone.expect("lease_granted") else { return }
+            #expect(granted.state.isPlaying && (20_300...22_500).contains(granted.state.positionMs), "\(granted.state.positionMs)")
+        }
+    }
+
+    @Test func aRetriedRequestIdOnAnotherNodeAppliesOnce() async throws {
+        try await Self.cluster(2) { nodes in
+            let (first, _) = try await nodes[0].device("first")
+            let (second, _) = try await nodes[1].device("second")
+            let original = try await first.command("same-id", .queueAdd(trackID: "t0002", at: .end))
+            let retry = try await second.command("same-id", .queueAdd(trackID: "t0002", at: .end))
+            #expect(original == retry)
+            let (_, welcome) = try await nodes[1].device("third")
+            #expect(welcome.state.queue?.count == 1 && welcome.state.version == 1)
+        }
+    }
+
+    @Test func aHundredDevicesOverThreeNodesRacingEndWithOneHolder() async throws {
+        try await Self.cluster(3) { nodes in
+            var clients: [TestClient] = []
+            for index in 0..<100 { clients.append(try await nodes[index % 3].device("d\(index)").0) }
+            let beliefs = try await withThrowingTaskGroup(of: (Int, LeaseTests.LeaseBelief, [Int64]).self) { group in
+                for (index, client) in clients.enumerated() {
+                    group.addTask {
+                        let command: Command = index % 4 == 3
+                            ? .transfer(device: "d\((index * 7) % 100)", play: true)
+                            : .play(.init(trackID: "t0001", device: "d\(index)"))
+                        try await client.send(.command(.init(id: "race-\(index)", command: command)))
+                        var belief = LeaseTests.LeaseBelief()
+                        var epochs: [Int64] = []
+                        while true {
+                            let message = try await client.nextMessage(timeout: .seconds(15))
+                            belief.observe(message)
+                            if case .leaseGranted(let grant) = message { epochs.append(grant.epoch) }
+                            if case .leaseRevoked(let revoked) = message { epochs.append(revoked.epoch) }
+                            if case .ack(let ack) = message, ack.id == "race-\(index)" { return (index, belief, epochs) }
+                            if case .error(let error) = message, error.id == "race-\(index)" { return (index, belief, epochs) }
+                        }
+                    }
+                }
+                var all = [(LeaseTests.LeaseBelief, [Int64])](repeating: (LeaseTests.LeaseBelief(), []), count: clients.count)
+                for try await (index, belief, epochs) in group { all[index] = (belief, epochs) }
+                return all
+            }
+            try await clients[0].send(.command(.init(id: "final", command: .volume(percent: 42))))
+            var finals: [PlayerState] = []
+            var believers = 0
+            for (index, client) in clients.enumerated() {
+                var belief = beliefs[index].0
+                var epochs = beliefs[index].1
+                while true {
+                    let message = try await client.nextMessage(timeout: .seconds(15))
+                    belief.observe(message)
+                    if case .leaseGranted(let grant) = message { epochs.append(grant.epoch) }
+                    if case .leaseRevoked(let revoked) = message { epochs.append(revoked.epoch) }
+                    if case .state(let event) = message, event.state.volume == 42 {
+                        finals.append(event.state)
+                        break
+                    }
+                }
+                #expect(zip(epochs, epochs.dropFirst()).allSatisfy { $0 < $1 }, "device d\(index) saw epochs \(epochs)")
+                if belief.active { believers += 1 }
+            }
+            #expect(Set(finals.map(\.version)).count == 1, "every device converges on one version")
+            #expect(Set(finals.map(\.activeDevice)).count == 1)
+            #expect(believers == 1, "exactly one device believes it is active")
+        }
+    }
+
+    @Test func aLeaseWhoseNodeWentAwayExpiresAndTheOthersLearnIt() async throws {
+        let namespace = String(UInt32.random(in: 0...UInt32.max), radix: 36)
+        let doomed = try await TestServer.start(engine: .redis, namespace: namespace)
+        let survivor = try await TestServer.start(engine: .redis, namespace: namespace)
+        let (holder, _) = try await doomed.device("holder")
+        let (watcher, _) = try await survivor.device("watcher")
+        try await holder.command("p", .play(.init(trackID: "t0001", device: "holder")))
+        _ = try await watcher.state { $0.activeDevice == "holder" }
+        await doomed.stop()
+        let expired = try await watcher.state(where: { $0.activeDevice == nil }, timeout: .seconds(10))
+        #expect(expired.cause == .init(op: "expired", device: "holder", request: nil))
+        #expect(!expired.state.isPlaying && expired.state.epoch == 2)
+        await survivor.stop()
+    }
+}
