@@ -52,6 +52,8 @@ public final class MemoryEngine: PlaybackEngine {
         await player(for: user).snapshot()
     }
 
+    public var catalog: any TrackCatalog { reducer.catalog }
+
     public func isReady() async -> Bool { true }
 
     public func shutdown() async {

@@ -115,6 +115,9 @@ public struct Receipt: Sendable, Equatable {
 /// order), and own the lease: grace periods, expiry, release. `MemoryEngine` keeps everything in
 /// this process; a Redis-backed engine shares it between nodes.
 public protocol PlaybackEngine: Sendable {
+    /// The catalog the engine plays from (for search).
+    var catalog: any TrackCatalog { get }
+
     /// Registers the device's connection, sends it `welcome`, and tells the user's other devices.
     /// A second connection of the same device replaces the first (closed with 4001).
     func connect(

@@ -35,6 +35,10 @@ public func buildApplication(
     let router = Router()
     OpsRoutes(engine: engine, metrics: metrics).register(on: router)
     ConnectRoute(authenticator: authenticator).register(on: router)
+    PlayerRoutes(
+        engine: engine, authenticator: authenticator,
+        limiter: UserRateLimiter(rate: configuration.messagesPerSecond, burst: configuration.messageBurst)
+    ).register(on: router)
 
     return Application(
         router: router,

@@ -141,11 +141,24 @@ final class TestServer: Sendable {
     }
 
     /// A plain HTTP request to the server.
-    func http(_ path: String, method: String = "GET", headers: [String: String] = [:]) async throws -> (status: Int, body: String) {
+    func http(_ path: String, method: String = "GET", headers: [String: String] = [:], body: String? = nil) async throws
+        -> (status: Int, body: String)
+    {
+        let response = try await httpResponse(path, method: method, headers: headers, body: body)
+        return (response.status, response.body)
+    }
+
+    func httpResponse(_ path: String, method: String = "GET", headers: [String: String] = [:], body: String? = nil) async throws
+        -> (status: Int, body: String, headers: [String: String])
+    {
         var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)\(path)")!)
         request.httpMethod = method
         for (name, value) in headers { request.setValue(value, forHTTPHeaderField: name) }
+        request.httpBody = body.map { Data($0.utf8) }
         let (data, response) = try await URLSession.shared.data(for: request)
-        return ((response as? HTTPURLResponse)?.statusCode ?? 0, String(decoding: data, as: UTF8.self))
+        let http = response as? HTTPURLResponse
+        var fields: [String: String] = [:]
+        for (name, value) in http?.allHeaderFields ?? [:] { fields[String(describing: name).lowercased()] = String(describing: value) }
+        return (http?.statusCode ?? 0, String(decoding: data, as: UTF8.self), fields)
     }
 }

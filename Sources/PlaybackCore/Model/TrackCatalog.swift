@@ -6,6 +6,8 @@ public protocol TrackCatalog: Sendable {
     func tracks(in context: PlaybackContext) -> [Track]?
     /// Whether the track may be played in the country (ISO 3166-1 alpha-2); nil country means unknown: allowed.
     func isLicensed(trackID: String, country: String?) -> Bool
+    /// Tracks whose id, title or artist contains `query` (case-insensitive), at most `limit`, in id order.
+    func search(_ query: String, limit: Int) -> [Track]
 }
 
 /// A catalog held in dictionaries: the demo catalog and tests use it.
@@ -33,5 +35,14 @@ public struct StaticCatalog: TrackCatalog {
     public func isLicensed(trackID: String, country: String?) -> Bool {
         guard let country, let allowed = restrictions[trackID] else { return true }
         return allowed.contains(country)
+    }
+
+    public func search(_ query: String, limit: Int) -> [Track] {
+        let needle = query.lowercased()
+        let matches = tracksByID.values.filter { track in
+            needle.isEmpty || track.id.lowercased().contains(needle) || track.title.lowercased().contains(needle)
+                || track.artist.lowercased().contains(needle)
+        }
+        return Array(matches.sorted { $0.id < $1.id }.prefix(max(limit, 0)))
     }
 }

@@ -99,6 +99,8 @@ public final class RedisEngine: PlaybackEngine {
         try await self.user(user.userID).snapshot()
     }
 
+    public var catalog: any TrackCatalog { reducer.catalog }
+
     public func isReady() async -> Bool {
         guard subscriber.isConnected else { return false }
         return (try? await redis.send(["PING"])) == .simpleString("PONG")
