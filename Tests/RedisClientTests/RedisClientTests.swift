@@ -1,4 +1,5 @@
 import Foundation
+import Logging
 import NIOCore
 import Synchronization
 import Testing
@@ -144,7 +145,9 @@ struct RedisClientTests {
     @Test func anUnreachableRedisFailsFastAsUnavailable() async throws {
         var configuration = try TestRedis.configuration
         configuration.port = 1
-        let client = RedisClient(configuration: configuration)
+        var quiet = Logger(label: "test")
+        quiet.logLevel = .critical
+        let client = RedisClient(configuration: configuration, logger: quiet)
         for _ in 0..<2 {
             await #expect {
                 _ = try await client.send(["PING"])

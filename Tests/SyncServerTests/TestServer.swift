@@ -77,17 +77,18 @@ final class TestServer: Sendable {
         _ = TestMetrics.registry
         var configuration = fastConfiguration()
         configure(&configuration)
-        let engine: any PlaybackEngine
-        switch kind {
-        case .memory: engine = MemoryEngine(configuration: configuration.engine)
-        case .redis:
-            let redis = RedisEngine(redis: try RedisConfiguration(url: EngineKind.redisURL), configuration: configuration.engine)
-            await redis.start()
-            engine = redis
-        }
+
         let (ports, portContinuation) = AsyncStream<Int>.makeStream()
         var logger = Logger(label: "test-server")
         logger.logLevel = ProcessInfo.processInfo.environment["TEST_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0) } ?? .critical
+        let engine: any PlaybackEngine
+        switch kind {
+        case .memory: engine = MemoryEngine(configuration: configuration.engine, logger: logger)
+        case .redis:
+            let redis = RedisEngine(redis: try RedisConfiguration(url: EngineKind.redisURL), configuration: configuration.engine, logger: logger)
+            await redis.start()
+            engine = redis
+        }
         let app = try await buildApplication(configuration, engine: engine, metrics: TestMetrics.registry, logger: logger) { channel in
             portContinuation.yield(channel.localAddress?.port ?? 0)
             portContinuation.finish()
