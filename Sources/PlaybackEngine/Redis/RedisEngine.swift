@@ -63,8 +63,13 @@ public final class RedisEngine: PlaybackEngine {
             while !Task.isCancelled {
                 guard let self else { return }
                 let tick = self.tickMs
-                for user in self.users.withLock({ Array($0.values) }) where self.registry.fanout(for: user.userID) != nil {
-                    await user.maintain()
+                for user in self.users.withLock({ Array($0.values) }) {
+                    if self.registry.fanout(for: user.userID) != nil {
+                        await user.maintain()
+                    } else if await user.isIdle {
+                        // No device here and nothing running: forget it (it is recreated on demand).
+                        self.users.withLock { users in if users[user.userID] === user { users[user.userID] = nil } }
+                    }
                 }
                 try? await Task.sleep(for: .milliseconds(tick))
             }

@@ -17,6 +17,9 @@ actor RedisUser {
     private var busy = false
     private var queue: [CheckedContinuation<Void, Never>] = []
 
+    /// Nothing running or waiting.
+    var isIdle: Bool { !busy && queue.isEmpty }
+
     private func serialized<T>(_ body: () async throws -> T) async rethrows -> T {
         if busy {
             await withCheckedContinuation { queue.append($0) }
