@@ -66,6 +66,8 @@ public final class DeviceConnection: Sendable {
     public struct Options: Sendable {
         /// Local address to connect from (load tests spread over 127.0.0.x).
         public var sourceAddress: String?
+        /// The WebSocket path.
+        public var path = "/v1/connect"
         /// Send the token as `?access_token=` (as browsers do) instead of `Authorization`.
         public var tokenInQuery = false
         /// An `Origin` header, as a browser sends.
@@ -87,7 +89,7 @@ public final class DeviceConnection: Sendable {
         var key = [UInt8](repeating: 0, count: 16)
         var generator = SystemRandomNumberGenerator()
         for index in key.indices { key[index] = generator.next() }
-        var path = "/v1/connect"
+        var path = options.path
         var headers = [
             "Host: \(server.host):\(server.port)", "Upgrade: websocket", "Connection: Upgrade",
             "Sec-WebSocket-Key: \(Data(key).base64EncodedString())", "Sec-WebSocket-Version: 13",

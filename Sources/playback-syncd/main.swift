@@ -46,6 +46,8 @@ struct PlaybackSyncd: AsyncParsableCommand {
     var allowedOrigins: String?
     @Option(help: "trace, debug, info, notice, warning, error or critical. [PLAYBACK_LOG_LEVEL, default info]")
     var logLevel: String?
+    @Flag(help: "Test only: serve an unauthenticated echo at /v1/diagnostics/echo on the same WebSocket pipeline, for conformance suites.")
+    var diagnosticsEcho = false
 
     func run() async throws {
         let environment = ProcessInfo.processInfo.environment
@@ -85,6 +87,8 @@ struct PlaybackSyncd: AsyncParsableCommand {
         if let origins = setting(allowedOrigins, "PLAYBACK_ALLOWED_ORIGINS") {
             config.allowedOrigins = origins.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
         }
+        config.diagnosticsEcho = diagnosticsEcho
+        if diagnosticsEcho { logger.warning("the diagnostics echo is enabled: /v1/diagnostics/echo is open to anyone (test only)") }
         let engineName = setting(engine, "PLAYBACK_ENGINE") ?? "memory"
         let playbackEngine: any PlaybackEngine
         switch engineName {

@@ -19,6 +19,21 @@ struct OpsTests {
         }
     }
 
+    @Test func theDiagnosticsEchoIsOffUnlessEnabled() async throws {
+        try await TestServer.with { server in
+            let status = try await server.http("/v1/diagnostics/echo").status
+            #expect(status == 404, "off by default")
+        }
+        try await TestServer.with({ $0.diagnosticsEcho = true }) { server in
+            let echo = try await TestClient.connect(port: server.port, token: nil, path: "/v1/diagnostics/echo")
+            try await echo.sendText("héllo, not JSON")
+            guard case .undecodable(let text)? = await echo.next() else { Issue.record("no echo"); return }
+            #expect(text == "héllo, not JSON")
+            try await echo.sendFrame(opcode: 0x1, payload: [0xC0, 0xAF])
+            #expect(await echo.expectClose() == 1007, "same UTF-8 validation as /v1/connect")
+        }
+    }
+
     @Test func shutdownClosesSessionsWith1001() async throws {
         let server = try await TestServer.start()
         let (phone, _) = try await server.device("phone")

@@ -51,9 +51,10 @@ final class TestClient: Sendable {
     /// Connects and upgrades; throws `HandshakeRefused` when the server answers with another status.
     static func connect(
         port: Int, token: String?, useQuery: Bool = false, origin: String? = nil, receiveBuffer: Int? = nil,
-        autoRead: Bool = true, answerPings: Bool = true
+        autoRead: Bool = true, answerPings: Bool = true, path: String = "/v1/connect"
     ) async throws -> TestClient {
         var options = DeviceConnection.Options()
+        options.path = path
         options.tokenInQuery = useQuery
         options.origin = origin
         options.receiveBufferBytes = receiveBuffer

@@ -28,6 +28,9 @@ public struct ServerConfiguration: Sendable {
     /// Messages decoded but not yet handled before the connection stops reading.
     public var maxPendingMessages = 32
     public var engine = EngineConfiguration()
+    /// Serves `/v1/diagnostics/echo`, an unauthenticated echo on the same WebSocket pipeline, for
+    /// conformance test suites only. Never enable it in production.
+    public var diagnosticsEcho = false
 
     public init() {}
 

@@ -10,6 +10,8 @@ struct FrameAssembler {
     enum Event: Equatable {
         case none
         case text(ByteBuffer)
+        /// Only when binary messages are accepted (the diagnostics echo).
+        case binary(ByteBuffer)
         case ping(ByteBuffer)
         case pong
         /// The peer's close frame: its code (nil when it had none) and reason.
@@ -19,11 +21,15 @@ struct FrameAssembler {
     }
 
     let maxMessageBytes: Int
+    /// `/v1/connect` speaks JSON text only (binary closes with 1003); the diagnostics echo takes both.
+    let acceptsBinary: Bool
     private var message: ByteBuffer?
+    private var messageIsText = true
     private var validator = UTF8Validator()
 
-    init(maxMessageBytes: Int) {
+    init(maxMessageBytes: Int, acceptsBinary: Bool = false) {
         self.maxMessageBytes = maxMessageBytes
+        self.acceptsBinary = acceptsBinary
     }
 
     mutating func receive(_ frame: WebSocketFrame) -> Event {
@@ -32,13 +38,16 @@ struct FrameAssembler {
         switch frame.opcode {
         case .text:
             guard message == nil else { return .fail(.protocolError, "a new message started inside a fragmented one") }
-            return appendText(frame, first: true)
+            messageIsText = true
+            return append(frame, first: true)
         case .continuation:
             guard message != nil else { return .fail(.protocolError, "continuation frame without a message") }
-            return appendText(frame, first: false)
+            return append(frame, first: false)
         case .binary:
             guard message == nil else { return .fail(.protocolError, "a new message started inside a fragmented one") }
-            return .fail(.unsupportedData, "binary messages are not supported; send JSON text")
+            guard acceptsBinary else { return .fail(.unsupportedData, "binary messages are not supported; send JSON text") }
+            messageIsText = false
+            return append(frame, first: true)
         case .ping:
             return .ping(frame.unmaskedData)
         case .pong:
@@ -50,33 +59,35 @@ struct FrameAssembler {
         }
     }
 
-    private mutating func appendText(_ frame: WebSocketFrame, first: Bool) -> Event {
+    private mutating func append(_ frame: WebSocketFrame, first: Bool) -> Event {
         var data = frame.unmaskedData
         let size = (message?.readableBytes ?? 0) + data.readableBytes
         guard size <= maxMessageBytes else {
             message = nil
             return .fail(.messageTooBig, "message larger than \(maxMessageBytes) bytes")
         }
-        guard validator.feed(data.readableBytesView) else {
+        if messageIsText, !validator.feed(data.readableBytesView) {
             message = nil
             return .fail(.invalidPayload, "text is not valid UTF-8")
         }
         if first, frame.fin {
-            guard validator.isComplete else { return .fail(.invalidPayload, "text is not valid UTF-8") }
-            return .text(data)
+            return complete(data)
         }
         if message == nil {
             message = data
         } else {
             message?.writeBuffer(&data)
         }
-        guard frame.fin else { return .none }
-        defer {
-            message = nil
-            validator = UTF8Validator()
-        }
+        guard frame.fin, let whole = message else { return .none }
+        message = nil
+        return complete(whole)
+    }
+
+    private mutating func complete(_ data: ByteBuffer) -> Event {
+        defer { validator = UTF8Validator() }
+        guard messageIsText else { return .binary(data) }
         guard validator.isComplete else { return .fail(.invalidPayload, "text is not valid UTF-8") }
-        return message.map { .text($0) } ?? .none
+        return .text(data)
     }
 
     private func closeFrame(_ payload: ByteBuffer) -> Event {

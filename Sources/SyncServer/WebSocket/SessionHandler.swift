@@ -152,6 +152,8 @@ final class SessionHandler: ChannelDuplexHandler {
         case .text(let text):
             guard !closeSent else { return }
             receive(text)
+        case .binary:
+            close(.unsupportedData, "binary messages are not supported; send JSON text")
         case .close(let code, _):
             peerClosed(code: code, context: context)
         case .fail(let code, let reason):

@@ -27,6 +27,7 @@ struct SyncChildChannel: ServerChildChannel, HTTPChannelHandler {
     }
 
     static let webSocketPath = "/v1/connect"
+    static let echoPath = "/v1/diagnostics/echo"
 
     let responder: HTTPChannelHandler.Responder
     let services: SessionServices
@@ -36,12 +37,18 @@ struct SyncChildChannel: ServerChildChannel, HTTPChannelHandler {
         channel.eventLoop.makeCompletedFuture {
             let accepted = NIOLoopBoundBox<AccessToken?>(nil, eventLoop: channel.eventLoop)
             let refusal = NIOLoopBoundBox<AuthError?>(nil, eventLoop: channel.eventLoop)
+            let echo = NIOLoopBoundBox(false, eventLoop: channel.eventLoop)
             let services = self.services
             let upgrader = NIOTypedWebSocketServerUpgrader<Negotiated>(
                 maxFrameSize: services.configuration.maxMessageBytes,
                 enableAutomaticErrorHandling: true,
                 shouldUpgrade: { channel, head in
-                    guard head.uri.split(separator: "?", maxSplits: 1).first == Substring(Self.webSocketPath) else {
+                    let path = head.uri.split(separator: "?", maxSplits: 1).first ?? ""
+                    if path == Substring(Self.echoPath), services.configuration.diagnosticsEcho {
+                        echo.value = true
+                        return channel.eventLoop.makeSucceededFuture(HTTPHeaders())
+                    }
+                    guard path == Substring(Self.webSocketPath) else {
                         return channel.eventLoop.makeSucceededFuture(nil)
                     }
                     let verified = channel.eventLoop.makePromise(of: Result<AccessToken, AuthError>.self)
@@ -66,6 +73,11 @@ struct SyncChildChannel: ServerChildChannel, HTTPChannelHandler {
                 },
                 upgradePipelineHandler: { channel, _ in
                     channel.eventLoop.makeCompletedFuture {
+                        if echo.value {
+                            try channel.pipeline.syncOperations.addHandler(EchoHandler(
+                                maxMessageBytes: services.configuration.maxMessageBytes, closeTimeoutMs: services.configuration.closeTimeoutMs))
+                            return Negotiated.webSocket
+                        }
                         guard let token = accepted.value else { throw ChannelError.inappropriateOperationForState }
                         let handler = SessionHandler(services: services, token: token, sessionID: SessionID.make())
                         try channel.pipeline.syncOperations.addHandler(handler)

@@ -1,0 +1,67 @@
+import NIOCore
+import NIOWebSocket
+import PlaybackCore
+
+/// The diagnostics echo (`--diagnostics-echo`, for conformance tests only): the same frame
+/// pipeline and limits as `/v1/connect` (NIO's decoder, `FrameAssembler`, UTF-8 validation,
+/// size limits, close handling), echoing text and binary messages.
+final class EchoHandler: ChannelInboundHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+
+    private var assembler: FrameAssembler
+    private var closeSent = false
+    private let closeTimeout: TimeAmount
+
+    init(maxMessageBytes: Int, closeTimeoutMs: Int64) {
+        assembler = FrameAssembler(maxMessageBytes: maxMessageBytes, acceptsBinary: true)
+        closeTimeout = .milliseconds(closeTimeoutMs)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !closeSent else {
+            // After our close frame, only the peer's close matters.
+            if case .close = assembler.receive(unwrapInboundIn(data)) { context.close(promise: nil) }
+            return
+        }
+        switch assembler.receive(unwrapInboundIn(data)) {
+        case .none, .pong:
+            break
+        case .ping(let payload):
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: payload)), promise: nil)
+        case .text(let text):
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: text)), promise: nil)
+        case .binary(let bytes):
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: bytes)), promise: nil)
+        case .close(let code, _):
+            closeSent = true
+            var payload = context.channel.allocator.buffer(capacity: 2)
+            if let code { payload.writeInteger(code) }
+            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: payload)))
+                .whenComplete { _ in loopBound.value.close(promise: nil) }
+        case .fail(let code, let reason):
+            closeSent = true
+            var payload = context.channel.allocator.buffer(capacity: 2 + reason.utf8.count)
+            payload.writeInteger(code.rawValue)
+            payload.writeString(reason)
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: payload)), promise: nil)
+            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+            context.eventLoop.scheduleTask(in: closeTimeout) { loopBound.value.close(promise: nil) }
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            context.close(promise: nil)
+        } else if event is ChannelShouldQuiesceEvent {
+            context.close(promise: nil)
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if !(error is NIOWebSocketError) { context.close(promise: nil) }
+    }
+}
