@@ -57,16 +57,30 @@ public final class RedisSubscriber: Sendable {
         _ = try await connection.send(["UNSUBSCRIBE", .string(channel)])
     }
 
-    /// Waits until the first subscription round is done (or returns at once when it is).
-    public func waitUntilConnected() async {
-        await withCheckedContinuation { continuation in
-            let ready = state.withLock { state -> Bool in
-                if state.connection?.isActive == true { return true }
-                state.connectedWaiters.append(continuation)
-                return false
+    /// Waits until the first subscription round is done, at most `timeout`; true when connected.
+    @discardableResult
+    public func waitUntilConnected(timeout: Duration = .seconds(5)) async -> Bool {
+        let waiter = Task {
+            await withCheckedContinuation { continuation in
+                let ready = self.state.withLock { state -> Bool in
+                    if state.connection?.isActive == true { return true }
+                    state.connectedWaiters.append(continuation)
+                    return false
+                }
+                if ready { continuation.resume() }
             }
-            if ready { continuation.resume() }
         }
+        let timer = Task {
+            try? await Task.sleep(for: timeout)
+            let waiters = self.state.withLock { state -> [CheckedContinuation<Void, Never>] in
+                defer { state.connectedWaiters.removeAll() }
+                return state.connectedWaiters
+            }
+            for waiter in waiters { waiter.resume() }
+        }
+        await waiter.value
+        timer.cancel()
+        return isConnected
     }
 
     /// Keeps the subscription alive until `stop()` or cancellation.

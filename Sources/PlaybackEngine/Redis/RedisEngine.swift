@@ -56,7 +56,8 @@ public final class RedisEngine: PlaybackEngine {
         registry.engine = self
     }
 
-    /// Starts the pub/sub connection and the lease/presence loop; returns once subscribed.
+    /// Starts the pub/sub connection and the lease/presence loop; returns once subscribed, or
+    /// after a few seconds when Redis is unreachable (then `/readyz` says so until it connects).
     public func start() async {
         let subscriber = self.subscriber
         let loop = Task { [weak self] in
@@ -75,8 +76,11 @@ public final class RedisEngine: PlaybackEngine {
             }
         }
         background.withLock { $0 = [Task { await subscriber.run() }, loop] }
-        await subscriber.waitUntilConnected()
-        logger.info("redis engine started", metadata: ["redis.host": .string(redis.configuration.host)])
+        if await subscriber.waitUntilConnected(timeout: .seconds(5)) {
+            logger.info("redis engine started", metadata: ["redis.host": .string(redis.configuration.host)])
+        } else {
+            logger.error("redis unreachable at start; serving and retrying", metadata: ["redis.host": .string(redis.configuration.host)])
+        }
     }
 
     func user(_ id: String) -> RedisUser {
