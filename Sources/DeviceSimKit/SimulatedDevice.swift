@@ -8,17 +8,8 @@ import PlaybackCore
 /// once when revoked, starts at the granted position, keeps a clock offset from `clock`
 /// exchanges, and reconnects with backoff and jitter, re-helloing with `last_seen`.
 public actor SimulatedDevice {
-    public struct Identity: Sendable {
-        public var id: String
-        public var name: String
-        public var kind: DeviceKind
-
-        public init(id: String, name: String, kind: DeviceKind) {
-            self.id = id
-            self.name = name
-            self.kind = kind
-        }
-    }
+    /// Who the device says it is in `hello`.
+    public typealias Identity = ClientMessage.Hello.Device
 
     public struct Options: Sendable {
         public var server: ServerAddress
@@ -130,7 +121,7 @@ public actor SimulatedDevice {
         self.connection = connection
         output.yield(.connection("connected to \(options.server.host):\(options.server.port)"))
         let lastSeen = state.map { ClientMessage.Hello.LastSeen(epoch: $0.epoch, version: $0.version) }
-        try await connection.send(.hello(.init(device: .init(id: identity.id, name: identity.name, kind: identity.kind), lastSeen: lastSeen)))
+        try await connection.send(.hello(.init(device: identity, lastSeen: lastSeen)))
         for _ in 0..<3 { try await connection.send(.clock(t0: .double(Self.localNowMs()))) }
         return events
     }
