@@ -223,8 +223,10 @@ private final class UpgradeRequestHandler: ChannelInboundHandler, RemovableChann
             done.fail(error)
             return
         }
-        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
+        // Frames that came in the same read as the 101 go on before this handler leaves the
+        // pipeline (a removed handler's context forwards nothing).
         if leftover.readableBytes > 0 { context.fireChannelRead(NIOAny(leftover)) }
+        context.pipeline.syncOperations.removeHandler(context: context, promise: nil)
         done.succeed()
     }
 
