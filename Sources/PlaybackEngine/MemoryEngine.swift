@@ -133,7 +133,7 @@ actor UserPlayback {
 
     func submit(_ submission: Submission) -> Result<Receipt, PlaybackError> {
         let now = clock()
-        let remembered = submission.requestID.flatMap { isCommand(submission.input) ? $0 : nil }
+        let remembered = submission.rememberedRequestID
         if let id = remembered, let answer = requests.answer(for: id, now: now) { return answer }
         let cause = ServerMessage.Cause(op: submission.input.causeOp, device: submission.device, request: submission.requestID)
         let result = apply(
@@ -150,11 +150,6 @@ actor UserPlayback {
     func cancelTimers() {
         for timer in graceTimers.values { timer.cancel() }
         graceTimers.removeAll()
-    }
-
-    private func isCommand(_ input: Input) -> Bool {
-        if case .command = input { return true }
-        return false
     }
 
     private func apply(

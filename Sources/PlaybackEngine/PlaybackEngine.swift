@@ -83,6 +83,12 @@ public struct Submission: Sendable {
     public var requestID: String?
     public var ifVersion: Int64?
 
+    /// The request id answers are remembered under: commands only (reports and releases are not idempotent by id).
+    public var rememberedRequestID: String? {
+        if case .command = input { return requestID }
+        return nil
+    }
+
     public init(user: UserIdentity, input: Input, device: String?, requestID: String? = nil, ifVersion: Int64? = nil) {
         self.user = user
         self.input = input

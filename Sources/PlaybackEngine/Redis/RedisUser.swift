@@ -145,13 +145,13 @@ actor RedisUser {
     }
 
     private func submitNow(_ submission: Submission) async -> Result<Receipt, PlaybackError> {
-        let remembered: String? = if case .command = submission.input { submission.requestID } else { nil }
+        let remembered = submission.rememberedRequestID
         do {
             if let id = remembered, case .bulkString(let stored) = try await redis.send(["GET", .string(keys.request(id))]) {
                 return try Self.decodeAnswer(stored)
             }
         } catch {
-            return .failure(Self.unavailable(error))
+            return .failure(unavailable(error))
         }
         let cause = ServerMessage.Cause(op: submission.input.causeOp, device: submission.device, request: submission.requestID)
         return await apply(
@@ -201,7 +201,7 @@ actor RedisUser {
                     return answer
                 }
             } catch {
-                return .failure(Self.unavailable(error))
+                return .failure(unavailable(error))
             }
         }
         return .failure(PlaybackError(.unavailable, "too many concurrent changes; try again"))
@@ -254,7 +254,7 @@ actor RedisUser {
             let playback = try await loadPlayback()
             return (playback.playerState(includeQueue: true), try await loadDirectory().list(activeDevice: playback.activeDevice))
         } catch {
-            throw Self.unavailable(error)
+            throw unavailable(error)
         }
     }
 
@@ -356,8 +356,10 @@ actor RedisUser {
         ByteBuffer(bytes: try JSONEncoder().encode(value))
     }
 
-    private static func unavailable(_ error: any Error) -> PlaybackError {
-        PlaybackError(.unavailable, "storage unavailable: \(error)")
+    /// Clients learn that storage is down; the details go to the log, not to them.
+    private func unavailable(_ error: any Error) -> PlaybackError {
+        logger.warning("storage unavailable", metadata: ["error": .string("\(error)")])
+        return PlaybackError(.unavailable, "storage unavailable; try again")
     }
 
     private static func decodeAnswer(_ stored: ByteBuffer) throws -> Result<Receipt, PlaybackError> {

@@ -58,8 +58,21 @@ enum ErrorResponse {
         return Response(status: status, headers: fields, body: .init(byteBuffer: body(status: status, code: code, message: message)))
     }
 
+    private struct Body: Encodable {
+        struct Detail: Encodable {
+            var status: Int
+            var code: String
+            var message: String
+        }
+
+        var error: Detail
+    }
+
     static func body(status: HTTPResponse.Status, code: String, message: String) -> ByteBuffer {
-        let escaped = message.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
-        return ByteBuffer(string: #"{"error":{"status":\#(status.code),"code":"\#(code)","message":"\#(escaped)"}}"#)
+        let body = Body(error: .init(status: status.code, code: code, message: message))
+        guard let data = try? RESTResponse.encoder.encode(body) else {
+            return ByteBuffer(string: #"{"error":{"status":500,"code":"internal","message":"encoding failed"}}"#)
+        }
+        return ByteBuffer(bytes: data)
     }
 }
