@@ -25,6 +25,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.3.0"),
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.24.0"),
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift.git", from: "0.1.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.0"),
     ],
     targets: [
         // Pure model: player state, commands, the reducer, the wire messages. Foundation only.
@@ -43,11 +45,24 @@ let package = Package(
                 .product(name: "DequeModule", package: "swift-collections"),
             ]
         ),
+        // PostgreSQL: migrations, catalog and licensing, snapshots, play history (postgres-nio).
+        .target(
+            name: "PlaybackStore",
+            dependencies: [
+                "PlaybackCore",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]
+        ),
         // The engine contract and its implementations (MemoryEngine: single node, no dependencies).
         .target(
             name: "PlaybackEngine",
             dependencies: [
-                "PlaybackCore", "RedisClient",
+                "PlaybackCore", "RedisClient", "PlaybackStore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -79,7 +94,7 @@ let package = Package(
         .executableTarget(
             name: "playback-syncd",
             dependencies: [
-                "SyncServer", "PlaybackEngine", "RedisClient",
+                "SyncServer", "PlaybackEngine", "RedisClient", "PlaybackStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -115,7 +130,7 @@ let package = Package(
         .testTarget(
             name: "SyncServerTests",
             dependencies: [
-                "SyncServer", "PlaybackEngine", "PlaybackCore", "DeviceSimKit", "RedisClient",
+                "SyncServer", "PlaybackEngine", "PlaybackCore", "DeviceSimKit", "RedisClient", "PlaybackStore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),

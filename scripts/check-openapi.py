@@ -124,6 +124,8 @@ try:
         check("PUT", P, P, None, '{"device_ids":["a","b"]}', token, expect=400)
         check("PUT", P + "/volume", P + "/volume?volume_percent=41", None, None, token, headers={"If-Match": "0"}, expect=409)
         check("GET", "/v1/tracks", "/v1/tracks?q=harbour&limit=5", None, None, token, expect=200)
+        check("GET", P + "/recently-played", P + "/recently-played?limit=5", None, None, token, expect=200)
+        check("GET", P + "/recently-played", P + "/recently-played?limit=0", None, None, token, expect=400)
         check("GET", P, P, None, None, "not-a-token", expect=401)
         regional = mint(user, 3600, "DE")
         check("POST", P + "/queue", P + "/queue?track_id=t0013", None, None, regional, expect=451)

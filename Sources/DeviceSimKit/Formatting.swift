@@ -1,3 +1,4 @@
+import Foundation
 import PlaybackCore
 
 /// Readable one-line forms of states and device lists, for the console.
@@ -15,6 +16,18 @@ public enum Formatting {
             text += ", next: " + queue.prefix(3).map { "\($0.entry)=\($0.track.id)" }.joined(separator: " ") + (queue.count > 3 ? " …(\(queue.count))" : "")
         }
         return text
+    }
+
+    /// Recently played, one line per play: when it ended, the track, how long it was heard, where, why it ended.
+    public static func history(_ items: [PlayedItem]) -> String {
+        guard !items.isEmpty else { return "nothing played yet" }
+        let time = DateFormatter()
+        time.dateFormat = "yyyy-MM-dd HH:mm:ss"
+        return items.map { item in
+            let ended = time.string(from: Date(timeIntervalSince1970: Double(item.endedAt) / 1_000))
+            let context = item.context.map { " from \($0.kind):\($0.id ?? "-")" } ?? ""
+            return "\(ended)  \(item.track.id) \"\(item.track.title)\" — \(item.track.artist), \(CommandParser.clock(item.msPlayed)) heard on \(item.device?.id ?? "?")\(context), \(item.reason.rawValue)"
+        }.joined(separator: "\n")
     }
 
     public static func devices(_ devices: [DeviceInfo]) -> String {

@@ -143,11 +143,21 @@ public actor SimulatedDevice {
 
     /// Sends a command and waits for its ack or error (nil when no answer came in time).
     public func command(_ command: Command, ifVersion: Int64? = nil) async -> ServerMessage? {
+        await request { id in .command(.init(id: id, command: command, ifVersion: ifVersion)) }
+    }
+
+    /// Asks for recently played tracks; the answer is `history` or `error` (nil when none came in time).
+    public func history(limit: Int = PlayedItem.defaultLimit) async -> ServerMessage? {
+        await request { id in .history(id: id, limit: limit) }
+    }
+
+    /// Sends a message with a fresh request id and waits for the answer carrying that id.
+    private func request(_ message: (String) -> ClientMessage) async -> ServerMessage? {
         counter += 1
         let id = "\(identity.id)-\(counter)-\(UInt32.random(in: 0...UInt32.max))"
         guard let connection else { return nil }
         do {
-            try await connection.send(.command(.init(id: id, command: command, ifVersion: ifVersion)))
+            try await connection.send(message(id))
         } catch {
             return nil
         }
@@ -224,6 +234,8 @@ public actor SimulatedDevice {
             }
         case .ack(let ack):
             answer(ack.id, with: message)
+        case .history(let history):
+            if let id = history.id { answer(id, with: message) }
         case .error(let error):
             if let id = error.id { answer(id, with: message) }
         default:

@@ -1,11 +1,19 @@
 /// The built-in catalog of the embedded engine: 300 deterministic tracks (`t0001`…`t0300`),
 /// 30 albums of 10 (`a01`…`a30`), 5 playlists (`p1`…`p5`), and 6 tracks licensed only in
 /// Sweden and Norway (`t0013`, `t0063`, …, every 50th from 13).
+///
+/// `make(trackCount:)` builds larger ones the same way (`playback-syncd seed-catalog` loads
+/// 10,000 tracks into PostgreSQL); their first 300 tracks are the built-in ones.
 public enum DemoCatalog {
     public static let trackCount = 300
     public static let restrictedCountries: Set<String> = ["SE", "NO"]
 
     public static let shared: StaticCatalog = make()
+
+    /// The album of track `number` (1-based): `a01`, `a02`, …
+    public static func albumID(ofTrack number: Int) -> String { albumID((number - 1) / 10 + 1) }
+
+    static func albumID(_ album: Int) -> String { album < 10 ? "a0\(album)" : "a\(album)" }
 
     public static func trackID(_ number: Int) -> String {
         "t" + String(repeating: "0", count: max(0, 4 - String(number).count)) + String(number)
@@ -27,7 +35,7 @@ public enum DemoCatalog {
         "Letters", "Tides", "Streets", "Gardens", "Echoes",
     ]
 
-    static func make() -> StaticCatalog {
+    public static func make(trackCount: Int = trackCount) -> StaticCatalog {
         var rng = SplitMix64(seed: 20_261_126)
         var tracks: [Track] = []
         var restrictions: [String: Set<String>] = [:]
@@ -40,9 +48,8 @@ public enum DemoCatalog {
             if number % 50 == 13 { restrictions[id] = restrictedCountries }
         }
         var contexts: [PlaybackContext: [String]] = [:]
-        for album in 1...30 {
-            let name = album < 10 ? "a0\(album)" : "a\(album)"
-            contexts[PlaybackContext(kind: "album", id: name)] = ((album - 1) * 10 + 1...album * 10).map(trackID)
+        for album in 1...max(1, trackCount / 10) {
+            contexts[PlaybackContext(kind: "album", id: albumID(album))] = ((album - 1) * 10 + 1...min(album * 10, trackCount)).map(trackID)
         }
         for playlist in 1...5 {
             contexts[PlaybackContext(kind: "playlist", id: "p\(playlist)")] =

@@ -4,17 +4,20 @@ import Metrics
 import Synchronization
 
 /// The embedded engine: every user's playback in this process, serialized per user by an
-/// actor. No dependencies; state is lost when the process exits.
+/// actor. No dependencies; with PostgreSQL configured (`Durability`) a user's playback is
+/// restored from its snapshot when first needed after a restart, otherwise it is lost with the process.
 public final class MemoryEngine: PlaybackEngine {
     private let configuration: EngineConfiguration
     private let reducer: PlaybackReducer
     private let clock: @Sendable () -> Int64
     private let logger: Logger
+    private let durability: Durability
     private let users = Mutex<[String: UserPlayback]>([:])
 
     public init(
         catalog: any TrackCatalog = DemoCatalog.shared,
         configuration: EngineConfiguration = EngineConfiguration(),
+        durability: Durability? = nil,
         clock: @escaping @Sendable () -> Int64 = ServerClock.nowMs,
         logger: Logger = Logger(label: "playback.engine.memory")
     ) {
@@ -22,22 +25,27 @@ public final class MemoryEngine: PlaybackEngine {
         self.reducer = PlaybackReducer(catalog: catalog, limits: configuration.limits)
         self.clock = clock
         self.logger = logger
+        self.durability = durability ?? .none(logger: logger)
     }
 
-    private func player(for user: UserIdentity) -> UserPlayback {
-        users.withLock { users in
+    private func player(for user: UserIdentity) async -> UserPlayback {
+        let player = users.withLock { users in
             if let existing = users[user.userID] { return existing }
             let created = UserPlayback(
-                userID: user.userID, configuration: configuration, reducer: reducer, clock: clock, logger: logger)
+                userID: user.userID, configuration: configuration, reducer: reducer, durability: durability, clock: clock,
+                logger: logger)
             users[user.userID] = created
             return created
         }
+        await player.loadIfNeeded()
+        return player
     }
 
     public func connect(
         user: UserIdentity, hello: ClientMessage.Hello, sink: any DeviceSink, welcome: WelcomeParameters
     ) async throws(ConnectRefusal) {
         try await player(for: user).connect(hello: hello, sink: sink, welcome: welcome)
+        durability.sawDevice(user: user, device: hello.device, at: clock())
     }
 
     public func disconnect(user: UserIdentity, device: String, sessionID: String, kind: DisconnectKind) async {
@@ -45,20 +53,27 @@ public final class MemoryEngine: PlaybackEngine {
     }
 
     public func submit(_ submission: Submission) async -> Result<Receipt, PlaybackError> {
-        await player(for: submission.user).submit(submission)
+        var submission = submission
+        submission.user.country = await durability.country(of: submission.user)
+        return await player(for: submission.user).submit(submission)
     }
 
     public func snapshot(user: UserIdentity) async throws(PlaybackError) -> (state: PlayerState, devices: [DeviceInfo]) {
         await player(for: user).snapshot()
     }
 
+    public func recentlyPlayed(user: UserIdentity, limit: Int) async throws(PlaybackError) -> [PlayedItem] {
+        try await durability.recentPlays(user: user.userID, limit: limit, catalog: reducer.catalog)
+    }
+
     public var catalog: any TrackCatalog { reducer.catalog }
 
-    public func isReady() async -> Bool { true }
+    public func readiness() async -> Readiness { Readiness(ready: true, checks: durability.check) }
 
     public func shutdown() async {
         let all = users.withLock { Array($0.values) }
         for player in all { await player.cancelTimers() }
+        for player in all { await player.writeSnapshot() }
     }
 }
 
@@ -76,22 +91,58 @@ actor UserPlayback {
     let reducer: PlaybackReducer
     let clock: @Sendable () -> Int64
     let logger: Logger
+    let durability: Durability
     var playback = Playback.initial
+    /// Set once the playback was restored from PostgreSQL (or there was nothing to restore).
+    private var loaded = false
+    private var loading: Task<Void, Never>?
     var directory = DeviceDirectory()
     var local = LocalDevices()
     var requests: RequestLog
     var graceTimers: [String: Task<Void, Never>] = [:]
     var randomSource = SystemRandomNumberGenerator()
 
-    init(userID: String, configuration: EngineConfiguration, reducer: PlaybackReducer, clock: @escaping @Sendable () -> Int64, logger: Logger) {
+    init(
+        userID: String, configuration: EngineConfiguration, reducer: PlaybackReducer, durability: Durability,
+        clock: @escaping @Sendable () -> Int64, logger: Logger
+    ) {
         self.userID = userID
         self.configuration = configuration
         self.reducer = reducer
+        self.durability = durability
         self.clock = clock
         var logger = logger
         logger[metadataKey: "user.id"] = .string(userID)
         self.logger = logger
         self.requests = RequestLog(windowMs: configuration.idempotencyWindowMs, capacity: configuration.idempotencyCapacity)
+    }
+
+    /// Restores the playback from its snapshot the first time the user is needed.
+    func loadIfNeeded() async {
+        if loaded { return }
+        if let loading { return await loading.value }
+        let task = Task { await self.restore() }
+        loading = task
+        await task.value
+    }
+
+    private func restore() async {
+        switch await durability.restore(user: userID, now: clock()) {
+        case .fresh:
+            break
+        case .snapshot(let restored), .unknown(let restored):
+            playback = restored
+            // Its device is not connected to this new process: it has the grace period to come back.
+            if let active = playback.activeDevice { startGrace(for: active) }
+        }
+        loaded = true
+        loading = nil
+    }
+
+    /// Queues the current playback for writing now (shutdown).
+    func writeSnapshot() {
+        guard loaded, playback.version > 0 else { return }
+        durability.writer?.snapshot(user: userID, playback: playback, urgent: true)
     }
 
     func connect(hello: ClientMessage.Hello, sink: any DeviceSink, welcome: WelcomeParameters) throws(ConnectRefusal) {
@@ -118,6 +169,9 @@ actor UserPlayback {
     func disconnect(device: String, sessionID: String, kind: DisconnectKind) {
         guard local.detach(device: device, sessionID: sessionID) else { return }
         directory.markOffline(id: device, now: clock())
+        if let record = directory.records[device] {
+            durability.deviceSeen(user: userID, id: device, name: record.name, kind: record.kind, at: record.lastSeen)
+        }
         if device == playback.activeDevice {
             switch kind {
             case .released:
@@ -166,6 +220,7 @@ actor UserPlayback {
         if transition.changed {
             playback = transition.playback
             local.deliver(PlaybackEvent(transition, cause: cause))
+            durability.committed(user: userID, transition: transition) { [directory] in directory.records[$0]?.kind.rawValue }
             if let lease = transition.lease {
                 Counter(label: "playback_lease_changes_total", dimensions: [("reason", lease.reason.rawValue)]).increment()
                 logger.info("lease moved", metadata: [

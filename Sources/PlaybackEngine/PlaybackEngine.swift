@@ -139,9 +139,28 @@ public protocol PlaybackEngine: Sendable {
     /// The user's playback and devices, for REST.
     func snapshot(user: UserIdentity) async throws(PlaybackError) -> (state: PlayerState, devices: [DeviceInfo])
 
-    /// Whether the engine can serve (storage reachable).
-    func isReady() async -> Bool
+    /// The user's recently played tracks, newest first.
+    func recentlyPlayed(user: UserIdentity, limit: Int) async throws(PlaybackError) -> [PlayedItem]
+
+    /// Whether the engine can serve, and how its dependencies are.
+    func readiness() async -> Readiness
 
     /// Stops timers; called once at shutdown after the sessions closed.
     func shutdown() async
+}
+
+/// What `/readyz` reports: whether commands can be served, and each dependency's condition.
+public struct Readiness: Sendable, Equatable {
+    /// False when commands cannot be served (Redis unreachable): take the node out of rotation.
+    public var ready: Bool
+    /// Dependency → "up", or what is wrong (e.g. PostgreSQL down with writes queued).
+    public var checks: [String: String]
+
+    public init(ready: Bool, checks: [String: String]) {
+        self.ready = ready
+        self.checks = checks
+    }
+
+    /// Ready, but something is queued or down that does not stop commands (PostgreSQL).
+    public var degraded: Bool { ready && checks.values.contains { $0 != "up" } }
 }

@@ -15,7 +15,8 @@ struct DeviceSim: AsyncParsableCommand {
             """,
         subcommands: [
             Token.self, Connect.self, StateCommand.self, Devices.self, Play.self, Pause.self, Resume.self, Next.self,
-            Previous.self, Seek.self, Volume.self, Repeat.self, Shuffle.self, Queue.self, Transfer.self, SwarmCommand.self,
+            Previous.self, Seek.self, Volume.self, Repeat.self, Shuffle.self, Queue.self, Transfer.self, History.self,
+            SwarmCommand.self,
         ])
 }
 
@@ -169,7 +170,7 @@ actor Console {
         case .leaseRevoked(let revoked): "■ \(revoked.message) (\(revoked.reason.rawValue), epoch \(revoked.epoch))"
         case .devices(let devices): Formatting.devices(devices)
         case .error(let error) where error.id == nil: "error \(error.code.rawValue): \(error.message)"
-        case .ack, .error, .clock: nil
+        case .ack, .error, .clock, .history: nil
         }
     }
 
@@ -241,6 +242,30 @@ struct StateCommand: AsyncParsableCommand {
             guard let state = await device.state else { return 1 }
             print(json ? String(decoding: (try? JSONEncoder().encode(state)) ?? Data(), as: UTF8.self) : Formatting.state(state))
             return 0
+        }
+    }
+}
+
+struct History: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List recently played tracks, newest first.")
+    @OptionGroup var connection: ConnectionOptions
+    @Option(help: "How many, 1-50.") var limit = PlayedItem.defaultLimit
+    @Flag(help: "Print the items as JSON.") var json = false
+
+    func run() async throws {
+        guard (1...PlayedItem.maxLimit).contains(limit) else { throw ValidationError("--limit must be from 1 to \(PlayedItem.maxLimit)") }
+        try await OneShot.run(connection, id: nil) { device in
+            switch await device.history(limit: limit) {
+            case .history(let history)?:
+                print(json ? String(decoding: (try? JSONEncoder().encode(history.items)) ?? Data(), as: UTF8.self) : Formatting.history(history.items))
+                return 0
+            case .error(let error)?:
+                FileHandle.standardError.write(Data("error \(error.code.rawValue): \(error.message)\n".utf8))
+                return 1
+            default:
+                FileHandle.standardError.write(Data("no answer\n".utf8))
+                return 1
+            }
         }
     }
 }

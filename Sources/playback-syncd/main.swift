@@ -4,19 +4,128 @@ import Hummingbird
 import Logging
 import Metrics
 import PlaybackEngine
+import PlaybackStore
 import Prometheus
 import RedisClient
 import SyncServer
 
-/// `playback-syncd`: reads flags and environment variables, then runs the server until
-/// SIGTERM/SIGINT (sessions are closed with 1001).
+/// `playback-syncd`: runs the server (`serve`, the default) until SIGTERM/SIGINT (sessions are
+/// closed with 1001), or manages its PostgreSQL database (`migrate`, `seed-catalog`).
 @main
 struct PlaybackSyncd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "playback-syncd",
         abstract: "Real-time playback sync daemon: one active device per user, every change on every device.",
         discussion: "Every option can also be set with the environment variable shown in its help; the flag wins.",
-        version: "0.2.0")
+        version: "0.3.0",
+        subcommands: [Serve.self, Migrate.self, SeedCatalog.self],
+        defaultSubcommand: Serve.self)
+}
+
+/// Reads a flag, else an environment variable (empty counts as unset).
+func setting(_ flag: String?, _ name: String) -> String? {
+    flag ?? ProcessInfo.processInfo.environment[name].flatMap { $0.isEmpty ? nil : $0 }
+}
+
+func number<T: LosslessStringConvertible>(_ flag: T?, _ name: String) throws -> T? {
+    if let flag { return flag }
+    guard let text = setting(nil, name) else { return nil }
+    guard let value = T(text) else { throw ValidationError("\(name)=\(text) is not a valid number") }
+    return value
+}
+
+func bootstrapLogging(_ requested: String?) throws {
+    let level = setting(requested, "PLAYBACK_LOG_LEVEL").map { Logger.Level(rawValue: $0.lowercased()) } ?? .info
+    guard let level else { throw ValidationError("unknown log level") }
+    LoggingSystem.bootstrap { label in
+        var handler = StreamLogHandler.standardError(label: label)
+        handler.logLevel = level
+        return handler
+    }
+}
+
+/// Options shared by the commands that talk to PostgreSQL.
+struct PostgresOptions: ParsableArguments {
+    @Option(help: "PostgreSQL: postgres://user[:password]@host[:port]/database[?sslmode=disable|prefer|require]. Enables the catalog, licensing, snapshots and play history from it. [PLAYBACK_POSTGRES_URL, default: none]")
+    var postgresUrl: String?
+
+    func settings() throws -> PostgresSettings? {
+        guard let url = setting(postgresUrl, "PLAYBACK_POSTGRES_URL") else { return nil }
+        do {
+            return try PostgresSettings(url: url)
+        } catch {
+            throw ValidationError(error.description)
+        }
+    }
+
+    /// A running store with its migrations applied, or an error saying why not.
+    func openStore(logger: Logger) async throws -> (PlaybackStore, Task<Void, Never>) {
+        guard let settings = try settings() else { throw ValidationError("set --postgres-url or PLAYBACK_POSTGRES_URL") }
+        let store = PlaybackStore(settings: settings, logger: logger)
+        let pool = Task { await store.run() }
+        do {
+            let applied = try await store.migrate()
+            logger.info("postgres ready", metadata: [
+                "postgres.url": .string(settings.redacted), "migrations.applied": .string(applied.map(String.init).joined(separator: ",")),
+            ])
+        } catch {
+            pool.cancel()
+            throw ValidationError("PostgreSQL at \(settings.redacted): \(error.description)")
+        }
+        return (store, pool)
+    }
+}
+
+/// `playback-syncd migrate`: applies the schema migrations and exits.
+struct Migrate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Apply the PostgreSQL schema migrations (the daemon also does at start).")
+    @OptionGroup var postgres: PostgresOptions
+    @Option(help: "Log level. [PLAYBACK_LOG_LEVEL, default info]") var logLevel: String?
+
+    func run() async throws {
+        try bootstrapLogging(logLevel)
+        let (_, pool) = try await postgres.openStore(logger: Logger(label: "playback-syncd"))
+        pool.cancel()
+    }
+}
+
+/// `playback-syncd seed-catalog`: loads the deterministic demo catalog into PostgreSQL.
+struct SeedCatalog: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Load the deterministic demo catalog into PostgreSQL (replacing the catalog tables).",
+        discussion: "Tracks t0001…, albums of ten (a01…), playlists p1…p5; every 50th track from t0013 is licensed only in SE and NO. The first 300 tracks are the built-in catalog's.")
+    @OptionGroup var postgres: PostgresOptions
+    @Option(help: "How many tracks.") var tracks = 10_000
+    @Flag(help: "Do nothing when the tracks table already has tracks.") var ifEmpty = false
+    @Option(help: "Log level. [PLAYBACK_LOG_LEVEL, default info]") var logLevel: String?
+
+    func run() async throws {
+        try bootstrapLogging(logLevel)
+        let logger = Logger(label: "playback-syncd")
+        guard tracks > 0 else { throw ValidationError("--tracks must be positive") }
+        let (store, pool) = try await postgres.openStore(logger: logger)
+        defer { pool.cancel() }
+        if ifEmpty, let existing = try? await store.loadCatalog(), !existing.tracksByID.isEmpty {
+            print("catalog already has \(existing.tracksByID.count) tracks; left as it is")
+            return
+        }
+        let catalog = DemoCatalog.make(trackCount: tracks)
+        var albums: [String: String] = [:]
+        for number in 1...tracks { albums[DemoCatalog.trackID(number)] = DemoCatalog.albumID(ofTrack: number) }
+        do {
+            try await store.replaceCatalog(catalog, albums: albums)
+        } catch {
+            throw ValidationError("seeding failed: \(error.description)")
+        }
+        print("catalog seeded: \(catalog.tracksByID.count) tracks, \(catalog.contexts.count) contexts, \(catalog.restrictions.count) region-restricted")
+    }
+}
+
+/// `playback-syncd serve` (the default): the daemon.
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the daemon (the default command).",
+        discussion: "Every option can also be set with the environment variable shown in its help; the flag wins.")
 
     @Option(help: "Address to listen on. [PLAYBACK_HOST, default 127.0.0.1]")
     var host: String?
@@ -48,24 +157,14 @@ struct PlaybackSyncd: AsyncParsableCommand {
     var logLevel: String?
     @Flag(help: "Test only: serve an unauthenticated echo at /v1/diagnostics/echo on the same WebSocket pipeline, for conformance suites.")
     var diagnosticsEcho = false
+    @OptionGroup var postgres: PostgresOptions
+    @Option(help: "Where tracks come from: postgres (the tracks tables, cached in memory) or builtin (300 demo tracks). [PLAYBACK_CATALOG, default postgres when --postgres-url is set]")
+    var catalog: String?
+    @Option(help: "Least time between two snapshots of one user's playback in PostgreSQL, ms (lease changes are written at once). [PLAYBACK_SNAPSHOT_INTERVAL_MS, default 1000]")
+    var snapshotIntervalMs: Int64?
 
     func run() async throws {
-        let environment = ProcessInfo.processInfo.environment
-        func setting(_ flag: String?, _ name: String) -> String? { flag ?? environment[name].flatMap { $0.isEmpty ? nil : $0 } }
-        func number<T: LosslessStringConvertible>(_ flag: T?, _ name: String) throws -> T? {
-            if let flag { return flag }
-            guard let text = setting(nil, name) else { return nil }
-            guard let value = T(text) else { throw ValidationError("\(name)=\(text) is not a valid number") }
-            return value
-        }
-
-        let level = setting(logLevel, "PLAYBACK_LOG_LEVEL").map { Logger.Level(rawValue: $0.lowercased()) } ?? .info
-        guard let level else { throw ValidationError("unknown log level") }
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        try bootstrapLogging(logLevel)
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let logger = Logger(label: "playback-syncd")
@@ -90,13 +189,46 @@ struct PlaybackSyncd: AsyncParsableCommand {
         config.diagnosticsEcho = diagnosticsEcho
         if diagnosticsEcho { logger.warning("the diagnostics echo is enabled: /v1/diagnostics/echo is open to anyone (test only)") }
         let engineName = setting(engine, "PLAYBACK_ENGINE") ?? "memory"
+
+        // PostgreSQL: migrations, the catalog cache, the write-behind queue.
+        var background: [Task<Void, Never>] = []
+        var writer: WriteBehind?
+        var trackCatalog: any TrackCatalog = DemoCatalog.shared
+        let postgresSettings = try postgres.settings()
+        let catalogName = setting(catalog, "PLAYBACK_CATALOG") ?? (postgresSettings == nil ? "builtin" : "postgres")
+        guard ["postgres", "builtin"].contains(catalogName) else { throw ValidationError("unknown catalog \(catalogName): use postgres or builtin") }
+        if postgresSettings != nil {
+            let (store, pool) = try await postgres.openStore(logger: logger)
+            var limits = WriteBehind.Limits()
+            limits.snapshotIntervalMs = try number(snapshotIntervalMs, "PLAYBACK_SNAPSHOT_INTERVAL_MS") ?? limits.snapshotIntervalMs
+            let behind = WriteBehind(store: store, limits: limits, logger: logger)
+            writer = behind
+            background += [pool, Task { await behind.run() }]
+            if catalogName == "postgres" {
+                let cached: CachedCatalog
+                do {
+                    cached = try await CachedCatalog(store: store)
+                } catch {
+                    throw ValidationError("catalog: \(error.description)")
+                }
+                logger.info("catalog loaded from postgres", metadata: ["catalog.tracks": .stringConvertible(cached.trackCount)])
+                background.append(Task { await cached.refresh(every: .seconds(60), logger: logger) })
+                trackCatalog = cached
+            }
+        } else if catalogName == "postgres" {
+            throw ValidationError("--catalog postgres needs --postgres-url")
+        }
+        let durability = Durability(writer: writer, logger: logger)
+
         let playbackEngine: any PlaybackEngine
         switch engineName {
         case "memory":
-            playbackEngine = MemoryEngine(configuration: config.engine, logger: logger)
+            playbackEngine = MemoryEngine(catalog: trackCatalog, configuration: config.engine, durability: durability, logger: logger)
         case "redis":
             let url = setting(redisUrl, "PLAYBACK_REDIS_URL") ?? "redis://127.0.0.1:6379/0"
-            let redis = RedisEngine(redis: try RedisConfiguration(url: url), configuration: config.engine, logger: logger)
+            let redis = RedisEngine(
+                redis: try RedisConfiguration(url: url), catalog: trackCatalog, configuration: config.engine,
+                durability: durability, logger: logger)
             logger.info("connecting to redis", metadata: ["redis.url": .string(url), "node.id": .string(redis.nodeID)])
             await redis.start()
             playbackEngine = redis
@@ -118,5 +250,14 @@ struct PlaybackSyncd: AsyncParsableCommand {
         }
         try await app.runService()
         await playbackEngine.shutdown()
+        if let writer {
+            let flushed = await writer.flush(timeout: .seconds(5))
+            let pending = writer.pending
+            logger.info("postgres writes flushed", metadata: [
+                "complete": .stringConvertible(flushed), "pending.snapshots": .stringConvertible(pending.snapshots),
+                "pending.plays": .stringConvertible(pending.plays),
+            ])
+        }
+        for task in background { task.cancel() }
     }
 }

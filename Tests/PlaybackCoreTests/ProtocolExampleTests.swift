@@ -22,8 +22,8 @@ struct ProtocolExampleTests {
     @Test func everyMessageTypeHasExamples() {
         let client = Set(Self.examples("client").map { String($0.prefix { $0 != "." }) })
         let server = Set(Self.examples("server").map { String($0.prefix { $0 != "." }) })
-        #expect(client == ["hello", "command", "report", "track_ended", "clock", "release", "auth"])
-        #expect(server == ["welcome", "ack", "error", "state", "lease_revoked", "lease_granted", "clock", "devices"])
+        #expect(client == ["hello", "command", "report", "track_ended", "clock", "release", "auth", "history"])
+        #expect(server == ["welcome", "ack", "error", "state", "lease_revoked", "lease_granted", "clock", "devices", "history"])
         let ops = Set(Self.examples("client").filter { $0.hasPrefix("command.") }.map { $0.split(separator: ".")[1] })
         #expect(Set(Command.Op.allCases.map(\.rawValue)).isSubset(of: ops.map { String($0.split(separator: "-")[0]) }))
     }

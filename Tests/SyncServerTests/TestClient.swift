@@ -176,6 +176,17 @@ final class TestClient: Sendable {
     @discardableResult
     func command(_ id: String, _ command: Command, ifVersion: Int64? = nil) async throws -> ServerMessage {
         try await send(.command(.init(id: id, command: command, ifVersion: ifVersion)))
+        return try await answer(to: id)
+    }
+
+    /// Asks for recently played tracks and waits for the answer.
+    func history(_ id: String, limit: Int = 20) async throws -> ServerMessage {
+        try await send(.history(id: id, limit: limit))
+        return try await answer(to: id)
+    }
+
+    /// Waits for the ack, error or history answering request `id`; what arrives before it stays in the inbox.
+    func answer(to id: String) async throws -> ServerMessage {
         var earlier: [ClientEvent] = []
         defer { inbox.putBack(earlier) }
         while true {
@@ -183,6 +194,7 @@ final class TestClient: Sendable {
             switch event {
             case .message(.ack(let ack)) where ack.id == id: return .ack(ack)
             case .message(.error(let error)) where error.id == id: return .error(error)
+            case .message(.history(let history)) where history.id == id: return .history(history)
             case .close, .disconnected: throw TestTimeout(waitingFor: "the answer to \(id), got \(event)")
             default: earlier.append(event)
             }

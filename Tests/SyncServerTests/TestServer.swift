@@ -72,6 +72,7 @@ final class TestServer: Sendable {
 
     static func start(
         engine kind: EngineKind = .memory, namespace: String = String(UInt32.random(in: 0...UInt32.max), radix: 36),
+        durability: Durability? = nil, catalog: (any TrackCatalog)? = nil, redisURL: String? = nil,
         _ configure: (inout ServerConfiguration) -> Void = { _ in }
     ) async throws -> TestServer {
         _ = TestMetrics.registry
@@ -83,9 +84,13 @@ final class TestServer: Sendable {
         logger.logLevel = ProcessInfo.processInfo.environment["TEST_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0) } ?? .critical
         let engine: any PlaybackEngine
         switch kind {
-        case .memory: engine = MemoryEngine(configuration: configuration.engine, logger: logger)
+        case .memory:
+            engine = MemoryEngine(
+                catalog: catalog ?? DemoCatalog.shared, configuration: configuration.engine, durability: durability, logger: logger)
         case .redis:
-            let redis = RedisEngine(redis: try RedisConfiguration(url: EngineKind.redisURL), configuration: configuration.engine, logger: logger)
+            let redis = RedisEngine(
+                redis: try RedisConfiguration(url: redisURL ?? EngineKind.redisURL), catalog: catalog ?? DemoCatalog.shared,
+                configuration: configuration.engine, durability: durability, logger: logger)
             await redis.start()
             engine = redis
         }

@@ -40,6 +40,8 @@ public struct Playback: Codable, Sendable, Equatable {
     public var contextOrder: [String] = []
     /// Tracks of the context by entry id.
     public var contextTracks: [String: Track] = [:]
+    /// The play in progress, for play history; nil when nothing is loaded.
+    public var listening: Listening?
 
     public init() {}
 
@@ -80,7 +82,7 @@ public struct Playback: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case epoch, version, current, volume, shuffle, context, cursor
+        case epoch, version, current, volume, shuffle, context, cursor, listening
         case activeDevice = "active_device"
         case isPlaying = "is_playing"
         case positionMs = "position_ms"

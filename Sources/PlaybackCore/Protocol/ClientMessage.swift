@@ -7,6 +7,8 @@ public enum ClientMessage: Sendable, Equatable {
     case clock(t0: JSONNumber)
     case release(id: String?)
     case auth(token: String, id: String?)
+    /// Recently played tracks, newest first (`limit` 1–50, default 20).
+    case history(id: String?, limit: Int)
 
     /// The first message of a session: who the device is and what it saw last.
     public struct Hello: Codable, Sendable, Equatable {
@@ -111,6 +113,7 @@ public enum ClientMessage: Sendable, Equatable {
         case .clock: "clock"
         case .release: "release"
         case .auth: "auth"
+        case .history: "history"
         }
     }
 
@@ -120,7 +123,7 @@ public enum ClientMessage: Sendable, Equatable {
         case .command(let request): request.id
         case .report(let report): report.id
         case .trackEnded(let ended): ended.id
-        case .release(let id), .auth(_, let id): id
+        case .release(let id), .auth(_, let id), .history(let id, _): id
         case .hello, .clock: nil
         }
     }
@@ -128,7 +131,7 @@ public enum ClientMessage: Sendable, Equatable {
 
 extension ClientMessage: Codable {
     enum CodingKeys: String, CodingKey {
-        case type, id, op, args, token, t0
+        case type, id, op, args, token, t0, limit
         case ifVersion = "if_version"
     }
 
@@ -159,6 +162,12 @@ extension ClientMessage: Codable {
         case "release": self = .release(id: try c.decodeIfPresent(String.self, forKey: .id))
         case "auth":
             self = .auth(token: try c.decode(String.self, forKey: .token), id: try c.decodeIfPresent(String.self, forKey: .id))
+        case "history":
+            let limit = try c.decodeIfPresent(Int.self, forKey: .limit) ?? PlayedItem.defaultLimit
+            guard (1...PlayedItem.maxLimit).contains(limit) else {
+                throw MessageDecodingError(.badRequest, "limit must be an integer from 1 to \(PlayedItem.maxLimit)")
+            }
+            self = .history(id: try c.decodeIfPresent(String.self, forKey: .id), limit: limit)
         default:
             throw MessageDecodingError(.badRequest, "unknown message type \(type)")
         }
@@ -181,6 +190,9 @@ extension ClientMessage: Codable {
         case .auth(let token, let id):
             try c.encode(token, forKey: .token)
             try c.encodeIfPresent(id, forKey: .id)
+        case .history(let id, let limit):
+            try c.encodeIfPresent(id, forKey: .id)
+            try c.encode(limit, forKey: .limit)
         }
     }
 }

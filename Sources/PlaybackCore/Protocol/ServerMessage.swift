@@ -8,6 +8,7 @@ public enum ServerMessage: Sendable, Equatable {
     case leaseGranted(LeaseGranted)
     case clock(t0: JSONNumber, serverTime: Int64)
     case devices([DeviceInfo])
+    case history(History)
 
     /// The answer to `hello`: the session, the limits, the devices and the full state.
     public struct Welcome: Codable, Sendable, Equatable {
@@ -178,6 +179,18 @@ public enum ServerMessage: Sendable, Equatable {
         case .leaseGranted: "lease_granted"
         case .clock: "clock"
         case .devices: "devices"
+        case .history: "history"
+        }
+    }
+
+    /// The answer to `history`: recently played tracks, newest first.
+    public struct History: Codable, Sendable, Equatable {
+        public var id: String?
+        public var items: [PlayedItem]
+
+        public init(id: String?, items: [PlayedItem]) {
+            self.id = id
+            self.items = items
         }
     }
 }
@@ -201,6 +214,7 @@ extension ServerMessage: Codable {
         case "clock":
             self = .clock(t0: try c.decode(JSONNumber.self, forKey: .t0), serverTime: try c.decode(Int64.self, forKey: .serverTime))
         case "devices": self = .devices(try c.decode([DeviceInfo].self, forKey: .devices))
+        case "history": self = .history(try History(from: decoder))
         default:
             throw DecodingError.dataCorruptedError(forKey: .type, in: c, debugDescription: "unknown message type \(type)")
         }
@@ -220,6 +234,7 @@ extension ServerMessage: Codable {
             try c.encode(t0, forKey: .t0)
             try c.encode(serverTime, forKey: .serverTime)
         case .devices(let devices): try c.encode(devices, forKey: .devices)
+        case .history(let history): try history.encode(to: encoder)
         }
     }
 }

@@ -77,4 +77,6 @@ public struct Transition: Sendable, Equatable {
     public var lease: LeaseChange?
     /// The new entry id, for `queue_add`'s ack.
     public var entry: String?
+    /// Plays that ended with this input, for play history.
+    public var finishedPlays: [PlayRecord] = []
 }

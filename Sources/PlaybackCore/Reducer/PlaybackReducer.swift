@@ -39,6 +39,8 @@ private struct Step {
     let limits: PlaybackLimits
     var lease: LeaseChange?
     var entry: String?
+    /// Set when the current track reached its natural end: the play in progress is finished.
+    var naturalEnd = false
 
     init(state: Playback, env: ReducerEnvironment, catalog: any TrackCatalog, limits: PlaybackLimits) {
         self.state = state
@@ -52,12 +54,55 @@ private struct Step {
     func finish(from old: Playback) -> Transition {
         var new = state
         let changed = new != old
-        if changed { new.version = old.version + 1 }
+        guard changed else {
+            return Transition(playback: old, changed: false, queueChanged: false, lease: lease, entry: entry)
+        }
+        new.version = old.version + 1
+        let finished = account(from: old, into: &new)
         let queueChanged =
-            changed
-            && (new.userQueue.map(\.entry) != old.userQueue.map(\.entry)
-                || new.upcomingContextEntries != old.upcomingContextEntries)
-        return Transition(playback: new, changed: changed, queueChanged: queueChanged, lease: lease, entry: entry)
+            new.userQueue.map(\.entry) != old.userQueue.map(\.entry)
+            || new.upcomingContextEntries != old.upcomingContextEntries
+        return Transition(
+            playback: new, changed: true, queueChanged: queueChanged, lease: lease, entry: entry, finishedPlays: finished)
+    }
+
+    /// Play-history bookkeeping: adds the time heard since the last change to the play in
+    /// progress, ends it when the entry or the device changed (or the track finished), and starts
+    /// the next one. Only called for inputs that change something, so it never makes a change by itself.
+    func account(from old: Playback, into new: inout Playback) -> [PlayRecord] {
+        var listening = old.listening
+        if var heard = listening, old.isPlaying, let track = old.current?.track {
+            let wouldEnd = old.positionAt + max(0, track.durationMs - old.positionMs)
+            heard.playedMs += max(0, min(now, wouldEnd) - max(heard.countedUntil, old.positionAt))
+            heard.countedUntil = now
+            listening = heard
+        } else if listening != nil {
+            listening?.countedUntil = now
+        }
+        var finished: [PlayRecord] = []
+        if let heard = listening,
+            naturalEnd || heard.entry != new.current?.entry || heard.device != new.activeDevice
+        {
+            let reason: PlayEndReason =
+                if naturalEnd { .finished }
+                else if heard.entry != new.current?.entry { .skipped }
+                else if new.activeDevice != nil { .transferred }
+                else { .stopped }
+            if heard.playedMs > 0 {
+                let context = old.current?.source == .context ? old.context : nil
+                finished.append(PlayRecord(
+                    trackID: heard.trackID, playedAt: heard.startedAt, endedAt: now, msPlayed: heard.playedMs,
+                    context: context, device: heard.device, reason: reason))
+            }
+            listening = nil
+        }
+        if listening == nil, let current = new.current, new.activeDevice != nil || new.isPlaying {
+            listening = Listening(
+                entry: current.entry, trackID: current.track.id, device: new.activeDevice, startedAt: now, playedMs: 0,
+                countedUntil: now)
+        }
+        new.listening = listening
+        return finished
     }
 
     // MARK: Commands
@@ -222,6 +267,7 @@ private struct Step {
     mutating func trackEnded(epoch: Int64, trackID: String) throws(PlaybackError) {
         try requireLease(epoch: epoch)
         guard state.current?.track.id == trackID else { return }
+        naturalEnd = true
         advance(natural: true)
     }
 

@@ -20,6 +20,8 @@ public final class RedisEngine: PlaybackEngine {
     let logger: Logger
     let commitScript = RedisScript(RedisScripts.commit)
     let renewScript = RedisScript(RedisScripts.renew)
+    let restoreScript = RedisScript(RedisScripts.restore)
+    let durability: Durability
     private let users = Mutex<[String: RedisUser]>([:])
     private let background = Mutex<[Task<Void, Never>]>([])
 
@@ -32,9 +34,10 @@ public final class RedisEngine: PlaybackEngine {
 
     public init(
         redis redisConfiguration: RedisConfiguration, catalog: any TrackCatalog = DemoCatalog.shared,
-        configuration: EngineConfiguration = EngineConfiguration(), clock: @escaping @Sendable () -> Int64 = ServerClock.nowMs,
-        logger: Logger = Logger(label: "playback.engine.redis")
+        configuration: EngineConfiguration = EngineConfiguration(), durability: Durability? = nil,
+        clock: @escaping @Sendable () -> Int64 = ServerClock.nowMs, logger: Logger = Logger(label: "playback.engine.redis")
     ) {
+        self.durability = durability ?? .none(logger: logger)
         let nodeID = "n-" + String(UInt32.random(in: 0...UInt32.max), radix: 16)
         self.nodeID = nodeID
         var commands = redisConfiguration
@@ -94,6 +97,7 @@ public final class RedisEngine: PlaybackEngine {
 
     public func connect(user: UserIdentity, hello: ClientMessage.Hello, sink: any DeviceSink, welcome: WelcomeParameters) async throws(ConnectRefusal) {
         try await self.user(user.userID).connect(hello: hello, sink: sink, welcome: welcome)
+        durability.sawDevice(user: user, device: hello.device, at: clock())
     }
 
     public func disconnect(user: UserIdentity, device: String, sessionID: String, kind: DisconnectKind) async {
@@ -101,7 +105,13 @@ public final class RedisEngine: PlaybackEngine {
     }
 
     public func submit(_ submission: Submission) async -> Result<Receipt, PlaybackError> {
-        await user(submission.user.userID).submit(submission)
+        var submission = submission
+        submission.user.country = await durability.country(of: submission.user)
+        return await user(submission.user.userID).submit(submission)
+    }
+
+    public func recentlyPlayed(user: UserIdentity, limit: Int) async throws(PlaybackError) -> [PlayedItem] {
+        try await durability.recentPlays(user: user.userID, limit: limit, catalog: reducer.catalog)
     }
 
     public func snapshot(user: UserIdentity) async throws(PlaybackError) -> (state: PlayerState, devices: [DeviceInfo]) {
@@ -110,13 +120,20 @@ public final class RedisEngine: PlaybackEngine {
 
     public var catalog: any TrackCatalog { reducer.catalog }
 
-    public func isReady() async -> Bool {
-        guard subscriber.isConnected else { return false }
-        return (try? await redis.send(["PING"])) == .simpleString("PONG")
+    public func readiness() async -> Readiness {
+        var checks = durability.check
+        let ping = subscriber.isConnected ? try? await redis.send(["PING"]) : nil
+        let up = ping == .simpleString("PONG")
+        checks["redis"] = up ? "up" : (subscriber.isConnected ? "down" : "down (pub/sub disconnected)")
+        return Readiness(ready: up, checks: checks)
     }
 
     public func shutdown() async {
         for task in background.withLock({ $0 }) { task.cancel() }
+        // The users with devices here: their latest state goes to PostgreSQL now, not a second later.
+        if durability.writer != nil {
+            for user in users.withLock({ Array($0.values) }) { await user.writeSnapshot() }
+        }
         await subscriber.stop()
         await redis.shutdown()
     }

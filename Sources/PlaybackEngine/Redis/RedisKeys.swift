@@ -55,6 +55,18 @@ enum RedisScripts {
         return {1, tonumber(ARGV[2])}
         """
 
+    /// Puts a restored playback back into an empty slot (Redis lost it) and announces it; does
+    /// nothing if some node restored or committed meanwhile.
+    /// KEYS: pb, lock. ARGV: version, epoch, state JSON, lock value ('' for none), lock TTL ms,
+    /// channel, message JSON ('' for none). Returns 1 when restored, 0 when the slot was taken.
+    static let restore = """
+        if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+        redis.call('HSET', KEYS[1], 'version', ARGV[1], 'epoch', ARGV[2], 'state', ARGV[3])
+        if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5]) end
+        if ARGV[7] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
+        return 1
+        """
+
     /// Sets the lease's TTL if it still names this holder. KEYS: lock. ARGV: value, TTL ms.
     static let renew = """
         if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end

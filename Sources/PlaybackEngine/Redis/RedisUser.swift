@@ -17,6 +17,9 @@ actor RedisUser {
     private var busy = false
     private var queue: [CheckedContinuation<Void, Never>] = []
 
+    /// Who this node's connected devices of the user are, to register them again if Redis loses them.
+    private var identities: [String: ClientMessage.Hello.Device] = [:]
+
     /// Nothing running or waiting.
     var isIdle: Bool { !busy && queue.isEmpty }
 
@@ -73,6 +76,7 @@ actor RedisUser {
                 throw ConnectRefusal(
                     code: .policyViolation, reason: "too many devices connected (at most \(engine.configuration.maxDevicesPerUser))")
             }
+            identities[device] = hello.device
             let stored = StoredDevice(name: hello.device.name, kind: hello.device.kind, lastSeen: now, session: sink.sessionID, node: engine.nodeID)
             _ = try await redis.send(["HSET", .string(keys.devices), .string(device), .bytes(try Self.json(stored))])
             _ = try await redis.send(["ZADD", .string(keys.online), .integer(now + engine.presenceTTLMs), .string(device)])
@@ -106,6 +110,7 @@ actor RedisUser {
 
     private func disconnectNow(device: String, sessionID: String, kind: DisconnectKind) async {
         guard let fanout = engine.registry.fanout(for: userID), fanout.detach(device: device, sessionID: sessionID) else { return }
+        if !fanout.hasDevice(device) { identities[device] = nil }
         await unsubscribeIfUnused()
         do {
             if let stored = try await loadStoredDevice(device), stored.session == sessionID {
@@ -114,6 +119,7 @@ actor RedisUser {
                 offline.session = nil
                 _ = try await redis.send(["HSET", .string(keys.devices), .string(device), .bytes(try Self.json(offline))])
                 _ = try await redis.send(["ZREM", .string(keys.online), .string(device)])
+                engine.durability.deviceSeen(user: userID, id: device, name: stored.name, kind: stored.kind, at: offline.lastSeen)
             }
             let playback = try await loadPlayback()
             if playback.activeDevice == device {
@@ -185,6 +191,7 @@ actor RedisUser {
                 }
                 switch try await commit(transition, expected: playback.version, cause: cause, requestID: requestID, answer: receipt) {
                 case .committed:
+                    engine.durability.committed(user: userID, transition: transition) { directory.records[$0]?.kind.rawValue }
                     if let lease = transition.lease {
                         Counter(label: "playback_lease_changes_total", dimensions: [("reason", lease.reason.rawValue)]).increment()
                         logger.info("lease moved", metadata: [
@@ -300,15 +307,80 @@ actor RedisUser {
         guard let fanout = engine.registry.fanout(for: userID), let playback = try? await loadPlayback(),
             playback.version > fanout.latestVersion
         else { return }
+        // The active device may have missed its grant too (a restored playback has a new epoch).
+        let lease = playback.activeDevice.flatMap { active in
+            fanout.hasDevice(active) ? LeaseChange(epoch: playback.epoch, revoked: nil, granted: active, reason: .transferred) : nil
+        }
         fanout.receive(BusMessage(event: PlaybackEvent(
-            state: playback.playerState(includeQueue: true), queueChanged: true, lease: nil,
+            state: playback.playerState(includeQueue: true), queueChanged: true, lease: lease,
             cause: .init(op: "recovered", device: nil, request: nil))))
+    }
+
+    /// Writes this node's connected devices of the user into the directory again (after Redis lost it).
+    private func registerLocalDevices() async throws {
+        guard let fanout = engine.registry.fanout(for: userID) else { return }
+        let now = self.now
+        var arguments: [RedisArgument] = []
+        var online: [RedisArgument] = []
+        for device in fanout.connectedDevices {
+            guard let identity = identities[device], let session = fanout.sessionID(of: device) else { continue }
+            let stored = StoredDevice(name: identity.name, kind: identity.kind, lastSeen: now, session: session, node: engine.nodeID)
+            arguments += [.string(device), .bytes(try Self.json(stored))]
+            online += [.integer(now + engine.presenceTTLMs), .string(device)]
+        }
+        guard !arguments.isEmpty else { return }
+        _ = try await redis.send(["HSET", .string(keys.devices)] + arguments)
+        _ = try await redis.send(["ZADD", .string(keys.online)] + online)
+    }
+
+    /// Queues the current state for PostgreSQL now (shutdown).
+    func writeSnapshot() async {
+        guard let writer = engine.durability.writer, let playback = try? await loadPlayback(), playback.version > 0 else { return }
+        writer.snapshot(user: userID, playback: playback, urgent: true)
     }
 
     // MARK: Storage
 
     private func loadPlayback() async throws -> Playback {
-        guard case .bulkString(let stored) = try await redis.send(["HGET", .string(keys.playback), "state"]) else { return .initial }
+        if case .bulkString(let stored) = try await redis.send(["HGET", .string(keys.playback), "state"]) {
+            return try JSONDecoder().decode(Playback.self, from: Data(stored.readableBytesView))
+        }
+        return try await restorePlayback()
+    }
+
+    /// Redis has no state for the user: a new user, or Redis lost it (restart without
+    /// persistence, flush, eviction). Puts back the snapshot from PostgreSQL with a raised epoch
+    /// and version (see `Durability.restore`), tells the user's devices, and reads again.
+    private func restorePlayback() async throws -> Playback {
+        try await registerLocalDevices()
+        let restored: Playback
+        var message: ByteBuffer?
+        switch await engine.durability.restore(user: userID, now: now) {
+        case .fresh:
+            // Without PostgreSQL there is nothing to look up; with it, the empty state is stored so
+            // that the next read does not ask PostgreSQL again.
+            guard engine.durability.writer != nil else { return .initial }
+            restored = .initial
+        case .snapshot(let playback), .unknown(let playback):
+            restored = playback
+            let lease = playback.activeDevice.map {
+                LeaseChange(epoch: playback.epoch, revoked: nil, granted: $0, reason: .transferred)
+            }
+            let event = PlaybackEvent(
+                state: playback.playerState(includeQueue: true), queueChanged: true, lease: lease,
+                cause: .init(op: "restored", device: nil, request: nil))
+            message = try Self.json(BusMessage(event: event))
+        }
+        _ = try await redis.evaluate(
+            engine.restoreScript, keys: [keys.playback, keys.lock],
+            arguments: [
+                .integer(restored.version), .integer(restored.epoch), .bytes(try Self.json(restored)),
+                .string(restored.activeDevice == nil ? "" : lockValue(restored)), .integer(engine.leaseTTLMs),
+                .string(keys.channel), message.map { .bytes($0) } ?? .string(""),
+            ])
+        guard case .bulkString(let stored) = try await redis.send(["HGET", .string(keys.playback), "state"]) else {
+            throw RedisError(.protocolError, "playback of \(userID) vanished right after it was restored")
+        }
         return try JSONDecoder().decode(Playback.self, from: Data(stored.readableBytesView))
     }
 

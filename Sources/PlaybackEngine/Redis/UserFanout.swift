@@ -24,6 +24,9 @@ final class UserFanout: Sendable {
 
     func hasDevice(_ device: String) -> Bool { state.withLock { $0.devices.sink(for: device) != nil } }
 
+    /// The session of the device's connection here, if it is connected here.
+    func sessionID(of device: String) -> String? { state.withLock { $0.devices.sink(for: device)?.sessionID } }
+
     /// Starts buffering for a device about to be welcomed; returns a connection it replaces here.
     func beginWelcome(_ sink: any DeviceSink, device: String) -> (any DeviceSink)? {
         state.withLock { state in

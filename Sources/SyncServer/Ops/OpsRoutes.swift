@@ -1,3 +1,4 @@
+import Foundation
 import Hummingbird
 import PlaybackEngine
 import Prometheus
@@ -5,16 +6,27 @@ import Prometheus
 /// `GET /healthz` (the process answers), `GET /readyz` (the engine can serve) and
 /// `GET /metrics` (Prometheus text).
 struct OpsRoutes {
+    /// `GET /readyz`: `ready`, `degraded` (serving, but e.g. PostgreSQL writes are queued) or `not_ready`.
+    struct ReadinessBody: Encodable {
+        var status: String
+        var checks: [String: String]
+    }
+
     let engine: any PlaybackEngine
     let metrics: PrometheusCollectorRegistry?
 
     func register(on router: Router<BasicRequestContext>) {
         router.get("/healthz") { _, _ in "ok\n" }
         router.get("/readyz") { _, _ -> Response in
-            guard await engine.isReady() else {
-                return Response(status: .serviceUnavailable, body: .init(byteBuffer: ByteBuffer(string: "not ready\n")))
-            }
-            return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: "ready\n")))
+            let readiness = await engine.readiness()
+            let status = readiness.ready ? (readiness.degraded ? "degraded" : "ready") : "not_ready"
+            let body = ReadinessBody(status: status, checks: readiness.checks)
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = .sortedKeys
+            let bytes = (try? encoder.encode(body)) ?? Data(#"{"status":"\#(status)"}"#.utf8)
+            return Response(
+                status: readiness.ready ? .ok : .serviceUnavailable, headers: [.contentType: "application/json"],
+                body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
         }
         router.get("/metrics") { _, _ -> Response in
             var text: [UInt8] = []

@@ -91,6 +91,15 @@ struct PlayerRoutes {
                 try await submit(.queueAdd(trackID: try Self.query(request, "track_id", as: String.self), at: .end), user: user, request: request)
             }
         }
+        router.get("/v1/me/player/recently-played") { request, _ in
+            await respond(request) { user, request in
+                let limit = try Self.optionalQuery(request, "limit", as: Int.self) ?? PlayedItem.defaultLimit
+                guard (1...PlayedItem.maxLimit).contains(limit) else {
+                    throw PlaybackError.badRequest("limit must be from 1 to \(PlayedItem.maxLimit)")
+                }
+                return try RESTResponse.json(RecentlyPlayedBody(items: try await engine.recentlyPlayed(user: user, limit: limit)))
+            }
+        }
         router.get("/v1/tracks") { request, _ in
             await respond(request) { _, request in
                 let limit = try Self.optionalQuery(request, "limit", as: Int.self) ?? 20

@@ -61,6 +61,11 @@ struct TracksBody: Encodable {
     var tracks: [Track]
 }
 
+/// `GET /v1/me/player/recently-played`: newest first.
+struct RecentlyPlayedBody: Encodable {
+    var items: [PlayedItem]
+}
+
 /// JSON responses and errors of the REST API.
 enum RESTResponse {
     static let encoder: JSONEncoder = {

@@ -87,6 +87,13 @@ final class SessionServices: Sendable {
             }
         case .clock(let t0):
             return .reply(.clock(t0: t0, serverTime: ServerClock.nowMs()), malformed: false)
+        case .history(let id, let limit):
+            do {
+                let items = try await engine.recentlyPlayed(user: session.user, limit: limit)
+                return .reply(.history(.init(id: id, items: items)), malformed: false)
+            } catch {
+                return .reply(.error(.init(id: id, error: error)), malformed: false)
+            }
         }
     }
 

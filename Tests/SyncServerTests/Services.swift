@@ -1,0 +1,225 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+import PlaybackEngine
+import PlaybackStore
+import Testing
+
+/// Runs a program to completion; returns its exit code and output (stdout and stderr together).
+/// `capture: false` for programs that leave a daemon behind holding their output open (pg_ctl start).
+@discardableResult
+func runProgram(_ path: String, _ arguments: [String], capture: Bool = true) throws -> (code: Int32, output: String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: path)
+    process.arguments = arguments
+    process.currentDirectoryURL = URL(fileURLWithPath: "/")
+    guard capture else { return (spawnAndWait(path, arguments), "") }
+    let pipe = Pipe()
+    process.standardOutput = pipe
+    process.standardError = pipe
+    try process.run()
+    let data = pipe.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    return (process.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+/// posix_spawn and waitpid, output to /dev/null. Foundation's `waitUntilExit` never returns for a
+/// program that leaves a daemon behind (`pg_ctl start`): the daemon inherits what it waits on.
+func spawnAndWait(_ path: String, _ arguments: [String]) -> Int32 {
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+    let argv = ([path] + arguments).map { strdup($0) } + [nil]
+    defer { for argument in argv { free(argument) } }
+    var pid: pid_t = 0
+    guard posix_spawn(&pid, path, &actions, nil, argv, environ) == 0 else { return -1 }
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0, errno == EINTR {}
+    return (status >> 8) & 0xff
+}
+
+/// PostgreSQL refuses to run as root: commands run as the postgres user then.
+func asPostgres(_ program: String, _ arguments: [String], capture: Bool = true) throws -> (code: Int32, output: String) {
+    if getuid() == 0 { return try runProgram("/usr/sbin/runuser", ["-u", "postgres", "--", program] + arguments, capture: capture) }
+    return try runProgram(program, arguments, capture: capture)
+}
+
+enum PostgresBinaries {
+    static let directory: String = {
+        let root = "/usr/lib/postgresql"
+        let versions = (try? FileManager.default.contentsOfDirectory(atPath: root))?.sorted() ?? []
+        return versions.last.map { "\(root)/\($0)/bin" } ?? "/usr/bin"
+    }()
+
+    static func path(_ name: String) -> String { "\(directory)/\(name)" }
+}
+
+/// The PostgreSQL server `scripts/test` starts, and a scratch database on it per test.
+struct TestDatabase: Sendable {
+    static let serverURL = ProcessInfo.processInfo.environment["PLAYBACK_POSTGRES_URL"] ?? "postgres://playback@127.0.0.1:5440/playback"
+
+    let name: String
+    let settings: PostgresSettings
+
+    /// Creates an empty database owned by the server's `playback` role.
+    static func create() throws -> TestDatabase {
+        let server = try PostgresSettings(url: serverURL)
+        let name = "pbt_" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
+        let result = try runProgram(PostgresBinaries.path("psql"), [
+            "-h", server.host, "-p", String(server.port), "-U", "postgres", "-d", "postgres", "-qtA",
+            "-c", "CREATE DATABASE \(name) OWNER \(server.user)",
+        ])
+        guard result.code == 0 else { throw TestFailure("could not create database \(name): \(result.output)") }
+        var settings = server
+        settings.database = name
+        return TestDatabase(name: name, settings: settings)
+    }
+
+    func drop() {
+        _ = try? runProgram(PostgresBinaries.path("psql"), [
+            "-h", settings.host, "-p", String(settings.port), "-U", "postgres", "-d", "postgres", "-qtA",
+            "-c", "DROP DATABASE IF EXISTS \(name) WITH (FORCE)",
+        ])
+    }
+
+    /// Runs SQL as the database's owner and returns psql's unaligned output.
+    func sql(_ statement: String) throws -> String {
+        let result = try runProgram(PostgresBinaries.path("psql"), [
+            "-h", settings.host, "-p", String(settings.port), "-U", settings.user, "-d", name, "-qtA", "-F", "|", "-c", statement,
+        ])
+        guard result.code == 0 else { throw TestFailure("psql failed: \(result.output)") }
+        return result.output.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+}
+
+/// A store with its pool running, a write-behind queue and its loop: what the daemon wires up.
+final class TestStore: Sendable {
+    let store: PlaybackStore
+    let writer: WriteBehind
+    let durability: Durability
+    private let tasks: [Task<Void, Never>]
+
+    init(settings: PostgresSettings, snapshotIntervalMs: Int64 = 1_000, migrate: Bool = true) async throws {
+        var settings = settings
+        settings.timeout = .milliseconds(800)
+        var logger = Logger(label: "test-store")
+        logger.logLevel = ProcessInfo.processInfo.environment["TEST_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0) } ?? .critical
+        store = PlaybackStore(settings: settings, logger: logger)
+        var limits = WriteBehind.Limits()
+        limits.snapshotIntervalMs = snapshotIntervalMs
+        limits.tickMs = 50
+        limits.maxBackoffMs = 500
+        writer = WriteBehind(store: store, limits: limits, logger: logger)
+        durability = Durability(writer: writer, logger: logger)
+        let store = self.store
+        let writer = self.writer
+        tasks = [Task { await store.run() }, Task { await writer.run() }]
+        if migrate { try await store.migrate() }
+    }
+
+    /// Seeds the built-in demo catalog (300 tracks) and returns it as PostgreSQL serves it.
+    func seededCatalog() async throws -> CachedCatalog {
+        try await store.replaceCatalog(DemoCatalog.make())
+        return try await CachedCatalog(store: store)
+    }
+
+    func close() {
+        for task in tasks { task.cancel() }
+    }
+}
+
+/// A redis-server of the test's own (no persistence), to restart in the middle of a test.
+final class RedisProcess: @unchecked Sendable {
+    let port: Int
+    private var process: Process?
+
+    init() throws {
+        port = Int.random(in: 20_000...29_999)
+        try start()
+    }
+
+    var url: String { "redis://127.0.0.1:\(port)/0" }
+
+    func start() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/redis-server")
+        process.arguments = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", "/tmp"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        self.process = process
+        for _ in 0..<100 {
+            if (try? runProgram("/usr/bin/redis-cli", ["-p", String(port), "ping"]))?.output.contains("PONG") == true { return }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        throw TestFailure("redis-server on port \(port) did not start")
+    }
+
+    /// kill -9: everything it held is gone.
+    func kill() {
+        guard let process else { return }
+        Foundation.kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        self.process = nil
+    }
+
+    deinit { kill() }
+}
+
+/// A PostgreSQL cluster of the test's own, to stop and start in the middle of a test.
+final class PostgresProcess: @unchecked Sendable {
+    let port: Int
+    let directory: String
+
+    init() throws {
+        port = Int.random(in: 30_000...39_999)
+        directory = "/var/tmp/pbt-pg-\(port)-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        if getuid() == 0 { _ = try runProgram("/bin/chown", ["postgres:postgres", directory]) }
+        let initdb = try asPostgres(PostgresBinaries.path("initdb"), ["-D", directory, "-U", "postgres", "--auth=trust", "-E", "UTF8"])
+        guard initdb.code == 0 else { throw TestFailure("initdb failed: \(initdb.output)") }
+        try start()
+    }
+
+    var settings: PostgresSettings {
+        get throws { try PostgresSettings(url: "postgres://postgres@127.0.0.1:\(port)/postgres") }
+    }
+
+    func start() throws {
+        let result = try asPostgres(PostgresBinaries.path("pg_ctl"), [
+            "-D", directory, "-l", "\(directory)/server.log", "-w", "-t", "30",
+            "-o", "-p \(port) -k \(directory) -c listen_addresses=127.0.0.1 -c fsync=off", "start",
+        ], capture: false)
+        guard result.code == 0 else { throw TestFailure("pg_ctl start failed (see \(directory)/server.log)") }
+    }
+
+    func stop() throws {
+        let result = try asPostgres(PostgresBinaries.path("pg_ctl"), ["-D", directory, "-m", "immediate", "-w", "stop"])
+        guard result.code == 0 else { throw TestFailure("pg_ctl stop failed: \(result.output)") }
+    }
+
+    func destroy() {
+        _ = try? asPostgres(PostgresBinaries.path("pg_ctl"), ["-D", directory, "-m", "immediate", "-w", "stop"])
+        try? FileManager.default.removeItem(atPath: directory)
+    }
+}
+
+struct TestFailure: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// Polls `condition` until it holds or `timeout` passes.
+func eventually(timeout: Duration = .seconds(5), _ condition: () async throws -> Bool) async throws -> Bool {
+    let deadline = ContinuousClock.now + timeout
+    while ContinuousClock.now < deadline {
+        if try await condition() { return true }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    return try await condition()
+}
