@@ -34,6 +34,8 @@ let package = Package(
         // hiredis (apt libhiredis-dev), as a system library: only RedisClient imports it. Its headers are
         // included by path (see shim.h) rather than through pkg-config, whose flags SwiftPM warns about.
         .systemLibrary(name: "CHiredis", providers: [.apt(["libhiredis-dev"])]),
+        // zlib (apt zlib1g-dev), for permessage-deflate.
+        .systemLibrary(name: "CZlib", providers: [.apt(["zlib1g-dev"])]),
         // Async Redis client on SwiftNIO; hiredis formats commands and parses replies.
         .target(
             name: "RedisClient",
@@ -73,7 +75,9 @@ let package = Package(
         .target(
             name: "SyncServer",
             dependencies: [
-                "PlaybackCore", "PlaybackEngine",
+                "PlaybackCore", "PlaybackEngine", "CZlib",
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -103,6 +107,7 @@ let package = Package(
             name: "DeviceSimKit",
             dependencies: [
                 "PlaybackCore",
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),

@@ -88,7 +88,8 @@ def check(method, template, path, status, body, token, headers=None, expect=None
 with socket.socket() as probe:
     probe.bind(("127.0.0.1", 0))
     port = probe.getsockname()[1]
-daemon = subprocess.Popen([str(root / ".build/debug/playback-syncd"), "--port", str(port), "--log-level", "warning"],
+daemon = subprocess.Popen([str(root / ".build/debug/playback-syncd"), "--port", str(port), "--log-level", "warning",
+                           "--permessage-deflate"],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 try:
     for _ in range(100):
@@ -99,7 +100,11 @@ try:
             time.sleep(0.1)
     user = f"openapi-{int(time.time())}"
     token = mint(user)
+    # The websockets client offers permessage-deflate: the device's messages travel compressed.
     with connect(f"ws://127.0.0.1:{port}/v1/connect?access_token={token}") as device:
+        negotiated = device.response.headers.get("Sec-WebSocket-Extensions", "")
+        if not negotiated.startswith("permessage-deflate"):
+            failures.append(f"permessage-deflate was not negotiated: {negotiated!r}")
         device.send(json.dumps({"type": "hello", "device": {"id": "speaker", "name": "Speaker", "kind": "speaker"}}))
         threading.Thread(target=lambda: [m for m in device], daemon=True).start()
         time.sleep(0.3)

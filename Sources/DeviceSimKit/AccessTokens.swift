@@ -1,3 +1,4 @@
+import NIOSSL
 import Foundation
 import JWTKit
 import PlaybackCore
@@ -35,5 +36,14 @@ public enum AccessTokens {
         let units: [Character: Int] = ["s": 1, "m": 60, "h": 3_600, "d": 86_400]
         if let unit = text.last, let factor = units[unit], let value = Int(text.dropLast()) { return value * factor }
         return Int(text)
+    }
+}
+
+/// TLS settings that trust the certificates of a PEM file (a self-signed daemon), for wss://.
+public enum TrustedCertificates {
+    public static func tls(caFile path: String) throws -> TLSConfiguration {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(path))
+        return tls
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import NIOPosix
+import NIOSSL
 import NIOWebSocket
 import PlaybackCore
 
@@ -9,6 +10,8 @@ public enum ConnectionEvent: Sendable {
     case message(ServerMessage, receivedNs: UInt64)
     /// A text message that is not a known server message (a newer server, or a bug).
     case undecodable(String)
+    /// A compressed message (RSV1; only after offering permessage-deflate): this client does not inflate.
+    case compressed(ByteBuffer)
     /// The server's close frame code (nil when the connection just dropped).
     case closed(code: UInt16?, reason: String)
 }
@@ -28,26 +31,34 @@ public enum ConnectError: Error, CustomStringConvertible, Sendable {
     }
 }
 
-/// Where the daemon is: `ws://host:port`.
+/// Where the daemon is: `ws://host:port`, or `wss://host:port` over TLS.
 public struct ServerAddress: Sendable, Hashable, CustomStringConvertible {
-    public var description: String { "ws://\(host):\(port)" }
+    public var description: String { "\(secure ? "wss" : "ws")://\(host):\(port)" }
 
     public var host: String
     public var port: Int
+    /// TLS (wss://).
+    public var secure: Bool
 
-    public init(host: String, port: Int) {
+    public init(host: String, port: Int, secure: Bool = false) {
         self.host = host
         self.port = port
+        self.secure = secure
     }
 
-    /// Parses `ws://host:port[/path]` (or `host:port`).
+    /// Parses `ws://host:port[/path]`, `wss://host:port[/path]` (or `host:port`).
     public init(url: String) throws {
         var rest = url
+        var secure = false
+        for scheme in ["wss://", "https://"] where rest.hasPrefix(scheme) {
+            rest.removeFirst(scheme.count)
+            secure = true
+        }
         for scheme in ["ws://", "http://"] where rest.hasPrefix(scheme) { rest.removeFirst(scheme.count) }
         let hostPort = rest.split(separator: "/", maxSplits: 1).first.map(String.init) ?? rest
         let parts = hostPort.split(separator: ":")
         guard parts.count == 2, let port = Int(parts[1]), !parts[0].isEmpty else { throw ConnectError.invalidURL(url) }
-        self.init(host: String(parts[0]), port: port)
+        self.init(host: String(parts[0]), port: port, secure: secure)
     }
 }
 
@@ -77,6 +88,10 @@ public final class DeviceConnection: Sendable {
         /// Answer the server's pings (a silent client does not).
         public var answerPings = true
         public var timeout: TimeAmount = .seconds(10)
+        /// TLS settings for wss:// (default: the system's trust roots and full verification).
+        public var tls: TLSConfiguration?
+        /// A `Sec-WebSocket-Extensions` offer (tests of permessage-deflate).
+        public var extensions: String?
 
         public init(sourceAddress: String? = nil) { self.sourceAddress = sourceAddress }
     }
@@ -98,14 +113,21 @@ public final class DeviceConnection: Sendable {
             if options.tokenInQuery { path += "?access_token=\(token)" } else { headers.append("Authorization: Bearer \(token)") }
         }
         if let origin = options.origin { headers.append("Origin: \(origin)") }
+        if let extensions = options.extensions { headers.append("Sec-WebSocket-Extensions: \(extensions)") }
         let request = "GET \(path) HTTP/1.1\r\n" + headers.map { $0 + "\r\n" }.joined() + "\r\n"
         let handshake = group.next().makePromise(of: Void.self)
         let answerPings = options.answerPings
+        let tls: NIOSSLContext? =
+            server.secure ? try NIOSSLContext(configuration: options.tls ?? .makeClientConfiguration()) : nil
+        let serverName = server.host.first?.isNumber == true ? nil : server.host
         var bootstrap = ClientBootstrap(group: group)
             .connectTimeout(options.timeout)
             .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
+                    if let tls {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: serverName))
+                    }
                     try channel.pipeline.syncOperations.addHandler(
                         UpgradeRequestHandler(request: request, done: handshake, answerPings: answerPings, onEvent: onEvent))
                 }
@@ -254,6 +276,8 @@ private final class ServerFrameHandler: ChannelInboundHandler {
     let onEvent: @Sendable (ConnectionEvent) -> Void
     let codec = MessageCodec()
     var text: ByteBuffer?
+    /// The message being assembled came with RSV1 (compressed).
+    var compressed = false
     var closeCode: UInt16?
     var closeReason = ""
 
@@ -267,9 +291,18 @@ private final class ServerFrameHandler: ChannelInboundHandler {
         switch frame.opcode {
         case .text, .continuation:
             var data = frame.data
-            if text == nil { text = data } else { text?.writeBuffer(&data) }
+            if text == nil {
+                text = data
+                compressed = frame.rsv1
+            } else {
+                text?.writeBuffer(&data)
+            }
             guard frame.fin, let message = text else { return }
             text = nil
+            if compressed {
+                onEvent(.compressed(message))
+                return
+            }
             let now = DispatchTime.now().uptimeNanoseconds
             if let decoded = try? codec.decodeServerMessage(message.readableBytesView) {
                 onEvent(.message(decoded, receivedNs: now))

@@ -21,6 +21,8 @@ public actor SimulatedDevice {
         public var answerTimeout: Duration = .seconds(10)
         /// Reconnect after a lost or failed connection (one-shot commands do not).
         public var reconnect = true
+        /// How to connect (TLS settings for wss://, source address).
+        public var connection = DeviceConnection.Options()
 
         public init(server: ServerAddress, token: @escaping @Sendable () async throws -> String) {
             self.server = server
@@ -114,7 +116,7 @@ public actor SimulatedDevice {
         let token = try await options.token()
         // One ordered stream per connection: events are handled in the order they arrived.
         let (events, sink) = AsyncStream.makeStream(of: ConnectionEvent.self, bufferingPolicy: .unbounded)
-        let connection = try await DeviceConnection.connect(to: options.server, token: token) { event in
+        let connection = try await DeviceConnection.connect(to: options.server, token: token, options: options.connection) { event in
             sink.yield(event)
             if case .closed = event { sink.finish() }
         }
@@ -197,6 +199,8 @@ public actor SimulatedDevice {
                 stopping = true
                 output.yield(.stopped("another connection with device id \(identity.id) replaced this one"))
             }
+        case .compressed:
+            output.yield(.connection("a compressed message arrived, but this client never offers compression"))
         case .undecodable(let text):
             output.yield(.connection("unknown message from the server: \(text.prefix(200))"))
         }

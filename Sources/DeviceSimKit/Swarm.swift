@@ -87,7 +87,7 @@ public struct Swarm: Sendable {
                     default: break
                     }
                 case .closed: state.closed = true
-                case .undecodable: break
+                case .undecodable, .compressed: break
                 }
             }
         }

@@ -1,5 +1,6 @@
 @_exported import PlaybackCore
 import NIOCore
+import Synchronization
 
 /// The user a connection or request acts for, from a verified token.
 public struct UserIdentity: Sendable, Hashable {
@@ -19,6 +20,9 @@ public struct UserIdentity: Sendable, Hashable {
 public struct EncodedMessage: Sendable {
     public let type: String
     public let bytes: ByteBuffer
+    /// Other forms of the same bytes (compressed per window size), made once on first use and
+    /// shared by every connection that sends this message.
+    public let variants: Variants
 
     public init(_ message: ServerMessage) {
         type = message.type
@@ -27,6 +31,19 @@ public struct EncodedMessage: Sendable {
         } catch {
             // Encoding our own value types cannot fail; keep the invariant visible if it ever does.
             preconditionFailure("encoding \(message.type) failed: \(error)")
+        }
+        variants = Variants()
+    }
+
+    /// A small memo, by key, of derived payloads (nil results are remembered too).
+    public final class Variants: Sendable {
+        private let memo = Mutex<[Int: ByteBuffer?]>([:])
+
+        public func value(for key: Int, make: () -> ByteBuffer?) -> ByteBuffer? {
+            if let known = memo.withLock({ $0[key] }) { return known }
+            let made = make()
+            memo.withLock { $0[key] = made }
+            return made
         }
     }
 }

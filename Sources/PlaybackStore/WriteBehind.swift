@@ -207,7 +207,11 @@ public final class WriteBehind: Sendable {
                 guard batch.snapshots.count < limits.batchSize else { break }
                 batch.snapshots.append(Self.encode(user: user, pending))
             }
-            for snapshot in batch.snapshots { queues.snapshots[snapshot.userID] = nil }
+            for snapshot in batch.snapshots {
+                queues.snapshots[snapshot.userID] = nil
+                // The next snapshot of this user waits for the interval, counted from this write.
+                queues.lastWritten[snapshot.userID] = now
+            }
             queues.snapshotsInFlight = Set(batch.snapshots.map(\.userID))
             let playCount = min(limits.batchSize, queues.plays.count)
             batch.plays = Array(queues.plays.prefix(playCount))
@@ -231,7 +235,6 @@ public final class WriteBehind: Sendable {
     private func succeeded(_ batch: Batch, now: Int64) {
         snapshotWrites.add(batch.snapshots.count, ordering: .relaxed)
         let recovered: StoreError? = queues.withLock { queues in
-            for snapshot in batch.snapshots { queues.lastWritten[snapshot.userID] = now }
             queues.playsInFlight = []
             queues.snapshotsInFlight = []
             defer {

@@ -1,8 +1,10 @@
 import Foundation
 import Hummingbird
 import HummingbirdCore
+import HummingbirdTLS
 import Logging
 import NIOCore
+import NIOSSL
 import PlaybackEngine
 import Prometheus
 
@@ -40,10 +42,31 @@ public func buildApplication(
         limiter: UserRateLimiter(rate: configuration.messagesPerSecond, burst: configuration.messageBurst)
     ).register(on: router)
 
+    let tls = try configuration.tls.map(tlsConfiguration)
     return Application(
         router: router,
-        server: HTTPServerBuilder { responder in SyncChildChannel(responder: responder, services: services) },
+        server: HTTPServerBuilder { responder in
+            let channel = SyncChildChannel(responder: responder, services: services)
+            guard let tls else { return channel }
+            return try TLSChannel(channel, tlsConfiguration: tls)
+        },
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "playback-syncd"),
         onServerRunning: onServerRunning,
         logger: logger)
+}
+
+/// The server side of TLS from PEM files; a missing or unreadable file stops the start.
+func tlsConfiguration(_ files: ServerConfiguration.TLSFiles) throws -> TLSConfiguration {
+    do {
+        let chain = try NIOSSLCertificate.fromPEMFile(files.certificatePath).map { NIOSSLCertificateSource.certificate($0) }
+        guard !chain.isEmpty else { throw ConfigurationError(description: "no certificate in \(files.certificatePath)") }
+        let key = try NIOSSLPrivateKey(file: files.keyPath, format: .pem)
+        var tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key))
+        tls.minimumTLSVersion = .tlsv12
+        return tls
+    } catch let error as ConfigurationError {
+        throw error
+    } catch {
+        throw ConfigurationError(description: "TLS: cannot load \(files.certificatePath) / \(files.keyPath): \(error)")
+    }
 }

@@ -30,9 +30,20 @@ struct ConnectionOptions: ParsableArguments {
     var secret: String?
     @Option(help: "Country claim (ISO 3166-1 alpha-2), for licensing.")
     var country: String?
+    @Option(help: "For wss://: trust the certificates in this PEM file (a self-signed daemon) instead of the system's. [PLAYBACK_CA_FILE]")
+    var caFile: String?
 
     func address() throws -> ServerAddress {
         try ServerAddress(url: server ?? ProcessInfo.processInfo.environment["PLAYBACK_SERVER"] ?? "ws://127.0.0.1:8080")
+    }
+
+    /// How to connect: TLS trust for wss://.
+    func connectionOptions() throws -> DeviceConnection.Options {
+        var options = DeviceConnection.Options()
+        if let path = caFile ?? ProcessInfo.processInfo.environment["PLAYBACK_CA_FILE"] {
+            options.tls = try TrustedCertificates.tls(caFile: path)
+        }
+        return options
     }
 
     func token() async throws -> String {
@@ -71,6 +82,7 @@ struct Connect: AsyncParsableCommand {
         guard DeviceID.isValid(deviceID) else { throw ValidationError("invalid device id \(deviceID)") }
         let connection = self.connection
         var options = SimulatedDevice.Options(server: try connection.address()) { try await connection.token() }
+        options.connection = try connection.connectionOptions()
         options.reportIntervalMs = reportMs
         let device = SimulatedDevice(identity: .init(id: deviceID, name: name, kind: kind), options: options)
         let console = Console(json: json, device: device)
@@ -189,6 +201,7 @@ actor Console {
 struct OneShot {
     static func run(_ connection: ConnectionOptions, id: String?, _ action: (SimulatedDevice) async -> Int32) async throws -> Never {
         var options = SimulatedDevice.Options(server: try connection.address()) { try await connection.token() }
+        options.connection = try connection.connectionOptions()
         options.answerTimeout = .seconds(10)
         options.reconnect = false
         let device = SimulatedDevice(

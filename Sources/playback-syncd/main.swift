@@ -157,6 +157,12 @@ struct Serve: AsyncParsableCommand {
     var logLevel: String?
     @Flag(help: "Test only: serve an unauthenticated echo at /v1/diagnostics/echo on the same WebSocket pipeline, for conformance suites.")
     var diagnosticsEcho = false
+    @Flag(help: "Offer permessage-deflate (RFC 7692, no context takeover: a broadcast is compressed once for all). [PLAYBACK_PERMESSAGE_DEFLATE=1]")
+    var permessageDeflate = false
+    @Option(help: "PEM certificate chain: serve wss:// and https:// (with --tls-key). [PLAYBACK_TLS_CERT]")
+    var tlsCert: String?
+    @Option(help: "PEM private key for --tls-cert. [PLAYBACK_TLS_KEY]")
+    var tlsKey: String?
     @OptionGroup var postgres: PostgresOptions
     @Option(help: "Where tracks come from: postgres (the tracks tables, cached in memory) or builtin (300 demo tracks). [PLAYBACK_CATALOG, default postgres when --postgres-url is set]")
     var catalog: String?
@@ -187,6 +193,12 @@ struct Serve: AsyncParsableCommand {
             config.allowedOrigins = origins.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
         }
         config.diagnosticsEcho = diagnosticsEcho
+        config.permessageDeflate = permessageDeflate || ["1", "true", "yes"].contains(setting(nil, "PLAYBACK_PERMESSAGE_DEFLATE")?.lowercased() ?? "")
+        switch (setting(tlsCert, "PLAYBACK_TLS_CERT"), setting(tlsKey, "PLAYBACK_TLS_KEY")) {
+        case (let cert?, let key?): config.tls = .init(certificatePath: cert, keyPath: key)
+        case (nil, nil): break
+        default: throw ValidationError("--tls-cert and --tls-key go together")
+        }
         if diagnosticsEcho { logger.warning("the diagnostics echo is enabled: /v1/diagnostics/echo is open to anyone (test only)") }
         let engineName = setting(engine, "PLAYBACK_ENGINE") ?? "memory"
 

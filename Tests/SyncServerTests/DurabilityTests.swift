@@ -236,7 +236,7 @@ struct DurabilityTests {
         let user = "alice.\(server.namespace)"
         let (phone, _) = try await server.device("phone")
         guard case .ack = try await phone.command("p", .play(.init(context: .init(kind: "album", id: "a06"), device: "phone"))) else { return }
-        #expect(try await eventually { try await store.store.loadSnapshot(user: user)?.version == 1 })
+        #expect(try await eventually { (try? await store.store.loadSnapshot(user: user))??.version == 1 })
 
         try postgres.stop()
         let started = ContinuousClock.now
@@ -257,7 +257,7 @@ struct DurabilityTests {
         #expect(store.writer.pending.snapshots == 1 && store.writer.pending.plays >= 1)
 
         try postgres.start()
-        #expect(try await eventually(timeout: .seconds(10)) { try await store.store.loadSnapshot(user: user)?.version == last })
+        #expect(try await eventually(timeout: .seconds(10)) { (try? await store.store.loadSnapshot(user: user))??.version == last })
         #expect(try await eventually { store.writer.isHealthy })
         #expect(try await server.http("/readyz").body.contains(#""status":"ready""#))
         #expect(try await store.store.recentPlays(user: user, limit: 5).first?.record.reason == .skipped)

@@ -106,7 +106,7 @@ final class TestStore: Sendable {
 
     init(settings: PostgresSettings, snapshotIntervalMs: Int64 = 1_000, migrate: Bool = true) async throws {
         var settings = settings
-        settings.timeout = .milliseconds(800)
+        settings.timeout = .seconds(2)
         var logger = Logger(label: "test-store")
         logger.logLevel = ProcessInfo.processInfo.environment["TEST_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0) } ?? .critical
         store = PlaybackStore(settings: settings, logger: logger)

@@ -10,6 +10,7 @@ import Synchronization
 enum ClientEvent: Sendable, CustomStringConvertible {
     case message(ServerMessage)
     case undecodable(String)
+    case compressedFrame(ByteBuffer)
     case close(code: UInt16?, reason: String)
     case disconnected
 
@@ -17,6 +18,7 @@ enum ClientEvent: Sendable, CustomStringConvertible {
         switch self {
         case .message(let message): "message \(message.type)"
         case .undecodable(let raw): "undecodable \(raw)"
+        case .compressedFrame(let bytes): "compressed \(bytes.readableBytes) bytes"
         case .close(let code, let reason): "close \(code.map(String.init) ?? "-") \(reason)"
         case .disconnected: "disconnected"
         }
@@ -51,9 +53,10 @@ final class TestClient: Sendable {
     /// Connects and upgrades; throws `HandshakeRefused` when the server answers with another status.
     static func connect(
         port: Int, token: String?, useQuery: Bool = false, origin: String? = nil, receiveBuffer: Int? = nil,
-        autoRead: Bool = true, answerPings: Bool = true, path: String = "/v1/connect"
+        autoRead: Bool = true, answerPings: Bool = true, path: String = "/v1/connect",
+        options base: DeviceConnection.Options = DeviceConnection.Options()
     ) async throws -> TestClient {
-        var options = DeviceConnection.Options()
+        var options = base
         options.path = path
         options.tokenInQuery = useQuery
         options.origin = origin
@@ -67,6 +70,7 @@ final class TestClient: Sendable {
                 switch event {
                 case .message(let message, _): inbox.push(.message(message))
                 case .undecodable(let text): inbox.push(.undecodable(text))
+                case .compressed(let bytes): inbox.push(.compressedFrame(bytes))
                 case .closed(let code, let reason):
                     if let code { inbox.push(.close(code: code, reason: reason)) }
                     inbox.push(.disconnected)

@@ -92,7 +92,8 @@ actor RedisUser {
             let message = EncodedMessage(.welcome(.init(
                 session: sink.sessionID, serverTime: now, heartbeatMs: welcome.heartbeatMs, limits: welcome.limits,
                 devices: devices, state: playback.playerState(includeQueue: true), changed: changed)))
-            fanout.finishWelcome(device: device, sessionID: sink.sessionID, welcome: message, version: playback.version)
+            fanout.finishWelcome(
+                device: device, sessionID: sink.sessionID, welcome: message, version: playback.version, epoch: playback.epoch)
             try await publish(BusMessage(devices: devices, except: device))
         } catch let refusal as ConnectRefusal {
             throw refusal
@@ -299,14 +300,20 @@ actor RedisUser {
     }
 
     /// After a pub/sub outage: send the current state to local devices if they may have missed it.
+    /// The command connection may still be reconnecting, so it tries for a while, without holding
+    /// the user's gate between attempts.
     func recover() async {
-        await serialized { await recoverNow() }
+        for attempt in 0..<20 {
+            if await serialized({ await recoverNow() }) { return }
+            try? await Task.sleep(for: .milliseconds(100 * min(attempt + 1, 5)))
+        }
     }
 
-    private func recoverNow() async {
-        guard let fanout = engine.registry.fanout(for: userID), let playback = try? await loadPlayback(),
-            playback.version > fanout.latestVersion
-        else { return }
+    /// False when the state could not be read.
+    private func recoverNow() async -> Bool {
+        guard let fanout = engine.registry.fanout(for: userID) else { return true }
+        guard let playback = try? await loadPlayback() else { return false }
+        guard playback.version > fanout.latestVersion else { return true }
         // The active device may have missed its grant too (a restored playback has a new epoch).
         let lease = playback.activeDevice.flatMap { active in
             fanout.hasDevice(active) ? LeaseChange(epoch: playback.epoch, revoked: nil, granted: active, reason: .transferred) : nil
@@ -314,6 +321,7 @@ actor RedisUser {
         fanout.receive(BusMessage(event: PlaybackEvent(
             state: playback.playerState(includeQueue: true), queueChanged: true, lease: lease,
             cause: .init(op: "recovered", device: nil, request: nil))))
+        return true
     }
 
     /// Writes this node's connected devices of the user into the directory again (after Redis lost it).

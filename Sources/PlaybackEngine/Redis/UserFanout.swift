@@ -14,6 +14,8 @@ final class UserFanout: Sendable {
         var waiting: [String: Waiting] = [:]
         /// The newest version seen on the channel (to tell a cached state is stale).
         var latestVersion: Int64 = -1
+        /// The newest epoch seen here (in a welcome or on the channel).
+        var latestEpoch: Int64 = -1
     }
 
     private let state = Mutex(State())
@@ -38,8 +40,9 @@ final class UserFanout: Sendable {
     }
 
     /// Sends `welcome`, then what arrived meanwhile and is newer than it, and attaches the device.
-    func finishWelcome(device: String, sessionID: String, welcome: EncodedMessage, version: Int64) {
+    func finishWelcome(device: String, sessionID: String, welcome: EncodedMessage, version: Int64, epoch: Int64) {
         state.withLock { state in
+            state.latestEpoch = max(state.latestEpoch, epoch)
             guard let waiting = state.waiting[device], waiting.sink.sessionID == sessionID else { return }
             state.waiting[device] = nil
             waiting.sink.send(welcome)
@@ -69,8 +72,17 @@ final class UserFanout: Sendable {
     func receive(_ message: BusMessage) {
         state.withLock { state in
             for device in state.waiting.keys { state.waiting[device]?.buffer.append(message) }
-            if let event = message.event {
+            if var event = message.event, event.state.version > state.latestVersion {
+                // (A version already delivered comes again only from a recovery racing the channel: dropped.)
+                // A lease message may have been lost with the channel (Redis restarting): an epoch
+                // that moved without one still tells the local holder its new epoch.
+                if event.lease == nil, state.latestEpoch >= 0, event.state.epoch > state.latestEpoch,
+                    let active = event.state.activeDevice, state.devices.sink(for: active) != nil
+                {
+                    event.lease = LeaseChange(epoch: event.state.epoch, revoked: nil, granted: active, reason: .transferred)
+                }
                 state.latestVersion = max(state.latestVersion, event.state.version)
+                state.latestEpoch = max(state.latestEpoch, event.state.epoch)
                 state.devices.deliver(event)
             }
             if let devices = message.devices {

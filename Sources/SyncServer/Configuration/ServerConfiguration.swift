@@ -31,6 +31,21 @@ public struct ServerConfiguration: Sendable {
     /// Serves `/v1/diagnostics/echo`, an unauthenticated echo on the same WebSocket pipeline, for
     /// conformance test suites only. Never enable it in production.
     public var diagnosticsEcho = false
+    /// Offer permessage-deflate (RFC 7692, no context takeover) to clients that ask for it.
+    public var permessageDeflate = false
+    /// PEM certificate chain and private key: serve wss:// and https:// on the same port.
+    public var tls: TLSFiles?
+
+    /// Where the TLS certificate chain and key are (PEM).
+    public struct TLSFiles: Sendable, Equatable {
+        public var certificatePath: String
+        public var keyPath: String
+
+        public init(certificatePath: String, keyPath: String) {
+            self.certificatePath = certificatePath
+            self.keyPath = keyPath
+        }
+    }
 
     public init() {}
 

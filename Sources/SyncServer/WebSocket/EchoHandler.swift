@@ -12,10 +12,23 @@ final class EchoHandler: ChannelInboundHandler {
     private var assembler: FrameAssembler
     private var closeSent = false
     private let closeTimeout: TimeAmount
+    private let deflate: PerMessageDeflate?
 
-    init(maxMessageBytes: Int, closeTimeoutMs: Int64) {
-        assembler = FrameAssembler(maxMessageBytes: maxMessageBytes, acceptsBinary: true)
+    init(maxMessageBytes: Int, closeTimeoutMs: Int64, deflate: PerMessageDeflate?) {
+        assembler = FrameAssembler(maxMessageBytes: maxMessageBytes, acceptsBinary: true, inflates: deflate != nil)
         closeTimeout = .milliseconds(closeTimeoutMs)
+        self.deflate = deflate
+    }
+
+    /// Echoes a message, compressed when permessage-deflate was negotiated and it helps.
+    private func echo(_ bytes: ByteBuffer, opcode: WebSocketOpcode, context: ChannelHandlerContext) {
+        if let deflate, bytes.readableBytes >= PerMessageDeflate.minimumSize,
+            let compressed = PerMessageDeflate.compress(bytes, windowBits: deflate.serverWindowBits)
+        {
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, rsv1: true, opcode: opcode, data: compressed)), promise: nil)
+        } else {
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: opcode, data: bytes)), promise: nil)
+        }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -30,9 +43,9 @@ final class EchoHandler: ChannelInboundHandler {
         case .ping(let payload):
             context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: payload)), promise: nil)
         case .text(let text):
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: text)), promise: nil)
+            echo(text, opcode: .text, context: context)
         case .binary(let bytes):
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: bytes)), promise: nil)
+            echo(bytes, opcode: .binary, context: context)
         case .close(let code, _):
             closeSent = true
             var payload = context.channel.allocator.buffer(capacity: 2)

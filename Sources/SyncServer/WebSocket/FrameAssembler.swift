@@ -23,22 +23,32 @@ struct FrameAssembler {
     let maxMessageBytes: Int
     /// `/v1/connect` speaks JSON text only (binary closes with 1003); the diagnostics echo takes both.
     let acceptsBinary: Bool
+    /// permessage-deflate was negotiated: RSV1 on a message's first frame means it is compressed.
+    let inflates: Bool
     private var message: ByteBuffer?
     private var messageIsText = true
+    private var messageIsCompressed = false
     private var validator = UTF8Validator()
 
-    init(maxMessageBytes: Int, acceptsBinary: Bool = false) {
+    init(maxMessageBytes: Int, acceptsBinary: Bool = false, inflates: Bool = false) {
         self.maxMessageBytes = maxMessageBytes
         self.acceptsBinary = acceptsBinary
+        self.inflates = inflates
     }
 
     mutating func receive(_ frame: WebSocketFrame) -> Event {
         guard frame.maskKey != nil else { return .fail(.protocolError, "client frames must be masked") }
-        guard !frame.rsv1, !frame.rsv2, !frame.rsv3 else { return .fail(.protocolError, "reserved bits set") }
+        guard !frame.rsv2, !frame.rsv3 else { return .fail(.protocolError, "reserved bits set") }
+        if frame.rsv1 {
+            guard inflates, frame.opcode == .text || frame.opcode == .binary else {
+                return .fail(.protocolError, inflates ? "RSV1 set on a frame that is not a message's first" : "reserved bits set")
+            }
+        }
         switch frame.opcode {
         case .text:
             guard message == nil else { return .fail(.protocolError, "a new message started inside a fragmented one") }
             messageIsText = true
+            messageIsCompressed = frame.rsv1
             return append(frame, first: true)
         case .continuation:
             guard message != nil else { return .fail(.protocolError, "continuation frame without a message") }
@@ -47,6 +57,7 @@ struct FrameAssembler {
             guard message == nil else { return .fail(.protocolError, "a new message started inside a fragmented one") }
             guard acceptsBinary else { return .fail(.unsupportedData, "binary messages are not supported; send JSON text") }
             messageIsText = false
+            messageIsCompressed = frame.rsv1
             return append(frame, first: true)
         case .ping:
             return .ping(frame.unmaskedData)
@@ -66,7 +77,7 @@ struct FrameAssembler {
             message = nil
             return .fail(.messageTooBig, "message larger than \(maxMessageBytes) bytes")
         }
-        if messageIsText, !validator.feed(data.readableBytesView) {
+        if messageIsText, !messageIsCompressed, !validator.feed(data.readableBytesView) {
             message = nil
             return .fail(.invalidPayload, "text is not valid UTF-8")
         }
@@ -83,8 +94,22 @@ struct FrameAssembler {
         return complete(whole)
     }
 
-    private mutating func complete(_ data: ByteBuffer) -> Event {
+    private mutating func complete(_ received: ByteBuffer) -> Event {
         defer { validator = UTF8Validator() }
+        var data = received
+        if messageIsCompressed {
+            messageIsCompressed = false
+            do {
+                data = try PerMessageDeflate.decompress(received, limit: maxMessageBytes)
+            } catch .tooBig {
+                return .fail(.messageTooBig, "message larger than \(maxMessageBytes) bytes once decompressed")
+            } catch {
+                return .fail(.invalidPayload, "the compressed message is not valid deflate data")
+            }
+            if messageIsText, !validator.feed(data.readableBytesView) {
+                return .fail(.invalidPayload, "text is not valid UTF-8")
+            }
+        }
         guard messageIsText else { return .binary(data) }
         guard validator.isComplete else { return .fail(.invalidPayload, "text is not valid UTF-8") }
         return .text(data)

@@ -48,12 +48,16 @@ final class SessionHandler: ChannelDuplexHandler {
     private var closeTimer: Scheduled<Void>?
     private var heartbeat: RepeatedTask?
 
-    init(services: SessionServices, token: AccessToken, sessionID: String) {
+    /// permessage-deflate parameters, when negotiated.
+    private let deflate: PerMessageDeflate?
+
+    init(services: SessionServices, token: AccessToken, sessionID: String, deflate: PerMessageDeflate? = nil) {
         self.services = services
         self.user = token.identity
         self.expiresAtMs = token.expiresAtMs
         self.sessionID = sessionID
-        self.assembler = FrameAssembler(maxMessageBytes: services.configuration.maxMessageBytes)
+        self.deflate = deflate
+        self.assembler = FrameAssembler(maxMessageBytes: services.configuration.maxMessageBytes, inflates: deflate != nil)
         self.bucket = TokenBucket(
             rate: services.configuration.messagesPerSecond, burst: services.configuration.messageBurst,
             nowNs: NIODeadline.now().uptimeNanoseconds)
@@ -312,7 +316,8 @@ final class SessionHandler: ChannelDuplexHandler {
     /// closed with 4008 once its send buffer is full.
     func deliver(_ message: EncodedMessage) {
         guard !closeSent, phase != .closed, let context else { return }
-        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .text, data: message.bytes)), promise: nil)
+        let (payload, compressed) = message.payload(for: deflate)
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, rsv1: compressed, opcode: .text, data: payload)), promise: nil)
         if !context.channel.isWritable {
             close(.tooSlow, "too slow to read: send buffer limit reached")
         }

@@ -38,7 +38,16 @@ struct SyncChildChannel: ServerChildChannel, HTTPChannelHandler {
             let accepted = NIOLoopBoundBox<AccessToken?>(nil, eventLoop: channel.eventLoop)
             let refusal = NIOLoopBoundBox<AuthError?>(nil, eventLoop: channel.eventLoop)
             let echo = NIOLoopBoundBox(false, eventLoop: channel.eventLoop)
+            let deflate = NIOLoopBoundBox<PerMessageDeflate?>(nil, eventLoop: channel.eventLoop)
             let services = self.services
+            /// The 101's extra headers: the accepted permessage-deflate parameters, if any.
+            @Sendable func upgradeHeaders(_ head: HTTPRequestHead) -> HTTPHeaders {
+                guard services.configuration.permessageDeflate,
+                    let negotiated = PerMessageDeflate.negotiate(head.headers["Sec-WebSocket-Extensions"])
+                else { return HTTPHeaders() }
+                deflate.value = negotiated
+                return HTTPHeaders([("Sec-WebSocket-Extensions", negotiated.responseHeader)])
+            }
             let upgrader = NIOTypedWebSocketServerUpgrader<Negotiated>(
                 maxFrameSize: services.configuration.maxMessageBytes,
                 enableAutomaticErrorHandling: true,
@@ -46,7 +55,7 @@ struct SyncChildChannel: ServerChildChannel, HTTPChannelHandler {
                     let path = head.uri.split(separator: "?", maxSplits: 1).first ?? ""
                     if path == Substring(Self.echoPath), services.configuration.diagnosticsEcho {
                         echo.value = true
-                        return channel.eventLoop.makeSucceededFuture(HTTPHeaders())
+                        return channel.eventLoop.makeSucceededFuture(upgradeHeaders(head))
                     }
                     guard path == Substring(Self.webSocketPath) else {
                         return channel.eventLoop.makeSucceededFuture(nil)
@@ -64,7 +73,7 @@ struct SyncChildChannel: ServerChildChannel, HTTPChannelHandler {
                         switch result {
                         case .success(let token):
                             accepted.value = token
-                            return HTTPHeaders()
+                            return upgradeHeaders(head)
                         case .failure(let error):
                             refusal.value = error
                             return nil
@@ -75,11 +84,13 @@ struct SyncChildChannel: ServerChildChannel, HTTPChannelHandler {
                     channel.eventLoop.makeCompletedFuture {
                         if echo.value {
                             try channel.pipeline.syncOperations.addHandler(EchoHandler(
-                                maxMessageBytes: services.configuration.maxMessageBytes, closeTimeoutMs: services.configuration.closeTimeoutMs))
+                                maxMessageBytes: services.configuration.maxMessageBytes, closeTimeoutMs: services.configuration.closeTimeoutMs,
+                                deflate: deflate.value))
                             return Negotiated.webSocket
                         }
                         guard let token = accepted.value else { throw ChannelError.inappropriateOperationForState }
-                        let handler = SessionHandler(services: services, token: token, sessionID: SessionID.make())
+                        let handler = SessionHandler(
+                            services: services, token: token, sessionID: SessionID.make(), deflate: deflate.value)
                         try channel.pipeline.syncOperations.addHandler(handler)
                         return Negotiated.webSocket
                     }
