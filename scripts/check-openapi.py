@@ -132,6 +132,8 @@ try:
         check("GET", P + "/recently-played", P + "/recently-played?limit=5", None, None, token, expect=200)
         check("GET", P + "/recently-played", P + "/recently-played?limit=0", None, None, token, expect=400)
         check("GET", P, P, None, None, "not-a-token", expect=401)
+        check("POST", "/v1/dev/token", "/v1/dev/token", None, '{"user":"web-user"}', token, expect=200)
+        check("POST", "/v1/dev/token", "/v1/dev/token", None, '{"user":"bad user!"}', token, expect=400)
         regional = mint(user, 3600, "DE")
         check("POST", P + "/queue", P + "/queue?track_id=t0013", None, None, regional, expect=451)
 finally:

@@ -37,6 +37,7 @@ public func buildApplication(
     let router = Router()
     OpsRoutes(engine: engine, metrics: metrics).register(on: router)
     ConnectRoute(authenticator: authenticator).register(on: router)
+    WebRoutes(authenticator: authenticator, developmentTokens: configuration.usesDevelopmentSecret).register(on: router)
     PlayerRoutes(
         engine: engine, authenticator: authenticator,
         limiter: UserRateLimiter(rate: configuration.messagesPerSecond, burst: configuration.messageBurst)

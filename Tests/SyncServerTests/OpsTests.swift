@@ -34,6 +34,28 @@ struct OpsTests {
         }
     }
 
+    @Test func theWebRemoteIsServedAndDevTokensOnlyWithTheDevelopmentSecret() async throws {
+        try await TestServer.with { server in
+            let page = try await server.httpResponse("/")
+            #expect(page.status == 200 && page.headers["content-type"]?.hasPrefix("text/html") == true && page.body.contains("/app.js"))
+            #expect(try await server.http("/app.js").body.contains("lease_granted"))
+            let minted = try await server.http("/v1/dev/token", method: "POST", body: #"{"user":"web.\#(server.namespace)"}"#)
+            #expect(minted.status == 200)
+            let token = (try JSONSerialization.jsonObject(with: Data(minted.body.utf8)) as? [String: Any])?["token"] as? String
+            let client = try await TestClient.connect(port: server.port, token: token, useQuery: true)
+            #expect(try await client.hello("web-page", kind: .web).state.version == 0, "the minted token opens a session")
+            #expect(try await server.http("/v1/dev/token", method: "POST", body: #"{"user":"no spaces"}"#).status == 400)
+        }
+        try await TestServer.with({ $0.jwtSecret = String(repeating: "s", count: 40) }) { server in
+            let refused = try await server.http("/v1/dev/token", method: "POST", body: #"{"user":"mallory"}"#)
+            let dev = try await server.http("/v1/dev")
+            let page = try await server.http("/")
+            #expect(refused.status == 404)
+            #expect(dev.body == #"{"development_tokens":false}"#)
+            #expect(page.status == 200, "the page itself is still there, for pasted tokens")
+        }
+    }
+
     @Test func shutdownClosesSessionsWith1001() async throws {
         let server = try await TestServer.start()
         let (phone, _) = try await server.device("phone")

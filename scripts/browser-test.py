@@ -1,0 +1,165 @@
+#!/usr/bin/env python3
+"""The web remote in a real browser: headless Chromium (apt chromium, chromium-driver) driven by
+selenium. Starts the built daemon and one `device-sim` device, opens the page twice as two
+devices of one user, starts playback on the first page, moves it with the second page's
+"Play here" button, and checks what each page and the simulated device show (active device,
+button states, progress moving, the takeover message). Saves docs/web-remote.png.
+Exits non-zero on any failure."""
+import json
+import pathlib
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+root = pathlib.Path(__file__).resolve().parent.parent
+daemon_path = root / ".build/debug/playback-syncd"
+device_sim = root / ".build/debug/device-sim"
+failures = []
+
+
+def check(condition, what):
+    if not condition:
+        failures.append(what)
+        print(f"browser test: FAILED: {what}", file=sys.stderr)
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def browser():
+    options = Options()
+    options.binary_location = "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,1250",
+                     "--disable-gpu", "--force-device-scale-factor=1"):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+
+def wait(driver, condition, what, timeout=10):
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition(d))
+    except Exception:
+        check(False, what)
+        return None
+
+
+def sign_in(driver, port, user, device_id, name):
+    driver.get(f"http://127.0.0.1:{port}/?device={device_id}&name={name.replace(' ', '%20')}")
+    wait(driver, lambda d: d.find_element(By.ID, "user-field").is_displayed(), f"{name}: the dev sign-in field shows")
+    driver.find_element(By.ID, "user-name").send_keys(user)
+    driver.find_element(By.ID, "signin-button").click()
+    wait(driver, lambda d: d.find_element(By.ID, "connection").get_attribute("data-state") == "online", f"{name}: connected")
+
+
+def device_row(driver, device_id):
+    return driver.find_element(By.CSS_SELECTOR, f'#devices li[data-device="{device_id}"]')
+
+
+def progress_moves(driver, name):
+    first = driver.find_element(By.ID, "position").text
+    time.sleep(1.3)
+    second = driver.find_element(By.ID, "position").text
+    check(first != second, f"{name}: progress moves ({first} → {second})")
+
+
+port = free_port()
+daemon = subprocess.Popen([str(daemon_path), "--port", str(port), "--log-level", "warning", "--grace-ms", "3000"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+user = f"web-{random.randrange(1 << 30):x}"
+sim = None
+pages = []
+try:
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.1)
+    server = f"ws://127.0.0.1:{port}"
+    sim = subprocess.Popen([str(device_sim), "connect", "--server", server, "--user", user, "--name", "Kitchen",
+                            "--kind", "speaker", "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    a, b = browser(), browser()
+    pages = [a, b]
+    sign_in(a, port, user, "page-a", "Page A")
+    sign_in(b, port, user, "page-b", "Page B")
+    wait(a, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#devices li")) == 3, "Page A lists three devices")
+
+    # Start playback on page A from a search result.
+    a.find_element(By.ID, "search").send_keys("t0042")
+    a.find_element(By.CSS_SELECTOR, "#search-form button").click()
+    result = wait(a, lambda d: d.find_element(By.CSS_SELECTOR, '#results li[data-track="t0042"]'), "Page A finds t0042")
+    if result:
+        result.find_element(By.XPATH, "./button[text()='Play']").click()
+    wait(a, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-active") == "true", "Page A becomes the active device")
+    wait(a, lambda d: "active" in device_row(d, "page-a").get_attribute("class"), "Page A marks itself active")
+    wait(b, lambda d: "active" in device_row(d, "page-a").get_attribute("class"), "Page B sees Page A active")
+    check(a.find_element(By.ID, "play-pause").get_attribute("data-playing") == "true", "Page A's button shows pause while playing")
+    check("Playing on Page A" in b.find_element(By.ID, "active-on").text, "Page B says it plays on Page A")
+    progress_moves(a, "Page A")
+    progress_moves(b, "Page B (watching)")
+    check(not device_row(a, "page-a").find_element(By.TAG_NAME, "button").is_enabled(), "Page A's own 'Play here' is disabled while active")
+
+    # Move it with page B's "Play here".
+    here = device_row(b, "page-b").find_element(By.TAG_NAME, "button")
+    check(here.text == "Play here" and here.is_enabled(), "Page B offers 'Play here'")
+    here.click()
+    wait(b, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-active") == "true", "Page B becomes the active device")
+    wait(a, lambda d: d.find_element(By.ID, "takeover").is_displayed(), "Page A shows the takeover message")
+    takeover = a.find_element(By.ID, "takeover").text
+    check("another device" in takeover and "Page B" in takeover, f"the takeover message names Page B: {takeover!r}")
+    check(a.find_element(By.TAG_NAME, "body").get_attribute("data-active") == "false", "Page A is no longer active")
+    wait(a, lambda d: "active" in device_row(d, "page-b").get_attribute("class"), "Page A marks Page B active")
+    check("Playing on Page B" in a.find_element(By.ID, "active-on").text, "Page A says it plays on Page B")
+    check(device_row(a, "page-a").find_element(By.TAG_NAME, "button").is_enabled(), "Page A can take it back")
+    progress_moves(b, "Page B")
+
+    # The simulated device agrees.
+    state = subprocess.run([str(device_sim), "state", "--json", "--server", server, "--user", user],
+                           capture_output=True, text=True, timeout=20)
+    current = json.loads(state.stdout) if state.returncode == 0 else {}
+    check(current.get("active_device") == "page-b" and current.get("track", {}).get("id") == "t0042",
+          f"device-sim sees t0042 playing on page-b: {state.stdout.strip()[:200]}")
+    wait(b, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#history li")) >= 1, "Page B lists the transferred play in Recently played")
+
+    # The queue: add two tracks from a search, move the second up, remove one.
+    b.find_element(By.ID, "search").send_keys("harbour")
+    b.find_element(By.CSS_SELECTOR, "#search-form button").click()
+    wait(b, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results li")) >= 3, "Page B finds tracks for 'harbour'")
+    added = []
+    for result in b.find_elements(By.CSS_SELECTOR, "#results li")[:3]:
+        added.append(result.get_attribute("data-track"))
+        result.find_element(By.XPATH, "./button[text()='Add']").click()
+        time.sleep(0.2)
+    queued = lambda d: [e.get_attribute("data-entry") for e in d.find_elements(By.CSS_SELECTOR, "#queue li")]
+    wait(a, lambda d: len(queued(d)) >= 3, "Page A shows the three queued tracks")
+    entries = queued(a)
+    a.find_element(By.CSS_SELECTOR, f'#queue li[data-entry="{entries[1]}"]').find_element(By.XPATH, "./button[text()='Up']").click()
+    wait(b, lambda d: queued(d)[:2] == [entries[1], entries[0]], "moving an entry up on Page A reorders Page B's queue")
+    b.find_element(By.CSS_SELECTOR, f'#queue li[data-entry="{entries[2]}"]').find_element(By.XPATH, "./button[text()='Remove']").click()
+    wait(a, lambda d: entries[2] not in queued(d), "removing an entry on Page B removes it on Page A")
+    b.find_element(By.ID, "search").clear()
+    time.sleep(0.5)
+    b.save_screenshot(str(root / "docs/web-remote.png"))
+finally:
+    for page in pages:
+        page.quit()
+    if sim:
+        sim.terminate()
+        sim.wait(timeout=10)
+    daemon.terminate()
+    daemon.wait(timeout=10)
+
+print(f"browser test: {'ok' if not failures else f'{len(failures)} failures'}")
+sys.exit(1 if failures else 0)
