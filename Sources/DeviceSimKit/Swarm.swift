@@ -20,6 +20,10 @@ public struct Swarm: Sendable {
         /// How long to wait after the last command for the last states.
         public var settleSeconds = 2.0
         public var userPrefix = "swarm-\(UInt32.random(in: 0...UInt32.max))"
+        /// Upgrades in flight at once while connecting (a reconnect storm uses many).
+        public var connectConcurrency = 16
+        /// How long to keep the connections open with no commands (rate 0: an idle swarm).
+        public var holdSeconds = 0.0
 
         public init(server: ServerAddress) { self.server = server }
 
@@ -61,6 +65,7 @@ public struct Swarm: Sendable {
             var lease = LeaseBelief()
             var acks: [String: (ns: UInt64, code: String?)] = [:]
             var closed = false
+            var welcomedNs: UInt64?
         }
 
         let user: Int
@@ -78,7 +83,9 @@ public struct Swarm: Sendable {
                 case .message(let message, let ns):
                     state.lease.observe(message)
                     switch message {
-                    case .welcome(let welcome): state.final = welcome.state
+                    case .welcome(let welcome):
+                        state.final = welcome.state
+                        state.welcomedNs = ns
                     case .state(let event):
                         state.entries.append(Entry(version: event.state.version, receivedNs: ns, request: event.cause.request))
                         state.final = event.state
@@ -102,21 +109,64 @@ public struct Swarm: Sendable {
         for user in 0..<options.users {
             tokens.append(try await AccessTokens.mint(user: "\(options.userPrefix)-u\(user)", ttlSeconds: 3_600, secret: options.secret))
         }
-        log("connecting \(options.users * options.devicesPerUser) devices")
-        // Connect in batches so that a large swarm does not stampede the accept queue.
-        var index = 0
+        log("connecting \(options.users * options.devicesPerUser) devices, \(options.connectConcurrency) at a time")
+        // Connect with a bounded number of upgrades in flight, then wait for every welcome.
+        let connectStart = DispatchTime.now().uptimeNanoseconds
+        var slots: [(user: Int, device: Int, source: String?)] = []
         for user in 0..<options.users {
             for device in 0..<options.devicesPerUser {
-                let deviceLog = DeviceLog(user: user, device: "d\(device)")
-                let source = options.sourceAddresses.isEmpty ? nil : options.sourceAddresses[index % options.sourceAddresses.count]
-                let connection = try await DeviceConnection.connect(to: server, token: tokens[user], options: .init(sourceAddress: source)) {
-                    deviceLog.record($0)
-                }
-                connection.sendNow(.hello(.init(device: .init(id: deviceLog.device, name: "Swarm \(device)", kind: .other))))
-                logs.append(deviceLog)
-                connections.append(connection)
-                index += 1
+                let index = slots.count
+                slots.append((user, device, options.sourceAddresses.isEmpty ? nil : options.sourceAddresses[index % options.sourceAddresses.count]))
             }
+        }
+        logs = slots.map { DeviceLog(user: $0.user, device: "d\($0.device)") }
+        var opened = [DeviceConnection?](repeating: nil, count: slots.count)
+        try await withThrowingTaskGroup(of: (Int, DeviceConnection).self) { group in
+            var next = 0
+            func start(_ index: Int) {
+                let slot = slots[index]
+                let deviceLog = logs[index]
+                let token = tokens[slot.user]
+                group.addTask {
+                    let connection = try await DeviceConnection.connect(to: server, token: token, options: .init(sourceAddress: slot.source)) {
+                        deviceLog.record($0)
+                    }
+                    connection.sendNow(.hello(.init(device: .init(id: deviceLog.device, name: "Swarm \(slot.device)", kind: .other))))
+                    return (index, connection)
+                }
+            }
+            while next < min(options.connectConcurrency, slots.count) {
+                start(next)
+                next += 1
+            }
+            while let (index, connection) = try await group.next() {
+                opened[index] = connection
+                if next < slots.count {
+                    start(next)
+                    next += 1
+                }
+            }
+        }
+        connections = opened.compactMap { $0 }
+        let welcomeDeadline = DispatchTime.now().uptimeNanoseconds + 30_000_000_000
+        while logs.contains(where: { $0.state.withLock { $0.welcomedNs == nil } }), DispatchTime.now().uptimeNanoseconds < welcomeDeadline {
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        let lastWelcome = logs.compactMap { $0.state.withLock { $0.welcomedNs } }.max() ?? connectStart
+        let welcomed = logs.filter { $0.state.withLock { $0.welcomedNs != nil } }.count
+        let connectSeconds = Double(lastWelcome - connectStart) / 1e9
+        log("connected \(welcomed) devices in \(String(format: "%.2f", connectSeconds)) s")
+        if options.rate <= 0 {
+            // Idle: hold the connections, then report the connect phase only.
+            log("holding \(connections.count) idle connections for \(options.holdSeconds) s")
+            try await Task.sleep(for: .milliseconds(Int64(options.holdSeconds * 1_000)))
+            let dropped = logs.filter { log in log.state.withLock { $0.closed } }.count
+            var report = SwarmReport.make(options: options, logs: logs, sent: [], elapsedSeconds: 0, disconnected: dropped)
+            report.devicesWelcomed = welcomed
+            report.connectSeconds = (connectSeconds * 1_000).rounded() / 1_000
+            report.connectsPerSecond = connectSeconds > 0 ? (Double(welcomed) / connectSeconds).rounded() : 0
+            for connection in connections { await connection.close() }
+            return report
         }
         try await Task.sleep(for: .milliseconds(500))
         // Something to play for every user, on its first device.
@@ -165,7 +215,10 @@ public struct Swarm: Sendable {
         // The report is made before the teardown: closing the holder releases the lease and makes a version
         // that devices closed before it never see.
         let dropped = logs.filter { log in log.state.withLock { $0.closed } }.count
-        let report = SwarmReport.make(options: options, logs: logs, sent: sent, elapsedSeconds: elapsed, disconnected: dropped)
+        var report = SwarmReport.make(options: options, logs: logs, sent: sent, elapsedSeconds: elapsed, disconnected: dropped)
+        report.devicesWelcomed = welcomed
+        report.connectSeconds = (connectSeconds * 1_000).rounded() / 1_000
+        report.connectsPerSecond = connectSeconds > 0 ? (Double(welcomed) / connectSeconds).rounded() : 0
         for connection in connections { await connection.close() }
         return report
     }

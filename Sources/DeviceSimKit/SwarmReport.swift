@@ -12,6 +12,10 @@ public struct SwarmReport: Codable, Sendable {
         public var p99: Double
         public var p999: Double
         public var max: Double
+        /// The latency (ms) at each of `curvePercentiles`, for percentile plots.
+        public var curve: [Double]
+
+        public static let curvePercentiles: [Double] = [0, 10, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99, 100]
 
         init(_ histogram: Histogram<UInt64>) {
             func ms(_ microseconds: UInt64) -> Double { Double(microseconds) / 1_000 }
@@ -21,6 +25,7 @@ public struct SwarmReport: Codable, Sendable {
             p99 = ms(histogram.valueAtPercentile(99))
             p999 = ms(histogram.valueAtPercentile(99.9))
             max = ms(histogram.max)
+            curve = Self.curvePercentiles.map { ms($0 >= 100 ? histogram.max : histogram.valueAtPercentile($0)) }
         }
     }
 
@@ -52,6 +57,10 @@ public struct SwarmReport: Codable, Sendable {
     public var commandToLastDevice: Percentiles
     public var errors: [String: Int]
     public var invariants: Invariants
+    /// Devices connected and welcomed, and how fast (upgrade + hello + welcome), per second.
+    public var devicesWelcomed = 0
+    public var connectSeconds = 0.0
+    public var connectsPerSecond = 0.0
 
     static func make(
         options: Swarm.Options, logs: [Swarm.DeviceLog], sent: [(id: String, user: Int, ns: UInt64)], elapsedSeconds: Double,
@@ -116,6 +125,7 @@ public struct SwarmReport: Codable, Sendable {
         }
         let errorText = errors.isEmpty ? "none" : errors.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
         return """
+            connected \(devicesWelcomed) devices in \(connectSeconds) s (\(connectsPerSecond)/s)
             users=\(users) devices/user=\(devicesPerUser) sent=\(commandsSent) answered=\(commandsAnswered) in \(durationSeconds) s \
             (\(throughputPerSecond)/s), state deliveries=\(stateDeliveries)
             \(line("command→ack", commandToAck))

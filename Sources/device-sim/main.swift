@@ -426,8 +426,11 @@ struct SwarmCommand: AsyncParsableCommand {
     @Option(help: "The daemon. [PLAYBACK_SERVER, default ws://127.0.0.1:8080]") var server: String?
     @Option(help: "Users.") var users = 10
     @Option(help: "Devices per user.") var devicesPerUser = 4
-    @Option(help: "Commands per second, e.g. 500 or 500/s.") var rate = "100"
+    @Option(help: "Commands per second, e.g. 500 or 500/s; 0 holds the connections idle for --duration.") var rate = "100"
     @Option(help: "Duration, e.g. 30s.") var duration = "10s"
+    @Option(help: "Upgrades in flight at once while connecting.") var connectConcurrency = 16
+    @Option(help: "Reference mode: load an nginx+nchan fan-out instead of the daemon (nchan).") var reference: String?
+    @Option(help: "Reference mode: bytes per published message.") var messageBytes = 600
     @Option(help: "Op weights, e.g. volume:4,seek:2,pause:1,resume:1,next:1,transfer:1.") var mix: String?
     @Option(help: "Source address to connect from; repeat for several (127.0.0.x).") var sourceIp: [String] = []
     @Option(help: "HS256 secret. [PLAYBACK_JWT_SECRET]") var secret: String?
@@ -435,8 +438,8 @@ struct SwarmCommand: AsyncParsableCommand {
 
     func run() async throws {
         var options = Swarm.Options(server: try ServerAddress(url: server ?? ProcessInfo.processInfo.environment["PLAYBACK_SERVER"] ?? "ws://127.0.0.1:8080"))
-        guard let commandsPerSecond = Double(rate.replacingOccurrences(of: "/s", with: "")), commandsPerSecond > 0 else {
-            throw ValidationError("--rate takes a positive number, e.g. 500/s")
+        guard let commandsPerSecond = Double(rate.replacingOccurrences(of: "/s", with: "")), commandsPerSecond >= 0 else {
+            throw ValidationError("--rate takes a number, e.g. 500/s (0: idle)")
         }
         guard let seconds = AccessTokens.seconds(duration), seconds > 0 else { throw ValidationError("--duration takes e.g. 30s") }
         guard users > 0, devicesPerUser > 0 else { throw ValidationError("--users and --devices-per-user must be positive") }
@@ -444,12 +447,32 @@ struct SwarmCommand: AsyncParsableCommand {
         options.devicesPerUser = devicesPerUser
         options.rate = commandsPerSecond
         options.durationSeconds = Double(seconds)
+        options.holdSeconds = Double(seconds)
         options.sourceAddresses = sourceIp
         options.secret = secret
+        options.connectConcurrency = max(1, connectConcurrency)
         if let mix { options.mix = try Swarm.Options.parseMix(mix) }
         let quiet = json
-        let report = try await Swarm(options: options).run { line in
+        let log: @Sendable (String) -> Void = { line in
             if !quiet { FileHandle.standardError.write(Data("swarm: \(line)\n".utf8)) }
+        }
+        let report: SwarmReport
+        switch reference {
+        case nil:
+            report = try await Swarm(options: options).run(log: log)
+        case "nchan":
+            guard commandsPerSecond > 0 else { throw ValidationError("the nchan reference needs a positive --rate") }
+            var reference = NchanReference.Options(server: options.server)
+            reference.users = users
+            reference.devicesPerUser = devicesPerUser
+            reference.rate = commandsPerSecond
+            reference.durationSeconds = Double(seconds)
+            reference.messageBytes = messageBytes
+            reference.sourceAddresses = sourceIp
+            reference.connectConcurrency = options.connectConcurrency
+            report = try await NchanReference(options: reference).run(log: log)
+        case let other?:
+            throw ValidationError("unknown reference \(other): only nchan")
         }
         if json {
             let encoder = JSONEncoder()
