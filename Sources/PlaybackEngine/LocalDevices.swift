@@ -32,14 +32,13 @@ public struct LocalDevices: Sendable {
 
     /// Delivers a committed change: lease messages first, then the state to every device
     /// (or to `only` that one).
-    public func deliver(_ event: PlaybackEvent, only: String? = nil) {
-        let messages = event.messages
-        if let revoked = messages.revoked, only == nil || only == revoked.device { send(revoked.message, to: revoked.device) }
-        if let granted = messages.granted, only == nil || only == granted.device { send(granted.message, to: granted.device) }
+    public func deliver(_ event: PreparedEvent, only: String? = nil) {
+        if let revoked = event.revoked, only == nil || only == revoked.device { send(revoked.message, to: revoked.device) }
+        if let granted = event.granted, only == nil || only == granted.device { send(granted.message, to: granted.device) }
         if let only {
-            send(messages.state, to: only)
+            send(event.state, to: only)
         } else {
-            broadcast(messages.state)
+            broadcast(event.state)
         }
     }
 

@@ -219,7 +219,7 @@ actor UserPlayback {
         }
         if transition.changed {
             playback = transition.playback
-            local.deliver(PlaybackEvent(transition, cause: cause))
+            local.deliver(PlaybackEvent(transition, cause: cause).prepared)
             durability.committed(user: userID, transition: transition) { [directory] in directory.records[$0]?.kind.rawValue }
             if let lease = transition.lease {
                 Counter(label: "playback_lease_changes_total", dimensions: [("reason", lease.reason.rawValue)]).increment()

@@ -35,6 +35,13 @@ public struct EncodedMessage: Sendable {
         variants = Variants()
     }
 
+    /// Bytes that are already a server message of this type (from another node).
+    public init(type: String, bytes: ByteBuffer) {
+        self.type = type
+        self.bytes = bytes
+        variants = Variants()
+    }
+
     /// A small memo, by key, of derived payloads (nil results are remembered too).
     public final class Variants: Sendable {
         private let memo = Mutex<[Int: ByteBuffer?]>([:])

@@ -40,3 +40,36 @@ public struct PlaybackEvent: Codable, Sendable, Equatable {
         return (revoked, granted, EncodedMessage(.state(.init(state: broadcast, cause: cause))))
     }
 }
+
+/// A change ready to deliver: what the fan-out needs to know, and the messages encoded once.
+/// Nodes pass it between them as bytes (`BusMessage`), so only the committing node encodes.
+public struct PreparedEvent: Sendable {
+    public var version: Int64
+    public var epoch: Int64
+    public var activeDevice: String?
+    public var state: EncodedMessage
+    public var revoked: (device: String, message: EncodedMessage)?
+    public var granted: (device: String, message: EncodedMessage)?
+
+    public init(
+        version: Int64, epoch: Int64, activeDevice: String?, state: EncodedMessage,
+        revoked: (device: String, message: EncodedMessage)?, granted: (device: String, message: EncodedMessage)?
+    ) {
+        self.version = version
+        self.epoch = epoch
+        self.activeDevice = activeDevice
+        self.state = state
+        self.revoked = revoked
+        self.granted = granted
+    }
+}
+
+extension PlaybackEvent {
+    /// Encodes the messages once.
+    public var prepared: PreparedEvent {
+        let messages = self.messages
+        return PreparedEvent(
+            version: state.version, epoch: state.epoch, activeDevice: state.activeDevice, state: messages.state,
+            revoked: messages.revoked, granted: messages.granted)
+    }
+}

@@ -23,14 +23,19 @@ enum TestRedis {
     }
 
     /// Kills exactly the connections with this client name (other tests run in parallel).
+    /// Looks for the name for up to two seconds (a loaded machine may not have listed it yet).
     static func kill(clientNamed name: String, using admin: RedisClient) async throws -> Int {
-        let list = try await admin.send(["CLIENT", "LIST"]).string ?? ""
-        var killed = 0
-        for line in list.split(separator: "\n") where line.contains(" name=\(name) ") {
-            guard let id = line.split(separator: " ").first(where: { $0.hasPrefix("id=") })?.dropFirst(3) else { continue }
-            killed += Int(try await admin.send(["CLIENT", "KILL", "ID", .string(String(id))]).int ?? 0)
+        for _ in 0..<40 {
+            let list = try await admin.send(["CLIENT", "LIST"]).string ?? ""
+            var killed = 0
+            for line in list.split(separator: "\n") where line.contains(" name=\(name) ") {
+                guard let id = line.split(separator: " ").first(where: { $0.hasPrefix("id=") })?.dropFirst(3) else { continue }
+                killed += Int(try await admin.send(["CLIENT", "KILL", "ID", .string(String(id))]).int ?? 0)
+            }
+            if killed > 0 { return killed }
+            try await Task.sleep(for: .milliseconds(50))
         }
-        return killed
+        return 0
     }
 }
 

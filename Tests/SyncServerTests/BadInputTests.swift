@@ -11,7 +11,7 @@ struct BadInputTests {
     }
 
     @Test func noHelloInTimeCloses1008() async throws {
-        try await TestServer.with({ $0.helloTimeoutMs = 300 }) { server in
+        try await TestServer.with({ $0.helloTimeoutMs = 1_000 }) { server in
             let client = try await server.connect()
             #expect(await client.expectClose() == 1008)
         }

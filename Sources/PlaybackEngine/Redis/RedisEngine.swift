@@ -175,7 +175,9 @@ final class FanoutRegistry: Sendable {
     func route(channel: String, payload: ByteBuffer) {
         guard let user = RedisKeys.user(ofChannel: channel), let fanout = fanout(for: user) else { return }
         do {
-            fanout.receive(try JSONDecoder().decode(BusMessage.self, from: Data(payload.readableBytesView)))
+            if let device = fanout.receive(try BusMessage(decoding: payload)), let engine {
+                Task { await engine.user(user).regrant(device) }
+            }
         } catch {
             logger.error("undecodable bus message", metadata: ["user.id": .string(user), "error": .string("\(error)")])
         }

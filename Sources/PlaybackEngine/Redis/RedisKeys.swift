@@ -1,3 +1,5 @@
+import Foundation
+import NIOCore
 /// One user's keys. All carry the hash tag `{u:<id>}`, so Redis Cluster keeps a user in one slot
 /// and the commit script may touch them together.
 ///
@@ -74,20 +76,98 @@ enum RedisScripts {
         """
 }
 
-/// What travels on a user's channel between nodes.
-struct BusMessage: Codable, Sendable {
+/// What travels on a user's channel between nodes: a committed change (its messages already
+/// encoded by the committing node), a device list, or a replacement notice.
+///
+/// Wire form: a small JSON header, a newline, then the encoded messages back to back (their
+/// lengths are in the header), so a receiving node forwards the bytes without decoding a state.
+struct BusMessage: Sendable {
     struct Replacement: Codable, Sendable {
         var device: String
         var session: String
     }
 
     /// A committed change.
-    var event: PlaybackEvent?
+    var event: PreparedEvent?
     /// The user's device list, sent to every device except `except`.
     var devices: [DeviceInfo]?
     var except: String?
     /// A device connected anew: its other connections are closed with 4001.
     var replace: Replacement?
+
+    init(event: PreparedEvent) { self.event = event }
+    init(devices: [DeviceInfo], except: String? = nil) {
+        self.devices = devices
+        self.except = except
+    }
+    init(replace: Replacement) { self.replace = replace }
+
+    private struct Header: Codable {
+        struct Event: Codable {
+            var version: Int64
+            var epoch: Int64
+            var active: String?
+            /// Lengths of the state, revoked and granted messages (0: none).
+            var lengths: [Int]
+            var revoked: String?
+            var granted: String?
+        }
+
+        var event: Event?
+        var devices: [DeviceInfo]?
+        var except: String?
+        var replace: Replacement?
+    }
+
+    struct Malformed: Error {}
+
+    func encoded() throws -> ByteBuffer {
+        var header = Header(devices: devices, except: except, replace: replace)
+        var buffer = ByteBuffer()
+        if let event {
+            header.event = .init(
+                version: event.version, epoch: event.epoch, active: event.activeDevice,
+                lengths: [event.state.bytes.readableBytes, event.revoked?.message.bytes.readableBytes ?? 0,
+                          event.granted?.message.bytes.readableBytes ?? 0],
+                revoked: event.revoked?.device, granted: event.granted?.device)
+        }
+        buffer.writeBytes(try JSONEncoder().encode(header))
+        buffer.writeInteger(UInt8(ascii: "\n"))
+        if let event {
+            var state = event.state.bytes
+            buffer.writeBuffer(&state)
+            if var revoked = event.revoked?.message.bytes { buffer.writeBuffer(&revoked) }
+            if var granted = event.granted?.message.bytes { buffer.writeBuffer(&granted) }
+        }
+        return buffer
+    }
+
+    init(decoding payload: ByteBuffer) throws {
+        var payload = payload
+        guard let newline = payload.readableBytesView.firstIndex(of: UInt8(ascii: "\n")),
+            let headerBytes = payload.readBytes(length: newline - payload.readerIndex)
+        else { throw Malformed() }
+        payload.moveReaderIndex(forwardBy: 1)
+        let header = try JSONDecoder().decode(Header.self, from: Data(headerBytes))
+        devices = header.devices
+        except = header.except
+        replace = header.replace
+        guard let wire = header.event else { return }
+        guard wire.lengths.count == 3, let stateBytes = payload.readSlice(length: wire.lengths[0]) else { throw Malformed() }
+        var revoked: (device: String, message: EncodedMessage)?
+        var granted: (device: String, message: EncodedMessage)?
+        if wire.lengths[1] > 0 {
+            guard let device = wire.revoked, let bytes = payload.readSlice(length: wire.lengths[1]) else { throw Malformed() }
+            revoked = (device, EncodedMessage(type: "lease_revoked", bytes: bytes))
+        }
+        if wire.lengths[2] > 0 {
+            guard let device = wire.granted, let bytes = payload.readSlice(length: wire.lengths[2]) else { throw Malformed() }
+            granted = (device, EncodedMessage(type: "lease_granted", bytes: bytes))
+        }
+        event = PreparedEvent(
+            version: wire.version, epoch: wire.epoch, activeDevice: wire.active,
+            state: EncodedMessage(type: "state", bytes: stateBytes), revoked: revoked, granted: granted)
+    }
 }
 
 /// A device as stored in `dev:{u:ID}`.

@@ -20,6 +20,11 @@ actor RedisUser {
     /// Who this node's connected devices of the user are, to register them again if Redis loses them.
     private var identities: [String: ClientMessage.Hello.Device] = [:]
 
+    /// The last playback read or written, with its JSON: a read that finds the same bytes skips decoding.
+    private var cachedPlayback: (json: ByteBuffer, playback: Playback)?
+    /// The same for the device directory's entries.
+    private var cachedDevices: [String: (json: ByteBuffer, device: StoredDevice)] = [:]
+
     /// Nothing running or waiting.
     var isIdle: Bool { !busy && queue.isEmpty }
 
@@ -226,20 +231,23 @@ actor RedisUser {
     ) async throws -> CommitResult {
         let playback = transition.playback
         let leaseOp = transition.lease == nil ? "keep" : (playback.activeDevice == nil ? "del" : "set")
-        let message = BusMessage(event: PlaybackEvent(transition, cause: cause))
+        let stateJSON = try Self.json(playback)
+        let message = BusMessage(event: PlaybackEvent(transition, cause: cause).prepared)
         let reply = try await redis.evaluate(
             engine.commitScript, keys: [keys.playback, keys.lock, keys.request(requestID ?? "-")],
             arguments: [
-                .integer(expected), .integer(playback.version), .integer(playback.epoch), .bytes(try Self.json(playback)),
+                .integer(expected), .integer(playback.version), .integer(playback.epoch), .bytes(stateJSON),
                 .string(leaseOp), .string(lockValue(playback)), .integer(engine.leaseTTLMs), .string(keys.channel),
-                .bytes(try Self.json(message)), .string(requestID == nil ? "0" : "1"),
+                .bytes(try message.encoded()), .string(requestID == nil ? "0" : "1"),
                 .bytes(try Self.json(StoredAnswer(.success(answer)))), .integer(engine.configuration.idempotencyWindowMs),
             ])
         guard case .array(let parts) = reply, let status = parts.first?.int else {
             throw RedisError(.protocolError, "unexpected commit reply \(reply)")
         }
         switch status {
-        case 1: return .committed
+        case 1:
+            cachedPlayback = (stateJSON, playback)
+            return .committed
         case 2:
             guard case .bulkString(let stored) = parts[1] else { throw RedisError(.protocolError, "no stored answer") }
             return .alreadyAnswered(try Self.decodeAnswer(stored))
@@ -320,8 +328,19 @@ actor RedisUser {
         }
         fanout.receive(BusMessage(event: PlaybackEvent(
             state: playback.playerState(includeQueue: true), queueChanged: true, lease: lease,
-            cause: .init(op: "recovered", device: nil, request: nil))))
+            cause: .init(op: "recovered", device: nil, request: nil)).prepared))
         return true
+    }
+
+    /// Tells a local device that holds the lease its current epoch, with the full state (its
+    /// grant was lost while the channel was down).
+    func regrant(_ device: String) async {
+        await serialized {
+            guard let fanout = engine.registry.fanout(for: userID), let playback = try? await loadPlayback(),
+                playback.activeDevice == device
+            else { return }
+            fanout.send(EncodedMessage(.leaseGranted(.init(epoch: playback.epoch, state: playback.playerState(includeQueue: true)))), to: device)
+        }
     }
 
     /// Writes this node's connected devices of the user into the directory again (after Redis lost it).
@@ -351,8 +370,12 @@ actor RedisUser {
 
     private func loadPlayback() async throws -> Playback {
         if case .bulkString(let stored) = try await redis.send(["HGET", .string(keys.playback), "state"]) {
-            return try JSONDecoder().decode(Playback.self, from: Data(stored.readableBytesView))
+            if let cached = cachedPlayback, cached.json == stored { return cached.playback }
+            let playback = try JSONDecoder().decode(Playback.self, from: Data(stored.readableBytesView))
+            cachedPlayback = (stored, playback)
+            return playback
         }
+        cachedPlayback = nil
         return try await restorePlayback()
     }
 
@@ -377,7 +400,7 @@ actor RedisUser {
             let event = PlaybackEvent(
                 state: playback.playerState(includeQueue: true), queueChanged: true, lease: lease,
                 cause: .init(op: "restored", device: nil, request: nil))
-            message = try Self.json(BusMessage(event: event))
+            message = try BusMessage(event: event.prepared).encoded()
         }
         _ = try await redis.evaluate(
             engine.restoreScript, keys: [keys.playback, keys.lock],
@@ -411,7 +434,7 @@ actor RedisUser {
         let storedParts = stored.array ?? []
         for index in stride(from: 0, to: storedParts.count - 1, by: 2) {
             guard let id = storedParts[index].string, case .bulkString(let json) = storedParts[index + 1],
-                let device = try? JSONDecoder().decode(StoredDevice.self, from: Data(json.readableBytesView))
+                let device = decodeDevice(id, json)
             else { continue }
             if now - device.lastSeen > engine.configuration.deviceRetentionMs, (presence[id] ?? 0) <= now { continue }
             directory.markOnline(id: id, name: device.name, kind: device.kind, now: device.lastSeen)
@@ -420,8 +443,16 @@ actor RedisUser {
         return directory
     }
 
+    private func decodeDevice(_ id: String, _ json: ByteBuffer) -> StoredDevice? {
+        if let cached = cachedDevices[id], cached.json == json { return cached.device }
+        guard let device = try? JSONDecoder().decode(StoredDevice.self, from: Data(json.readableBytesView)) else { return nil }
+        if cachedDevices.count > 4 * engine.configuration.maxDevicesPerUser { cachedDevices.removeAll() }
+        cachedDevices[id] = (json, device)
+        return device
+    }
+
     private func publish(_ message: BusMessage) async throws {
-        _ = try await redis.send(["PUBLISH", .string(keys.channel), .bytes(try Self.json(message))])
+        _ = try await redis.send(["PUBLISH", .string(keys.channel), .bytes(try message.encoded())])
     }
 
     private func publishDevices(activeDevice: String?? = nil) async throws {

@@ -48,7 +48,7 @@ final class UserFanout: Sendable {
             waiting.sink.send(welcome)
             _ = state.devices.attach(waiting.sink, device: device)
             for message in waiting.buffer {
-                if let event = message.event, event.state.version > version {
+                if let event = message.event, event.version > version {
                     state.devices.deliver(event, only: device)
                 } else if let devices = message.devices, message.except != device {
                     state.devices.send(EncodedMessage(.devices(devices)), to: device)
@@ -68,21 +68,23 @@ final class UserFanout: Sendable {
         }
     }
 
-    /// A message from the user's channel.
-    func receive(_ message: BusMessage) {
+    /// A message from the user's channel. Returns the local device that holds the lease at an
+    /// epoch it was never told about (its `lease_granted` was lost with the channel while Redis
+    /// restarted): the caller grants it again with the full state.
+    @discardableResult
+    func receive(_ message: BusMessage) -> String? {
         state.withLock { state in
+            var regrant: String?
             for device in state.waiting.keys { state.waiting[device]?.buffer.append(message) }
-            if var event = message.event, event.state.version > state.latestVersion {
-                // (A version already delivered comes again only from a recovery racing the channel: dropped.)
-                // A lease message may have been lost with the channel (Redis restarting): an epoch
-                // that moved without one still tells the local holder its new epoch.
-                if event.lease == nil, state.latestEpoch >= 0, event.state.epoch > state.latestEpoch,
-                    let active = event.state.activeDevice, state.devices.sink(for: active) != nil
+            // A version already delivered comes again only from a recovery racing the channel: dropped.
+            if let event = message.event, event.version > state.latestVersion {
+                if event.granted == nil, state.latestEpoch >= 0, event.epoch > state.latestEpoch,
+                    let active = event.activeDevice, state.devices.sink(for: active) != nil
                 {
-                    event.lease = LeaseChange(epoch: event.state.epoch, revoked: nil, granted: active, reason: .transferred)
+                    regrant = active
                 }
-                state.latestVersion = max(state.latestVersion, event.state.version)
-                state.latestEpoch = max(state.latestEpoch, event.state.epoch)
+                state.latestVersion = max(state.latestVersion, event.version)
+                state.latestEpoch = max(state.latestEpoch, event.epoch)
                 state.devices.deliver(event)
             }
             if let devices = message.devices {
@@ -93,7 +95,13 @@ final class UserFanout: Sendable {
             {
                 sink.close(.replaced, reason: "replaced by a newer connection of this device")
             }
+            return regrant
         }
+    }
+
+    /// Sends a message to one local device.
+    func send(_ message: EncodedMessage, to device: String) {
+        state.withLock { $0.devices.send(message, to: device) }
     }
 
     func closeAll(_ code: CloseCode, reason: String) {

@@ -1,5 +1,6 @@
 import Metrics
 import PlaybackEngine
+import Synchronization
 
 /// The daemon's metrics, named once here. They go to the process's `MetricsSystem`
 /// (Prometheus in `playback-syncd`, rendered at `/metrics`); labels stay low-cardinality.
@@ -10,19 +11,39 @@ enum ServerMetrics {
     static let commandDuration = Metrics.Timer(label: "playback_command_duration_seconds")
 
     static func closed(_ code: UInt16) {
-        Counter(label: "playback_ws_closes_total", dimensions: [("code", String(code))]).increment()
+        counter("playback_ws_closes_total", [("code", String(code))]).increment()
     }
 
     static func message(_ type: String, result: String) {
-        Counter(label: "playback_messages_total", dimensions: [("type", type), ("result", result)]).increment()
+        counter("playback_messages_total", [("type", type), ("result", result)]).increment()
     }
 
     static func command(_ op: String, result: String) {
-        Counter(label: "playback_commands_total", dimensions: [("op", op), ("result", result)]).increment()
+        counter("playback_commands_total", [("op", op), ("result", result)]).increment()
     }
 
     static func rejectedUpgrade(_ reason: String) {
-        Counter(label: "playback_ws_rejected_upgrades_total", dimensions: [("reason", reason)]).increment()
+        counter("playback_ws_rejected_upgrades_total", [("reason", reason)]).increment()
+    }
+
+    /// Counters by label and dimensions, made once: building a swift-metrics Counter goes through
+    /// the factory (a lock and a lookup in Prometheus) on every message otherwise. The label values
+    /// are bounded (message types, ops, error codes, close codes), so the cache is too.
+    private static let counters = Mutex<[CounterKey: Counter]>([:])
+
+    private struct CounterKey: Hashable {
+        var label: String
+        var dimensions: [String]
+    }
+
+    private static func counter(_ label: String, _ dimensions: [(String, String)]) -> Counter {
+        let key = CounterKey(label: label, dimensions: dimensions.flatMap { [$0.0, $0.1] })
+        return counters.withLock { counters in
+            if let counter = counters[key] { return counter }
+            let counter = Counter(label: label, dimensions: dimensions)
+            counters[key] = counter
+            return counter
+        }
     }
 }
 

@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Makes docs/benchmarks.md's measured part and its plots from docs/bench/results.json.
+The prose around it (targets, analysis) lives in docs/bench/analysis.md and is included as is."""
+import json
+import pathlib
+
+root = pathlib.Path(__file__).resolve().parent.parent.parent
+results = json.loads((root / "docs/bench/results.json").read_text())
+lines = []
+add = lines.append
+
+
+def pct(p):
+    return f"{p['p50']} / {p['p90']} / {p['p99']} / {p['p999']} / {p['max']}"
+
+
+machine = results.get("machine", {})
+add("# Benchmarks")
+add("")
+add("Measured by `scripts/bench` (see the scenarios in `scripts/lib/bench.py`); this file is generated from")
+add("[`bench/results.json`](bench/results.json) by `scripts/lib/bench-report.py`, the analysis is")
+add("[`bench/analysis.md`](bench/analysis.md), included at the end.")
+add("")
+add(f"Machine: {machine.get('cpus')} cores ({machine.get('cpu_model')}), {machine.get('memory_gb')} GiB, Linux "
+    f"{machine.get('kernel')}; {machine.get('build')} build; the daemon, redis-server, the load generator (device-sim "
+    "swarm processes) and nginx share the machine. Redis engine, one node, no PostgreSQL.")
+add("")
+add("Command: `scripts/bench` (all scenarios) or `scripts/bench NAME…`. Latencies in ms: p50 / p90 / p99 / p99.9 / max.")
+add("")
+
+if "connections" in results:
+    c = results["connections"]["result"]
+    add("## Idle connections and memory")
+    add("")
+    add(f"Measured {results['connections']['measured_at']}. Baseline RSS {c['baseline_rss_kb']} KB; idle CPU with all "
+        f"connections open: {c['idle_cpu_percent_of_one_core']} % of one core (heartbeat pings every 15 s).")
+    add("")
+    add("| connections | daemon RSS (KB) | RSS growth per connection (bytes) |")
+    add("|---|---|---|")
+    for p in c["points"]:
+        add(f"| {p['connections']} | {p['rss_kb']} | {p['per_connection_bytes']} |")
+    add("")
+    add("![memory per connection](bench/memory-per-connection.png)")
+    add("")
+
+if "throughput" in results:
+    add("## Throughput (four devices per user)")
+    add("")
+    add(f"Measured {results['throughput']['measured_at']}.")
+    add("")
+    add("| offered/s | answered/s | state deliveries/s | command→ack | command→last device | daemon CPU % | errors |")
+    add("|---|---|---|---|---|---|---|")
+    for r in results["throughput"]["result"]:
+        add(f"| {r['offered_rate']} | {r['throughput_per_second']} | {r['deliveries_per_second']} | {pct(r['commandToAck'])} | "
+            f"{pct(r['commandToLastDevice'])} | {r['daemon_cpu_percent']} | {r['errors'] or 'none'} |")
+    add("")
+
+for name, title in (("latency", "Latency at 5,000 commands/s"), ("transfer", "Transfers")):
+    if name in results:
+        r = results[name]["result"]
+        add(f"## {title}")
+        add("")
+        add(f"Measured {results[name]['measured_at']}: offered {r['offered_rate']}/s, answered {r['throughput_per_second']}/s, "
+            f"daemon CPU {r['daemon_cpu_percent']} %, errors {r['errors'] or 'none'}, invariant violations {r['invariant_violations']}.")
+        add("")
+        add(f"- command → ack: {pct(r['commandToAck'])}")
+        add(f"- command → last device's state: {pct(r['commandToLastDevice'])}")
+        add("")
+
+if "reconnect" in results:
+    r = results["reconnect"]["result"]
+    add("## Reconnect storm")
+    add("")
+    add(f"Measured {results['reconnect']['measured_at']}: {r['welcomed']} of {r['devices']} devices upgraded, said hello and "
+        f"got their welcome in {r['connect_seconds']} s: **{r['upgrades_per_second']} upgrades+hellos per second**.")
+    add("")
+
+if "reference" in results and "latency" in results:
+    ref = results["reference"]["result"]
+    ours = results["latency"]["result"]
+    add("## Side by side with nginx + nchan")
+    add("")
+    if "skipped" in ref:
+        add(f"Skipped: {ref['skipped']}.")
+    else:
+        add(f"Measured {results['reference']['measured_at']}: the same swarm client, the same number of subscribers "
+            f"(four per channel/user), {ref['message_bytes']}-byte messages at {ref['offered_rate']}/s, Redis behind both.")
+        add("")
+        add("| | delivered/s | publish or command → last subscriber | server CPU % | server RSS (KB) |")
+        add("|---|---|---|---|---|")
+        add(f"| playback-syncd (commands: reducer, Redis commit, fan-out) | {ours['throughput_per_second']} | {pct(ours['commandToLastDevice'])} | {ours['daemon_cpu_percent']} | {ours['daemon_rss_kb']} |")
+        add(f"| nginx + nchan (publish, fan-out) | {ref['throughput_per_second']} | {pct(ref['commandToLastDevice'])} | {ref['daemon_cpu_percent']} | {ref['daemon_rss_kb']} |")
+        ratio = ours["commandToLastDevice"]["p99"] / ref["commandToLastDevice"]["p99"] if ref["commandToLastDevice"]["p99"] else 0
+        add("")
+        add(f"p99 ratio (playback-syncd / nchan): **{ratio:.2f}**; p50 ratio: "
+            f"**{ours['commandToLastDevice']['p50'] / max(ref['commandToLastDevice']['p50'], 0.001):.2f}**.")
+        add("")
+        add("![latency percentiles](bench/latency-percentiles.png)")
+    add("")
+
+analysis = root / "docs/bench/analysis.md"
+if analysis.exists():
+    add(analysis.read_text().rstrip())
+    add("")
+add("## Raw results")
+add("")
+add("```json")
+add(json.dumps(results, indent=1, sort_keys=True))
+add("```")
+(root / "docs/benchmarks.md").write_text("\n".join(lines) + "\n")
+
+try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+except ImportError:
+    print("bench-report: matplotlib missing, no plots")
+    raise SystemExit(0)
+
+if "connections" in results:
+    points = results["connections"]["result"]["points"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([p["connections"] for p in points], [p["per_connection_bytes"] / 1024 for p in points], marker="o", label="measured")
+    ax.axhline(16, color="red", linestyle="--", label="target 16 KB")
+    ax.axhline(10, color="orange", linestyle=":", label="stretch 10 KB")
+    ax.set_xlabel("idle connections")
+    ax.set_ylabel("RSS growth per connection (KB)")
+    ax.set_ylim(bottom=0)
+    ax.set_title("playback-syncd: memory per idle connection")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(root / "docs/bench/memory-per-connection.png", dpi=110)
+
+curves = []
+for name, label in (("latency", "playback-syncd, 5,000 commands/s"), ("transfer", "playback-syncd, transfers"),
+                    ("reference", "nginx + nchan, 5,000 publishes/s")):
+    r = results.get(name, {}).get("result", {})
+    if "commandToLastDevice" in r:
+        curves.append((label, r["commandToLastDevice"]["curve"]))
+if curves:
+    percentiles = [0, 10, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99, 100]
+    xs = [1 / (1 - p / 100) if p < 100 else 100000 for p in percentiles]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, curve in curves:
+        ax.plot(xs, curve, marker=".", label=label)
+    ax.set_xscale("log")
+    ax.set_xticks([1, 2, 10, 100, 1000, 10000, 100000])
+    ax.set_xticklabels(["0%", "50%", "90%", "99%", "99.9%", "99.99%", "max"])
+    ax.axhline(5, color="red", linestyle="--", label="target p99 5 ms")
+    ax.set_ylabel("to the last device (ms)")
+    ax.set_title("Fan-out latency percentiles")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(root / "docs/bench/latency-percentiles.png", dpi=110)
+print("bench-report: docs/benchmarks.md and plots written")

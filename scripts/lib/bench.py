@@ -1,0 +1,312 @@
+#!/usr/bin/env python3
+"""The scenarios of scripts/bench. Each starts a fresh daemon (Redis engine on the redis-server
+scripts/lib/services.sh started), drives it with `device-sim swarm` processes (open loop,
+HdrHistogram, several 127.0.0.x source addresses, at most 2,500 connections per process because
+of the 20,000 open-file limit), samples the daemon's RSS and CPU from /proc, and appends the raw
+results to docs/bench/results.json. `reference` runs the same client against nginx+nchan on the
+same Redis. The report (docs/benchmarks.md) and the plots are made from results.json."""
+import json
+import os
+import pathlib
+import platform
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+root = pathlib.Path(__file__).resolve().parent.parent.parent
+args = [a for a in sys.argv[1:] if not a.startswith("--")]
+quick = "--quick" in sys.argv
+build = root / (".build/debug" if quick else ".build/release")
+daemon_bin, sim_bin = build / "playback-syncd", build / "device-sim"
+redis_url = os.environ.get("PLAYBACK_REDIS_URL", "redis://127.0.0.1:6390/0")
+redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+sources = [f"127.0.0.{i}" for i in range(1, 9)]
+per_process = 2500
+clock_ticks = os.sysconf("SC_CLK_TCK")
+out_dir = root / "docs" / "bench"
+results_path = out_dir / ("results-quick.json" if quick else "results.json")
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Process:
+    """RSS and CPU of a process from /proc."""
+
+    def __init__(self, pid):
+        self.pid = pid
+
+    def rss_kb(self):
+        for line in open(f"/proc/{self.pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def cpu_seconds(self):
+        fields = open(f"/proc/{self.pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / clock_ticks
+
+    def cpu_percent(self, seconds):
+        start = self.cpu_seconds()
+        time.sleep(seconds)
+        return round(100 * (self.cpu_seconds() - start) / seconds, 1)
+
+
+def start_daemon(extra=()):
+    port = free_port()
+    daemon = subprocess.Popen(
+        [str(daemon_bin), "--port", str(port), "--engine", "redis", "--redis-url", redis_url, "--log-level", "error",
+         "--messages-per-second", "1000", "--max-devices-per-user", "1000", *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=raise_nofile)
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1)
+            return daemon, port
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit("bench: the daemon did not become ready")
+
+
+def stop(process):
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def swarm(port, users, rate, duration, devices=4, mix=None, concurrency=16, source=None, reference=None, message_bytes=None):
+    command = [str(sim_bin), "swarm", "--server", f"ws://127.0.0.1:{port}", "--users", str(users),
+               "--devices-per-user", str(devices), "--rate", str(rate), "--duration", f"{duration}s", "--json",
+               "--connect-concurrency", str(concurrency)]
+    for address in ([source] if source else sources):
+        command += ["--source-ip", address]
+    if mix:
+        command += ["--mix", mix]
+    if reference:
+        command += ["--reference", reference, "--message-bytes", str(message_bytes or 600)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=raise_nofile)
+
+
+def collect(process):
+    out, err = process.communicate(timeout=600)
+    try:
+        return json.loads(out)
+    except json.JSONDecodeError:
+        raise SystemExit(f"bench: swarm failed: {err[-2000:]}")
+
+
+def split(total, parts):
+    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+# MARK: Scenarios
+
+def connections():
+    """Idle connections in steps up to the open-file limit: RSS per connection and idle CPU."""
+    steps = [200, 400] if quick else [2500, 5000, 7500, 10000, 12500, 15000, 17500, 19000]
+    daemon, port = start_daemon(["--heartbeat-ms", "15000"])
+    process = Process(daemon.pid)
+    time.sleep(1)
+    baseline = process.rss_kb()
+    points, holders, connected = [], [], 0
+    hold = 30 + 8 * len(steps) if not quick else 15
+    try:
+        for step in steps:
+            count = step - connected
+            users = count // 4
+            holder = swarm(port, users, 0, hold, concurrency=64, source=sources[len(holders) % len(sources)])
+            holders.append(holder)
+            # Wait until the daemon holds the new connections.
+            deadline = time.time() + 60
+            while time.time() < deadline and established(port) < step:
+                time.sleep(0.25)
+            connected = step
+            time.sleep(1.5)
+            rss = process.rss_kb()
+            points.append({"connections": established(port), "rss_kb": rss,
+                           "per_connection_bytes": round((rss - baseline) * 1024 / max(1, established(port)))})
+            print(f"bench: connections {points[-1]}", file=sys.stderr)
+        idle_cpu = process.cpu_percent(5 if quick else 10)
+    finally:
+        for holder in holders:
+            holder.kill()
+        stop(daemon)
+    return {"baseline_rss_kb": baseline, "points": points, "idle_cpu_percent_of_one_core": idle_cpu}
+
+
+def established(port):
+    """ESTABLISHED TCP connections whose local port is the daemon's (from /proc/net/tcp)."""
+    target = f"{port:04X}"
+    count = 0
+    for line in open("/proc/net/tcp").readlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(":" + target) and fields[3] == "01":
+            count += 1
+    return count
+
+
+def run_load(users, rate, duration, mix=None, processes=2, extra=()):
+    daemon, port = start_daemon(extra)
+    process = Process(daemon.pid)
+    try:
+        cpu_start, wall_start = process.cpu_seconds(), time.time()
+        runs = [swarm(port, u, r, duration, mix=mix, source=sources[i % len(sources)])
+                for i, (u, r) in enumerate(zip(split(users, processes), split(rate, processes)))]
+        reports = [collect(run) for run in runs]
+        cpu = round(100 * (process.cpu_seconds() - cpu_start) / (time.time() - wall_start), 1)
+        rss = process.rss_kb()
+    finally:
+        stop(daemon)
+    return merge(reports, cpu, rss)
+
+
+def merge(reports, cpu, rss):
+    """Sums counts; percentiles are the worst of the processes (each is a fair sample)."""
+    merged = {
+        "processes": len(reports), "daemon_cpu_percent": cpu, "daemon_rss_kb": rss,
+        "commands_sent": sum(r["commandsSent"] for r in reports),
+        "commands_answered": sum(r["commandsAnswered"] for r in reports),
+        "throughput_per_second": round(sum(r["throughputPerSecond"] for r in reports), 1),
+        "state_deliveries": sum(r["stateDeliveries"] for r in reports),
+        "duration_seconds": max(r["durationSeconds"] for r in reports),
+        "errors": {}, "invariant_violations": sum(r["invariants"]["versionOrderViolations"] + r["invariants"]["divergentUsers"]
+                                                  + r["invariants"]["multipleActiveUsers"] for r in reports),
+        "connects_per_second": round(sum(r.get("connectsPerSecond", 0) for r in reports)),
+    }
+    for key in ("commandToAck", "commandToLastDevice"):
+        worst = max(reports, key=lambda r: r[key]["p99"])[key]
+        merged[key] = worst
+    for r in reports:
+        for code, count in r["errors"].items():
+            merged["errors"][code] = merged["errors"].get(code, 0) + count
+    merged["deliveries_per_second"] = round(merged["state_deliveries"] / max(merged["duration_seconds"], 0.001))
+    return merged
+
+
+def throughput():
+    """Commands per second with four devices per user, stepping the offered rate."""
+    rates = [100] if quick else [2000, 5000, 10000]
+    users = 25 if quick else 2500
+    return [{"offered_rate": rate, **run_load(users, rate, 3 if quick else 15, processes=1 if quick else 2)} for rate in rates]
+
+
+def latency():
+    """Command → last device's state at 5,000 commands/s (the target's rate)."""
+    rate = 100 if quick else 5000
+    return {"offered_rate": rate, **run_load(25 if quick else 2500, rate, 3 if quick else 20, processes=1 if quick else 2)}
+
+
+def transfer():
+    """Transfers only: command → old device revoked, new device granted, state on every device."""
+    rate = 50 if quick else 1000
+    return {"offered_rate": rate, **run_load(25 if quick else 1000, rate, 3 if quick else 20, mix="transfer:1",
+                                             processes=1 if quick else 2)}
+
+
+def reconnect():
+    """A storm: devices upgrading and saying hello as fast as the daemon takes them."""
+    total = 400 if quick else 10000
+    daemon, port = start_daemon()
+    try:
+        processes = 1 if quick else 4
+        started = time.time()
+        runs = [swarm(port, u // 4, 0, 1, concurrency=128, source=sources[i]) for i, u in enumerate(split(total, processes))]
+        reports = [collect(run) for run in runs]
+        wall = time.time() - started
+    finally:
+        stop(daemon)
+    welcomed = sum(r["devicesWelcomed"] for r in reports)
+    slowest = max(r["connectSeconds"] for r in reports)
+    return {"devices": total, "welcomed": welcomed, "connect_seconds": slowest,
+            "upgrades_per_second": round(welcomed / slowest) if slowest else 0, "wall_seconds": round(wall, 2)}
+
+
+def reference():
+    """nginx+nchan on the same Redis: the same subscribers, message size and rate, the same client."""
+    nginx = shutil.which("nginx")
+    module = pathlib.Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
+    if not nginx or not module.exists():
+        return {"skipped": "nginx-light and libnginx-mod-nchan are not installed"}
+    port = free_port()
+    prefix = pathlib.Path(f"/tmp/playback-bench-nchan-{port}")
+    prefix.mkdir(parents=True, exist_ok=True)
+    (prefix / "nginx.conf").write_text(f"""
+load_module {module};
+worker_processes auto;
+worker_rlimit_nofile 20000;
+error_log {prefix}/error.log warn;
+pid {prefix}/nginx.pid;
+events {{ worker_connections 19000; }}
+http {{
+  access_log off;
+  client_body_temp_path {prefix};
+  upstream redis_server {{ nchan_redis_server redis://127.0.0.1:{redis_port}; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location ~ /sub/(.+)$ {{ nchan_subscriber websocket; nchan_channel_id $1; nchan_redis_pass redis_server; }}
+    location ~ /pub/(.+)$ {{ nchan_publisher http; nchan_channel_id $1; nchan_redis_pass redis_server;
+                            nchan_message_buffer_length 5; nchan_message_timeout 30s; }}
+  }}
+}}
+""")
+    subprocess.run([nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf")], check=True, preexec_fn=raise_nofile)
+    time.sleep(0.5)
+    master = int((prefix / "nginx.pid").read_text())
+    rate = 100 if quick else 5000
+    users = 25 if quick else 2500
+    try:
+        workers = [Process(int(pid)) for pid in subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split()]
+        cpu_start, wall_start = sum(w.cpu_seconds() for w in workers), time.time()
+        runs = [swarm(port, u, r, 3 if quick else 20, reference="nchan", message_bytes=state_message_bytes,
+                      source=sources[i % len(sources)])
+                for i, (u, r) in enumerate(zip(split(users, 1 if quick else 2), split(rate, 1 if quick else 2)))]
+        reports = [collect(run) for run in runs]
+        cpu = round(100 * (sum(w.cpu_seconds() for w in workers) - cpu_start) / (time.time() - wall_start), 1)
+        rss = sum(w.rss_kb() for w in workers)
+    finally:
+        subprocess.run([nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-s", "stop"], check=False)
+    return {"offered_rate": rate, "message_bytes": state_message_bytes, **merge(reports, cpu, rss)}
+
+
+# A state event with a four-entry-context player state is about this long on the wire.
+state_message_bytes = 620
+
+scenarios = {"connections": connections, "throughput": throughput, "latency": latency, "transfer": transfer,
+             "reconnect": reconnect, "reference": reference}
+chosen = args or list(scenarios)
+unknown = [name for name in chosen if name not in scenarios]
+if unknown:
+    raise SystemExit(f"bench: unknown scenario {unknown}; known: {', '.join(scenarios)}")
+
+results = json.loads(results_path.read_text()) if results_path.exists() else {}
+results["machine"] = {
+    "cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+    "cpu_model": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?"),
+    "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    "build": "debug" if quick else "release",
+}
+for name in chosen:
+    print(f"bench: {name}", file=sys.stderr)
+    started = time.time()
+    results[name] = {"measured_at": time.strftime("%Y-%m-%d %H:%M:%S"), **({"result": scenarios[name]()})}
+    results[name]["seconds"] = round(time.time() - started, 1)
+    print(json.dumps({name: results[name]}), file=sys.stderr)
+out_dir.mkdir(parents=True, exist_ok=True)
+results_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+print(f"bench: results in {results_path.relative_to(root)}")
+if not quick:
+    subprocess.run([sys.executable, str(root / "scripts/lib/bench-report.py")], check=False)
