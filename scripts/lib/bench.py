@@ -205,9 +205,12 @@ def throughput():
 
 
 def latency():
-    """Command → last device's state at 5,000 commands/s (the target's rate)."""
+    """Command → last device's state at 5,000 commands/s (the target's rate), and at 1,000/s."""
     rate = 100 if quick else 5000
-    return {"offered_rate": rate, **run_load(25 if quick else 2500, rate, 3 if quick else 20, processes=1 if quick else 2)}
+    result = {"offered_rate": rate, **run_load(25 if quick else 2500, rate, 3 if quick else 20, processes=1 if quick else 2)}
+    if not quick:
+        result["at_1000"] = {"offered_rate": 1000, **run_load(2500, 1000, 20, processes=2)}
+    return result
 
 
 def transfer():
@@ -236,7 +239,14 @@ def reconnect():
 
 
 def reference():
-    """nginx+nchan on the same Redis: the same subscribers, message size and rate, the same client."""
+    """nginx+nchan on the same Redis: the same subscribers, message size and rates, the same client."""
+    result = reference_at(100 if quick else 5000)
+    if not quick and "skipped" not in result:
+        result["at_1000"] = reference_at(1000)
+    return result
+
+
+def reference_at(rate):
     nginx = shutil.which("nginx")
     module = pathlib.Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
     if not nginx or not module.exists():
@@ -253,6 +263,8 @@ pid {prefix}/nginx.pid;
 events {{ worker_connections 19000; }}
 http {{
   access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
   client_body_temp_path {prefix};
   upstream redis_server {{ nchan_redis_server redis://127.0.0.1:{redis_port}; }}
   server {{
@@ -266,7 +278,6 @@ http {{
     subprocess.run([nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf")], check=True, preexec_fn=raise_nofile)
     time.sleep(0.5)
     master = int((prefix / "nginx.pid").read_text())
-    rate = 100 if quick else 5000
     users = 25 if quick else 2500
     try:
         workers = [Process(int(pid)) for pid in subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split()]

@@ -31,6 +31,8 @@ public final class RedisEngine: PlaybackEngine {
     /// How often leases are renewed, presence refreshed and dead leases swept.
     var tickMs: Int64 { max(50, min(1_000, leaseTTLMs / 4)) }
     var presenceTTLMs: Int64 { 3 * tickMs + 2_000 }
+    /// Users kept up at once by the upkeep loop.
+    static let upkeepConcurrency = 64
 
     public init(
         redis redisConfiguration: RedisConfiguration, catalog: any TrackCatalog = DemoCatalog.shared,
@@ -67,13 +69,37 @@ public final class RedisEngine: PlaybackEngine {
             while !Task.isCancelled {
                 guard let self else { return }
                 let tick = self.tickMs
-                for user in self.users.withLock({ Array($0.values) }) {
-                    if self.registry.fanout(for: user.userID) != nil {
-                        await user.maintain()
-                    } else if await user.isIdle {
-                        // No device here and nothing running: forget it (it is recreated on demand).
-                        self.users.withLock { users in if users[user.userID] === user { users[user.userID] = nil } }
+                let started = ContinuousClock.now
+                // Users are kept up concurrently (their round trips overlap on the pipelined
+                // connection), a bounded number at a time: sequentially, thousands of users take
+                // longer than a presence TTL and their devices would look offline.
+                let all = self.users.withLock { Array($0.values) }
+                await withTaskGroup(of: Void.self) { group in
+                    var next = 0
+                    func add(_ user: RedisUser) {
+                        group.addTask {
+                            if self.registry.fanout(for: user.userID) != nil {
+                                await user.maintain()
+                            } else if await user.isIdle {
+                                // No device here and nothing running: forget it (it is recreated on demand).
+                                self.users.withLock { users in if users[user.userID] === user { users[user.userID] = nil } }
+                            }
+                        }
                     }
+                    while next < min(Self.upkeepConcurrency, all.count) {
+                        add(all[next])
+                        next += 1
+                    }
+                    while await group.next() != nil, next < all.count {
+                        add(all[next])
+                        next += 1
+                    }
+                }
+                let spent = ContinuousClock.now - started
+                if spent > .milliseconds(tick) {
+                    self.logger.warning("lease upkeep slower than its tick", metadata: [
+                        "users": .stringConvertible(all.count), "upkeep.ms": .stringConvertible(spent.components.seconds * 1_000 + spent.components.attoseconds / 1_000_000_000_000_000),
+                    ])
                 }
                 try? await Task.sleep(for: .milliseconds(tick))
             }
