@@ -94,9 +94,11 @@ final class TestClient: Sendable {
     }
 
     /// Writes one frame exactly as asked: masked or not, any opcode, any reserved bits.
-    func sendFrame(opcode: UInt8, payload: [UInt8], fin: Bool = true, masked: Bool = true, rsv1: Bool = false) async throws {
+    func sendFrame(
+        opcode: UInt8, payload: [UInt8], fin: Bool = true, masked: Bool = true, rsv1: Bool = false, rsv2: Bool = false
+    ) async throws {
         var buffer = ByteBuffer()
-        buffer.writeInteger(UInt8((fin ? 0x80 : 0) | (rsv1 ? 0x40 : 0) | (opcode & 0x0F)))
+        buffer.writeInteger(UInt8((fin ? 0x80 : 0) | (rsv1 ? 0x40 : 0) | (rsv2 ? 0x20 : 0) | (opcode & 0x0F)))
         let maskBit: UInt8 = masked ? 0x80 : 0
         switch payload.count {
         case ..<126: buffer.writeInteger(maskBit | UInt8(payload.count))
