@@ -8,11 +8,9 @@ Exits non-zero on any failure."""
 import json
 import pathlib
 import random
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
@@ -21,6 +19,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 root = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(root / "scripts" / "lib"))
+from daemon import start as start_daemon  # noqa: E402
+
 daemon_path = root / ".build/debug/playback-syncd"
 device_sim = root / ".build/debug/device-sim"
 failures = []
@@ -30,12 +31,6 @@ def check(condition, what):
     if not condition:
         failures.append(what)
         print(f"browser test: FAILED: {what}", file=sys.stderr)
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def browser():
@@ -74,19 +69,11 @@ def progress_moves(driver, name):
     check(first != second, f"{name}: progress moves ({first} → {second})")
 
 
-port = free_port()
-daemon = subprocess.Popen([str(daemon_path), "--port", str(port), "--log-level", "warning", "--grace-ms", "3000"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+daemon, port = start_daemon(daemon_path, "--log-level", "warning", "--grace-ms", "3000")
 user = f"web-{random.randrange(1 << 30):x}"
 sim = None
 pages = []
 try:
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.1)
     server = f"ws://127.0.0.1:{port}"
     sim = subprocess.Popen([str(device_sim), "connect", "--server", server, "--user", user, "--name", "Kitchen",
                             "--kind", "speaker", "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

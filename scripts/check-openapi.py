@@ -5,8 +5,6 @@ documented operation (successes and errors), and validates each response's statu
 against the document. Exits non-zero on any mismatch."""
 import json
 import pathlib
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -23,6 +21,8 @@ from websockets.sync.client import connect
 root = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(root / "scripts"))
 mint = __import__("mint-token").mint
+sys.path.insert(0, str(root / "scripts" / "lib"))
+from daemon import start as start_daemon  # noqa: E402
 
 document_path = root / "protocol" / "openapi.yaml"
 document = yaml.safe_load(document_path.read_text())
@@ -85,19 +85,8 @@ def check(method, template, path, status, body, token, headers=None, expect=None
         exercised.add((template, method.lower()))
 
 
-with socket.socket() as probe:
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-daemon = subprocess.Popen([str(root / ".build/debug/playback-syncd"), "--port", str(port), "--log-level", "warning",
-                           "--permessage-deflate"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+daemon, port = start_daemon(root / ".build/debug/playback-syncd", "--log-level", "warning", "--permessage-deflate")
 try:
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.1)
     user = f"openapi-{int(time.time())}"
     token = mint(user)
     # The websockets client offers permessage-deflate: the device's messages travel compressed.

@@ -5,11 +5,13 @@ N sessions (hello, welcome; four devices per user) with compression offered or n
 warm-up sessions, and reads VmRSS from /proc: the growth per session includes the session
 handler, the socket's buffers and a quarter of a user's state.
 Usage: scripts/lib/deflate-memory.py [N] [daemon binary]"""
-import asyncio, json, os, socket, subprocess, sys, time, urllib.request
+import asyncio, json, os, sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 mint = __import__("mint-token").mint
 from websockets.asyncio.client import connect
+sys.path.insert(0, os.path.dirname(__file__))
+from daemon import start as start_daemon  # noqa: E402
 
 count = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
 binary = sys.argv[2] if len(sys.argv) > 2 else ".build/debug/playback-syncd"
@@ -34,18 +36,8 @@ async def open_sessions(port, compression, sessions, prefix):
 
 
 async def measure(compression):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    daemon = subprocess.Popen([binary, "--port", str(port), "--permessage-deflate", "--log-level", "error",
-                               "--heartbeat-ms", "600000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    daemon, port = start_daemon(binary, "--permessage-deflate", "--log-level", "error", "--heartbeat-ms", "600000")
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
         warm = await open_sessions(port, compression, 100, "warm")  # load the code paths once
         await asyncio.sleep(1)
         before = rss_kb(daemon.pid)
