@@ -388,9 +388,8 @@ actor RedisUser {
         var message: ByteBuffer?
         switch await engine.durability.restore(user: userID, now: now) {
         case .fresh:
-            // Without PostgreSQL there is nothing to look up; with it, the empty state is stored so
-            // that the next read does not ask PostgreSQL again.
-            guard engine.durability.writer != nil else { return .initial }
+            // The empty state is stored, so that the next read (the upkeep reads every tick) finds
+            // it instead of coming here again.
             restored = .initial
         case .snapshot(let playback), .unknown(let playback):
             restored = playback
