@@ -62,29 +62,13 @@ public struct NchanReference: Sendable {
         let logs = subscriberOptions.map { SubscriberLog(channel: $0.0) }
         log("subscribing \(logs.count) WebSockets to \(options.users) nchan channels")
         let connectStart = DispatchTime.now().uptimeNanoseconds
-        var connections: [DeviceConnection] = []
-        try await withThrowingTaskGroup(of: DeviceConnection.self) { group in
-            var next = 0
-            func start(_ index: Int) {
-                let (channel, source) = subscriberOptions[index]
-                let subscriber = logs[index]
-                var connectionOptions = DeviceConnection.Options(sourceAddress: source)
-                connectionOptions.path = "/sub/\(options.channelPrefix)-\(channel)"
-                group.addTask {
-                    try await DeviceConnection.connect(to: options.server, token: nil, options: connectionOptions) { subscriber.record($0) }
-                }
-            }
-            while next < min(options.connectConcurrency, logs.count) {
-                start(next)
-                next += 1
-            }
-            while let connection = try await group.next() {
-                connections.append(connection)
-                if next < logs.count {
-                    start(next)
-                    next += 1
-                }
-            }
+        let subscribers = subscriberOptions
+        let connections = try await openConcurrently(count: logs.count, limit: options.connectConcurrency) { index in
+            let (channel, source) = subscribers[index]
+            let subscriber = logs[index]
+            var connectionOptions = DeviceConnection.Options(sourceAddress: source)
+            connectionOptions.path = "/sub/\(options.channelPrefix)-\(channel)"
+            return try await DeviceConnection.connect(to: options.server, token: nil, options: connectionOptions) { subscriber.record($0) }
         }
         let connectSeconds = Double(DispatchTime.now().uptimeNanoseconds - connectStart) / 1e9
         try await Task.sleep(for: .milliseconds(500))

@@ -103,8 +103,6 @@ public struct Swarm: Sendable {
     public func run(log: @Sendable (String) -> Void = { _ in }) async throws -> SwarmReport {
         let options = self.options
         let server = options.server
-        var logs: [DeviceLog] = []
-        var connections: [DeviceConnection] = []
         var tokens: [String] = []
         for user in 0..<options.users {
             tokens.append(try await AccessTokens.mint(user: "\(options.userPrefix)-u\(user)", ttlSeconds: 3_600, secret: options.secret))
@@ -119,35 +117,18 @@ public struct Swarm: Sendable {
                 slots.append((user, device, options.sourceAddresses.isEmpty ? nil : options.sourceAddresses[index % options.sourceAddresses.count]))
             }
         }
-        logs = slots.map { DeviceLog(user: $0.user, device: "d\($0.device)") }
-        var opened = [DeviceConnection?](repeating: nil, count: slots.count)
-        try await withThrowingTaskGroup(of: (Int, DeviceConnection).self) { group in
-            var next = 0
-            func start(_ index: Int) {
-                let slot = slots[index]
-                let deviceLog = logs[index]
-                let token = tokens[slot.user]
-                group.addTask {
-                    let connection = try await DeviceConnection.connect(to: server, token: token, options: .init(sourceAddress: slot.source)) {
-                        deviceLog.record($0)
-                    }
-                    connection.sendNow(.hello(.init(device: .init(id: deviceLog.device, name: "Swarm \(slot.device)", kind: .other))))
-                    return (index, connection)
-                }
-            }
-            while next < min(options.connectConcurrency, slots.count) {
-                start(next)
-                next += 1
-            }
-            while let (index, connection) = try await group.next() {
-                opened[index] = connection
-                if next < slots.count {
-                    start(next)
-                    next += 1
-                }
-            }
+        let logs = slots.map { DeviceLog(user: $0.user, device: "d\($0.device)") }
+        let opening = slots
+        let userTokens = tokens
+        let connections = try await openConcurrently(count: opening.count, limit: options.connectConcurrency) { index in
+            let slot = opening[index]
+            let deviceLog = logs[index]
+            let connection = try await DeviceConnection.connect(
+                to: server, token: userTokens[slot.user], options: .init(sourceAddress: slot.source)
+            ) { deviceLog.record($0) }
+            connection.sendNow(.hello(.init(device: .init(id: deviceLog.device, name: "Swarm \(slot.device)", kind: .other))))
+            return connection
         }
-        connections = opened.compactMap { $0 }
         let welcomeDeadline = DispatchTime.now().uptimeNanoseconds + 30_000_000_000
         while logs.contains(where: { $0.state.withLock { $0.welcomedNs == nil } }), DispatchTime.now().uptimeNanoseconds < welcomeDeadline {
             try await Task.sleep(for: .milliseconds(5))
