@@ -12,24 +12,15 @@ import Synchronization
 /// loop), each carrying its sequence number; the latency is publish → the last subscriber of the
 /// channel received it, measured with the same clock, histogram and report as the swarm.
 public struct NchanReference: Sendable {
-    public struct Options: Sendable {
-        public var server: ServerAddress
-        public var users = 10
-        public var devicesPerUser = 4
-        public var rate = 100.0
-        public var durationSeconds = 10.0
-        public var messageBytes = 600
-        public var sourceAddresses: [String] = []
-        public var connectConcurrency = 16
-        public var settleSeconds = 2.0
-        public var channelPrefix = "ref-\(UInt32.random(in: 0...UInt32.max))"
+    /// The same load as the swarm's (users are channels, devices subscribers, commands publishes).
+    public let options: Swarm.Options
+    /// Bytes per published message (the size of a daemon's `state` message, for a fair comparison).
+    public let messageBytes: Int
 
-        public init(server: ServerAddress) { self.server = server }
+    public init(load options: Swarm.Options, messageBytes: Int = 600) {
+        self.options = options
+        self.messageBytes = messageBytes
     }
-
-    public let options: Options
-
-    public init(options: Options) { self.options = options }
 
     /// Receive times per sequence number, for one subscriber.
     final class SubscriberLog: Sendable {
@@ -67,18 +58,18 @@ public struct NchanReference: Sendable {
             let (channel, source) = subscribers[index]
             let subscriber = logs[index]
             var connectionOptions = DeviceConnection.Options(sourceAddress: source)
-            connectionOptions.path = "/sub/\(options.channelPrefix)-\(channel)"
+            connectionOptions.path = "/sub/\(options.userPrefix)-\(channel)"
             return try await DeviceConnection.connect(to: options.server, token: nil, options: connectionOptions) { subscriber.record($0) }
         }
         let connectSeconds = Double(DispatchTime.now().uptimeNanoseconds - connectStart) / 1e9
         try await Task.sleep(for: .milliseconds(500))
 
         let publisher = try await Publisher.connect(to: options.server)
-        let padding = String(repeating: "x", count: max(0, options.messageBytes - 40))
+        let padding = String(repeating: "x", count: max(0, messageBytes - 40))
         let total = Int(options.rate * options.durationSeconds)
         var sent: [(channel: Int, ns: UInt64)] = []
         sent.reserveCapacity(total)
-        log("publishing \(total) messages of \(options.messageBytes) bytes at \(options.rate)/s")
+        log("publishing \(total) messages of \(messageBytes) bytes at \(options.rate)/s")
         var generator = SystemRandomNumberGenerator()
         let start = DispatchTime.now().uptimeNanoseconds
         let interval = 1e9 / options.rate
@@ -88,7 +79,7 @@ public struct NchanReference: Sendable {
             if due > now + 1_000_000 { try await Task.sleep(for: .nanoseconds(Int64(due - now))) }
             let channel = Int.random(in: 0..<options.users, using: &generator)
             sent.append((channel, DispatchTime.now().uptimeNanoseconds))
-            publisher.post(path: "/pub/\(options.channelPrefix)-\(channel)", body: "{\"seq\":\(seq),\"pad\":\"\(padding)\"}")
+            publisher.post(path: "/pub/\(options.userPrefix)-\(channel)", body: "{\"seq\":\(seq),\"pad\":\"\(padding)\"}")
         }
         let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         try await Task.sleep(for: .milliseconds(Int64(options.settleSeconds * 1_000)))

@@ -462,15 +462,7 @@ struct SwarmCommand: AsyncParsableCommand {
             report = try await Swarm(options: options).run(log: log)
         case "nchan":
             guard commandsPerSecond > 0 else { throw ValidationError("the nchan reference needs a positive --rate") }
-            var reference = NchanReference.Options(server: options.server)
-            reference.users = users
-            reference.devicesPerUser = devicesPerUser
-            reference.rate = commandsPerSecond
-            reference.durationSeconds = Double(seconds)
-            reference.messageBytes = messageBytes
-            reference.sourceAddresses = sourceIp
-            reference.connectConcurrency = options.connectConcurrency
-            report = try await NchanReference(options: reference).run(log: log)
+            report = try await NchanReference(load: options, messageBytes: messageBytes).run(log: log)
         case let other?:
             throw ValidationError("unknown reference \(other): only nchan")
         }
