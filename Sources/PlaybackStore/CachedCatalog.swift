@@ -14,7 +14,7 @@ public final class CachedCatalog: TrackCatalog, Sendable {
     public init(store: PlaybackStore) async throws(StoreError) {
         let loaded = try await store.loadCatalog()
         guard !loaded.tracksByID.isEmpty else {
-            throw StoreError(.corrupt, "the tracks table is empty: seed it with `playback-syncd seed-catalog`")
+            throw StoreError(.configuration, "the tracks table is empty: seed it with `playback-syncd seed-catalog`")
         }
         self.store = store
         self.current = Mutex(loaded)
