@@ -107,7 +107,7 @@ let package = Package(
         .target(
             name: "DeviceSimKit",
             dependencies: [
-                "PlaybackCore",
+                "PlaybackCore", "RedisClient", "PlaybackStore",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -125,6 +125,9 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // libFuzzer targets (scripts/fuzz); built normally they replay files given as arguments.
+        .executableTarget(name: "fuzz-messages", dependencies: ["PlaybackCore"]),
+        .executableTarget(name: "fuzz-resp", dependencies: ["RedisClient", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "PlaybackCoreTests", dependencies: ["PlaybackCore"]),
         .testTarget(
             name: "RedisClientTests",

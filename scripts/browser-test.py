@@ -81,7 +81,10 @@ try:
     pages = [a, b]
     sign_in(a, port, user, "page-a", "Page A")
     sign_in(b, port, user, "page-b", "Page B")
-    wait(a, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#devices li")) == 3, "Page A lists three devices")
+    listed = lambda d: sorted(e.get_attribute("data-device") for e in d.find_elements(By.CSS_SELECTOR, "#devices li"))
+    if not wait(a, lambda d: listed(d) == ["kitchen", "page-a", "page-b"], "Page A lists three devices", timeout=20):
+        print(f"browser test: Page A lists {listed(a)}, Page B {listed(b)}; device-sim is "
+              f"{'running' if sim.poll() is None else f'gone (exit {sim.returncode})'}", file=sys.stderr)
 
     # Start playback on page A from a search result.
     a.find_element(By.ID, "search").send_keys("t0042")

@@ -12,6 +12,8 @@ public enum ConnectionEvent: Sendable {
     case undecodable(String)
     /// A compressed message (RSV1; only after offering permessage-deflate): this client does not inflate.
     case compressed(ByteBuffer)
+    /// The server's ping: it is alive even when nothing changes.
+    case pinged(receivedNs: UInt64)
     /// The server's close frame code (nil when the connection just dropped).
     case closed(code: UInt16?, reason: String)
 }
@@ -309,7 +311,9 @@ private final class ServerFrameHandler: ChannelInboundHandler {
             } else {
                 onEvent(.undecodable(String(decoding: message.readableBytesView, as: UTF8.self)))
             }
-        case .ping where answerPings:
+        case .ping:
+            onEvent(.pinged(receivedNs: DispatchTime.now().uptimeNanoseconds))
+            guard answerPings else { return }
             context.writeAndFlush(
                 wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, maskKey: .random(), data: frame.data)), promise: nil)
         case .connectionClose:

@@ -109,7 +109,7 @@ public struct NchanReference: Sendable {
             durationSeconds: (elapsed * 1_000).rounded() / 1_000,
             throughputPerSecond: elapsed > 0 ? (Double(complete) / elapsed * 10).rounded() / 10 : 0,
             stateDeliveries: deliveries, commandToAck: .init(ack), commandToLastDevice: .init(fanout), errors: [:],
-            invariants: .init(versionOrderViolations: 0, divergentUsers: 0, multipleActiveUsers: 0, disconnectedDevices: 0))
+            invariants: InvariantReport())
         report.devicesWelcomed = connections.count
         report.connectSeconds = (connectSeconds * 1_000).rounded() / 1_000
         report.connectsPerSecond = connectSeconds > 0 ? (Double(connections.count) / connectSeconds).rounded() : 0

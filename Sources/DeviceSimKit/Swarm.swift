@@ -8,7 +8,9 @@ import Synchronization
 /// gives latency percentiles, throughput, errors by code and the invariants.
 public struct Swarm: Sendable {
     public struct Options: Sendable {
-        public var server: ServerAddress
+        /// The daemons; device `i` starts on server `i % count` and moves to the next one after a loss.
+        public var servers: [ServerAddress]
+        public var server: ServerAddress { servers[0] }
         public var users = 10
         public var devicesPerUser = 4
         public var rate = 100.0
@@ -24,8 +26,19 @@ public struct Swarm: Sendable {
         public var connectConcurrency = 16
         /// How long to keep the connections open with no commands (rate 0: an idle swarm).
         public var holdSeconds = 0.0
+        /// Reconnect a lost device (to the next server, with `last_seen`) instead of counting it lost.
+        public var reconnect = false
+        /// Devices that believe they hold the lease report their position this often (ms); nil: never.
+        public var reportMs: Int64?
+        /// The daemons' lease grace, for invariant 6.
+        public var graceMs: Int64 = 10_000
 
-        public init(server: ServerAddress) { self.server = server }
+        public init(server: ServerAddress) { self.servers = [server] }
+
+        public init(servers: [ServerAddress]) {
+            precondition(!servers.isEmpty, "a swarm needs a server")
+            self.servers = servers
+        }
 
         public static let knownOps: Set<String> = ["volume", "seek", "pause", "resume", "next", "previous", "transfer", "play"]
 
@@ -51,30 +64,41 @@ public struct Swarm: Sendable {
 
     public init(options: Options) { self.options = options }
 
-    /// One device's record of what it received.
-    final class DeviceLog: Sendable {
-        struct Entry {
-            var version: Int64
-            var receivedNs: UInt64
-            var request: String?
-        }
+    /// Reads what the stores hold for these users (the invariant checker compares the devices to it).
+    public typealias StoreReader = @Sendable ([String]) async throws -> (redis: [String: StoredVersion]?, postgres: [String: StoredVersion]?)
 
+    /// One device of the swarm: its connection (re-opened on the next server after a loss when
+    /// `reconnect` is set, with `last_seen`) and everything it saw.
+    final class Device: Sendable {
         struct State {
-            var entries: [Entry] = []
-            var final: PlayerState?
+            var events: [DeviceEvent] = []
+            var connection: DeviceConnection?
+            var server: Int
+            var lastState: PlayerState?
             var lease = LeaseBelief()
-            var acks: [String: (ns: UInt64, code: String?)] = [:]
-            var closed = false
             var welcomedNs: UInt64?
+            var closed = false
+            var stopping = false
+            /// Come back after a loss (set once the load starts).
+            var reconnects = false
         }
 
         let user: Int
+        let userName: String
         let device: String
-        let state = Mutex(State())
+        let token: String
+        let servers: [ServerAddress]
+        let source: String?
+        let state: Mutex<State>
 
-        init(user: Int, device: String) {
+        init(user: Int, userName: String, device: String, token: String, servers: [ServerAddress], first server: Int, source: String?) {
             self.user = user
+            self.userName = userName
             self.device = device
+            self.token = token
+            self.servers = servers
+            self.source = source
+            self.state = Mutex(State(server: server))
         }
 
         func record(_ event: ConnectionEvent) {
@@ -84,82 +108,168 @@ public struct Swarm: Sendable {
                     state.lease.observe(message)
                     switch message {
                     case .welcome(let welcome):
-                        state.final = welcome.state
-                        state.welcomedNs = ns
+                        state.lastState = welcome.state
+                        if state.welcomedNs == nil { state.welcomedNs = ns }
                     case .state(let event):
-                        state.entries.append(Entry(version: event.state.version, receivedNs: ns, request: event.cause.request))
-                        state.final = event.state
-                    case .ack(let ack): state.acks[ack.id] = (ns, nil)
-                    case .error(let error): if let id = error.id { state.acks[id] = (ns, error.code.rawValue) }
-                    default: break
+                        guard event.state.version > (state.lastState?.version ?? -1) else { break }
+                        var next = event.state
+                        if next.queue == nil { next.queue = state.lastState?.queue }
+                        state.lastState = next
+                    case .leaseGranted, .leaseRevoked, .ack, .error: break
+                    default: return
                     }
-                case .closed: state.closed = true
+                    state.events.append(.received(message, ns: ns))
+                case .pinged(let ns): state.events.append(.pinged(ns: ns))
+                case .closed(let code, _):
+                    state.events.append(.closed(code: code, ns: DispatchTime.now().uptimeNanoseconds))
+                    state.connection = nil
+                    state.closed = true
+                    if state.reconnects, !state.stopping { Task { await self.reconnect() } }
                 case .undecodable, .compressed: break
                 }
             }
         }
-    }
 
-    public func run(log: @Sendable (String) -> Void = { _ in }) async throws -> SwarmReport {
-        let options = self.options
-        let server = options.server
-        var tokens: [String] = []
-        for user in 0..<options.users {
-            tokens.append(try await AccessTokens.mint(user: "\(options.userPrefix)-u\(user)", ttlSeconds: 3_600, secret: options.secret))
-        }
-        log("connecting \(options.users * options.devicesPerUser) devices, \(options.connectConcurrency) at a time")
-        // Connect with a bounded number of upgrades in flight, then wait for every welcome.
-        let connectStart = DispatchTime.now().uptimeNanoseconds
-        var slots: [(user: Int, device: Int, source: String?)] = []
-        for user in 0..<options.users {
-            for device in 0..<options.devicesPerUser {
-                let index = slots.count
-                slots.append((user, device, options.sourceAddresses.isEmpty ? nil : options.sourceAddresses[index % options.sourceAddresses.count]))
+        /// Connects to the current server and says hello (with `last_seen` after the first time).
+        func connect() async throws -> DeviceConnection {
+            let (server, lastSeen) = state.withLock { state in
+                (state.server % servers.count, state.lastState.map { ClientMessage.Hello.LastSeen(epoch: $0.epoch, version: $0.version) })
             }
-        }
-        let logs = slots.map { DeviceLog(user: $0.user, device: "d\($0.device)") }
-        let opening = slots
-        let userTokens = tokens
-        let connections = try await openConcurrently(count: opening.count, limit: options.connectConcurrency) { index in
-            let slot = opening[index]
-            let deviceLog = logs[index]
             let connection = try await DeviceConnection.connect(
-                to: server, token: userTokens[slot.user], options: .init(sourceAddress: slot.source)
-            ) { deviceLog.record($0) }
-            connection.sendNow(.hello(.init(device: .init(id: deviceLog.device, name: "Swarm \(slot.device)", kind: .other))))
+                to: servers[server], token: token, options: .init(sourceAddress: source)
+            ) { [self] event in record(event) }
+            let stopping = state.withLock { state in
+                state.events.append(.connected(server: server, ns: DispatchTime.now().uptimeNanoseconds))
+                state.connection = connection
+                state.closed = false
+                return state.stopping
+            }
+            if stopping { await connection.close() }
+            connection.sendNow(.hello(.init(device: .init(id: device, name: "Swarm \(device)", kind: .other), lastSeen: lastSeen)))
             return connection
         }
+
+        /// After a loss: the next server, after a short jittered pause, until connected or stopped.
+        func reconnect() async {
+            var attempt = 0
+            while !state.withLock({ $0.stopping }) {
+                attempt += 1
+                try? await Task.sleep(for: .milliseconds(Int.random(in: 100...300) * min(attempt, 10)))
+                state.withLock { $0.server += 1 }
+                if (try? await connect()) != nil { return }
+            }
+        }
+
+        /// Sends when connected; false when the device is between connections.
+        func send(_ message: ClientMessage) -> Bool {
+            guard let connection = state.withLock({ $0.connection }) else { return false }
+            connection.sendNow(message)
+            return true
+        }
+
+        /// A progress report when the device believes it holds the lease and is playing.
+        func reportIfActive(nowMs: Int64) {
+            let report: ClientMessage? = state.withLock { state in
+                guard state.lease.active, let current = state.lastState, current.isPlaying, let track = current.track else { return nil }
+                return .report(.init(epoch: state.lease.epoch, positionMs: current.position(at: nowMs), isPlaying: true, trackID: track.id))
+            }
+            if let report { _ = send(report) }
+        }
+
+        func stop() async {
+            let connection = state.withLock { state in
+                state.stopping = true
+                return state.connection
+            }
+            await connection?.close()
+        }
+
+        var history: DeviceHistory { DeviceHistory(user: userName, device: device, events: state.withLock { $0.events }) }
+    }
+
+    /// Runs the load; `fault`, when given, runs while the commands are being sent (a fault test
+    /// kills or stops servers there), and the load goes on for its whole duration regardless.
+    public func run(
+        log: @Sendable (String) -> Void = { _ in }, stores: StoreReader? = nil, fault: (@Sendable () async throws -> Void)? = nil
+    ) async throws -> SwarmReport {
+        let options = self.options
+        let servers = options.servers
+        log("connecting \(options.users * options.devicesPerUser) devices, \(options.connectConcurrency) at a time")
+        var devices: [Device] = []
+        for user in 0..<options.users {
+            let name = "\(options.userPrefix)-u\(user)"
+            let token = try await AccessTokens.mint(user: name, ttlSeconds: 3_600, secret: options.secret)
+            for device in 0..<options.devicesPerUser {
+                let index = devices.count
+                devices.append(Device(
+                    user: user, userName: name, device: "d\(device)", token: token, servers: servers, first: index,
+                    source: options.sourceAddresses.isEmpty ? nil : options.sourceAddresses[index % options.sourceAddresses.count]))
+            }
+        }
+        // Connect with a bounded number of upgrades in flight, then wait for every welcome.
+        let connectStart = DispatchTime.now().uptimeNanoseconds
+        let all = devices
+        _ = try await openConcurrently(count: all.count, limit: options.connectConcurrency) { index in
+            try await all[index].connect()
+        }
         let welcomeDeadline = DispatchTime.now().uptimeNanoseconds + 30_000_000_000
-        while logs.contains(where: { $0.state.withLock { $0.welcomedNs == nil } }), DispatchTime.now().uptimeNanoseconds < welcomeDeadline {
+        while devices.contains(where: { $0.state.withLock { $0.welcomedNs == nil } }), DispatchTime.now().uptimeNanoseconds < welcomeDeadline {
             try await Task.sleep(for: .milliseconds(5))
         }
-        let lastWelcome = logs.compactMap { $0.state.withLock { $0.welcomedNs } }.max() ?? connectStart
-        let welcomed = logs.filter { $0.state.withLock { $0.welcomedNs != nil } }.count
+        let lastWelcome = devices.compactMap { $0.state.withLock { $0.welcomedNs } }.max() ?? connectStart
+        let welcomed = devices.filter { $0.state.withLock { $0.welcomedNs != nil } }.count
         let connectSeconds = Double(lastWelcome - connectStart) / 1e9
         log("connected \(welcomed) devices in \(String(format: "%.2f", connectSeconds)) s")
-        if options.rate <= 0 {
-            // Idle: hold the connections, then report the connect phase only.
-            log("holding \(connections.count) idle connections for \(options.holdSeconds) s")
-            try await Task.sleep(for: .milliseconds(Int64(options.holdSeconds * 1_000)))
-            let dropped = logs.filter { log in log.state.withLock { $0.closed } }.count
-            var report = SwarmReport.make(options: options, logs: logs, sent: [], elapsedSeconds: 0, disconnected: dropped)
+        func finish(sent: [SentCommand], elapsed: Double) async throws -> SwarmReport {
+            var report = try await SwarmReport.make(
+                options: options, devices: devices, sent: sent, elapsedSeconds: elapsed, stores: stores)
             report.devicesWelcomed = welcomed
             report.connectSeconds = (connectSeconds * 1_000).rounded() / 1_000
             report.connectsPerSecond = connectSeconds > 0 ? (Double(welcomed) / connectSeconds).rounded() : 0
-            for connection in connections { await connection.close() }
+            await withTaskGroup(of: Void.self) { group in
+                for device in devices { group.addTask { await device.stop() } }
+            }
             return report
         }
+        if options.rate <= 0 {
+            // Idle: hold the connections, then report the connect phase only.
+            log("holding \(devices.count) idle connections for \(options.holdSeconds) s")
+            try await Task.sleep(for: .milliseconds(Int64(options.holdSeconds * 1_000)))
+            return try await finish(sent: [], elapsed: 0)
+        }
+        // From here on a lost device comes back (on the next server) when asked to.
+        if options.reconnect {
+            for device in devices {
+                let lost = device.state.withLock { state in
+                    state.reconnects = true
+                    return state.closed
+                }
+                if lost { Task { await device.reconnect() } }
+            }
+        }
+        let reporting = devices
+        let reporter = options.reportMs.map { interval in
+            Task {
+                while !Task.isCancelled {
+                    try? await Task.sleep(for: .milliseconds(interval))
+                    let now = Int64(Date().timeIntervalSince1970 * 1_000)
+                    for device in reporting { device.reportIfActive(nowMs: now) }
+                }
+            }
+        }
+        defer { reporter?.cancel() }
         try await Task.sleep(for: .milliseconds(500))
         // Something to play for every user, on its first device.
         for user in 0..<options.users {
-            connections[user * options.devicesPerUser].sendNow(.command(.init(
+            _ = devices[user * options.devicesPerUser].send(.command(.init(
                 id: "init-\(user)", command: .play(.init(context: .init(kind: "playlist", id: "p\(user % 5 + 1)"), device: "d0")))))
         }
         try await Task.sleep(for: .milliseconds(500))
 
         log("sending \(Int(options.rate * options.durationSeconds)) commands at \(options.rate)/s")
+        let faultTask = fault.map { fault in Task { try await fault() } }
         let weights = options.mix.flatMap { Array(repeating: $0.op, count: $0.weight) }
-        var sent: [(id: String, user: Int, ns: UInt64)] = []
+        var sent: [SentCommand] = []
         var generator = SystemRandomNumberGenerator()
         let total = Int(options.rate * options.durationSeconds)
         let start = DispatchTime.now().uptimeNanoseconds
@@ -183,25 +293,26 @@ public struct Swarm: Sendable {
                 default: .transfer(device: other, play: nil)
                 }
             let id = "c\(number)"
-            sent.append((id, user, DispatchTime.now().uptimeNanoseconds))
-            connections[user * options.devicesPerUser + device].sendNow(.command(.init(id: id, command: command)))
+            let target = devices[user * options.devicesPerUser + device]
+            if target.send(.command(.init(id: id, command: command))) {
+                sent.append(SentCommand(id: id, user: target.userName, effect: SentCommand.effect(of: command), sentNs: now))
+            }
         }
         let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        if let faultTask { try await faultTask.value }
         try await Task.sleep(for: .milliseconds(Int64(options.settleSeconds * 1_000)))
         // One last change per user, so the final states compared below are recent.
         for user in 0..<options.users {
-            connections[user * options.devicesPerUser].sendNow(.command(.init(id: "final-\(user)", command: .volume(percent: 77))))
+            let first = devices[user * options.devicesPerUser]
+            let id = "final-\(user)"
+            if first.send(.command(.init(id: id, command: .volume(percent: 77)))) {
+                sent.append(SentCommand(id: id, user: first.userName, effect: .volume(77), sentNs: DispatchTime.now().uptimeNanoseconds))
+            }
         }
         try await Task.sleep(for: .milliseconds(Int64(max(options.settleSeconds, 1) * 1_000)))
         // The report is made before the teardown: closing the holder releases the lease and makes a version
         // that devices closed before it never see.
-        let dropped = logs.filter { log in log.state.withLock { $0.closed } }.count
-        var report = SwarmReport.make(options: options, logs: logs, sent: sent, elapsedSeconds: elapsed, disconnected: dropped)
-        report.devicesWelcomed = welcomed
-        report.connectSeconds = (connectSeconds * 1_000).rounded() / 1_000
-        report.connectsPerSecond = connectSeconds > 0 ? (Double(welcomed) / connectSeconds).rounded() : 0
-        for connection in connections { await connection.close() }
-        return report
+        return try await finish(sent: sent, elapsed: elapsed)
     }
 }
 

@@ -29,21 +29,6 @@ public struct SwarmReport: Codable, Sendable {
         }
     }
 
-    public struct Invariants: Codable, Sendable {
-        /// A device saw a version not newer than the one before.
-        public var versionOrderViolations: Int
-        /// Users whose devices ended on different versions or active devices.
-        public var divergentUsers: Int
-        /// Users with more than one device believing it is active.
-        public var multipleActiveUsers: Int
-        /// Devices whose connection ended before the end of the run.
-        public var disconnectedDevices: Int
-        /// For each violation, which user and devices (version/active device as each device ended).
-        public var details: [String] = []
-
-        public var total: Int { versionOrderViolations + divergentUsers + multipleActiveUsers + disconnectedDevices }
-    }
-
     public var users: Int
     public var devicesPerUser: Int
     public var commandsSent: Int
@@ -56,66 +41,84 @@ public struct SwarmReport: Codable, Sendable {
     /// Command sent → the state it caused reached the last device of the user, ms.
     public var commandToLastDevice: Percentiles
     public var errors: [String: Int]
-    public var invariants: Invariants
+    /// The six invariants and what became of every command.
+    public var invariants: InvariantReport
+    /// Connections that ended before the run did (without `reconnect`, each one is a violation).
+    public var disconnections = 0
+    /// How those connections ended: close code (0: dropped without one) → count.
+    public var closeCodes: [Int: Int] = [:]
+    public var invariantViolations = 0
+    /// What Redis and PostgreSQL ended with, when they were read.
+    public struct Stores: Codable, Sendable {
+        public var redis: [String: StoredVersion]?
+        public var postgres: [String: StoredVersion]?
+    }
+    public var stores: Stores?
     /// Devices connected and welcomed, and how fast (upgrade + hello + welcome), per second.
     public var devicesWelcomed = 0
     public var connectSeconds = 0.0
     public var connectsPerSecond = 0.0
 
     static func make(
-        options: Swarm.Options, logs: [Swarm.DeviceLog], sent: [(id: String, user: Int, ns: UInt64)], elapsedSeconds: Double,
-        disconnected: Int
-    ) -> SwarmReport {
-        let snapshots = logs.map { log in (log: log, state: log.state.withLock { $0 }) }
+        options: Swarm.Options, devices: [Swarm.Device], sent: [SentCommand], elapsedSeconds: Double,
+        stores: Swarm.StoreReader?
+    ) async throws -> SwarmReport {
+        let endNs = DispatchTime.now().uptimeNanoseconds
+        let histories = devices.map(\.history)
+        let stored = try await stores?(Array(Set(histories.map(\.user))).sorted())
+        var checker = InvariantChecker(graceMs: options.graceMs)
+        checker.expectConvergence = options.rate > 0
+        let invariants = checker.check(devices: histories, commands: sent, redis: stored?.redis, postgres: stored?.postgres, endNs: endNs)
+
         var ackHistogram = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
         var fanoutHistogram = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
         var errors: [String: Int] = [:]
         var answered = 0
-        // Where each request's state arrived, per user: request → [receive times].
-        var arrivals: [Int: [String: [UInt64]]] = [:]
-        for (log, state) in snapshots {
-            for entry in state.entries {
-                if let request = entry.request { arrivals[log.user, default: [:]][request, default: []].append(entry.receivedNs) }
+        var deliveries = 0
+        var disconnections = 0
+        var closeCodes: [Int: Int] = [:]
+        // Where each request's state arrived, per user: request → [receive times]; and each answer.
+        var arrivals: [String: [String: [UInt64]]] = [:]
+        var answers: [String: (ns: UInt64, code: String?)] = [:]
+        for history in histories {
+            for event in history.events {
+                switch event {
+                case .received(.state(let state), let ns):
+                    deliveries += 1
+                    if let request = state.cause.request { arrivals[history.user, default: [:]][request, default: []].append(ns) }
+                case .received(.ack(let ack), let ns):
+                    if answers[ack.id] == nil { answers[ack.id] = (ns, nil) }
+                case .received(.error(let error), let ns):
+                    if let id = error.id, answers[id] == nil { answers[id] = (ns, error.code.rawValue) }
+                case .closed(let code, _):
+                    disconnections += 1
+                    closeCodes[Int(code ?? 0), default: 0] += 1
+                default:
+                    break
+                }
             }
         }
-        var acks: [String: (ns: UInt64, code: String?)] = [:]
-        for (_, state) in snapshots { acks.merge(state.acks) { first, _ in first } }
         for command in sent {
-            if let ack = acks[command.id] {
+            if let answer = answers[command.id] {
                 answered += 1
-                _ = ackHistogram.record(ack.ns > command.ns ? (ack.ns - command.ns) / 1_000 : 0)
-                if let code = ack.code { errors[code, default: 0] += 1 }
+                _ = ackHistogram.record(answer.ns > command.sentNs ? (answer.ns - command.sentNs) / 1_000 : 0)
+                if let code = answer.code { errors[code, default: 0] += 1 }
             }
             if let times = arrivals[command.user]?[command.id], times.count == options.devicesPerUser, let last = times.max() {
-                _ = fanoutHistogram.record(last > command.ns ? (last - command.ns) / 1_000 : 0)
+                _ = fanoutHistogram.record(last > command.sentNs ? (last - command.sentNs) / 1_000 : 0)
             }
         }
-        var invariants = Invariants(versionOrderViolations: 0, divergentUsers: 0, multipleActiveUsers: 0, disconnectedDevices: disconnected)
-        var byUser: [Int: [(Swarm.DeviceLog, Swarm.DeviceLog.State)]] = [:]
-        for snapshot in snapshots { byUser[snapshot.log.user, default: []].append(snapshot) }
-        for (_, state) in snapshots {
-            let versions = state.entries.map(\.version)
-            invariants.versionOrderViolations += zip(versions, versions.dropFirst()).filter { $0 >= $1 }.count
-        }
-        for (_, devices) in byUser {
-            let finals = Set(devices.map { "\($0.1.final?.version ?? -1)|\($0.1.final?.activeDevice ?? "-")" })
-            let described = devices.map { "\($0.0.device)=v\($0.1.final?.version ?? -1)/\($0.1.final?.activeDevice ?? "-")\($0.1.lease.active ? "*" : "")" }
-            if finals.count > 1 {
-                invariants.divergentUsers += 1
-                invariants.details.append("user \(devices[0].0.user) diverged: \(described.joined(separator: " "))")
-            }
-            if devices.filter({ $0.1.lease.active }).count > 1 {
-                invariants.multipleActiveUsers += 1
-                invariants.details.append("user \(devices[0].0.user) has several active devices: \(described.joined(separator: " "))")
-            }
-        }
-        return SwarmReport(
+        var report = SwarmReport(
             users: options.users, devicesPerUser: options.devicesPerUser, commandsSent: sent.count, commandsAnswered: answered,
             durationSeconds: (elapsedSeconds * 1_000).rounded() / 1_000,
             throughputPerSecond: elapsedSeconds > 0 ? (Double(answered) / elapsedSeconds * 10).rounded() / 10 : 0,
-            stateDeliveries: snapshots.reduce(0) { $0 + $1.state.entries.count },
-            commandToAck: Percentiles(ackHistogram), commandToLastDevice: Percentiles(fanoutHistogram), errors: errors,
-            invariants: invariants)
+            stateDeliveries: deliveries, commandToAck: Percentiles(ackHistogram), commandToLastDevice: Percentiles(fanoutHistogram),
+            errors: errors, invariants: invariants)
+        report.disconnections = disconnections
+        report.closeCodes = closeCodes
+        report.invariantViolations = invariants.total + (options.reconnect ? 0 : disconnections)
+        report.stores = stored.map { Stores(redis: $0.redis, postgres: $0.postgres) }
+        return report
     }
 
     /// A report for people.
@@ -130,10 +133,8 @@ public struct SwarmReport: Codable, Sendable {
             (\(throughputPerSecond)/s), state deliveries=\(stateDeliveries)
             \(line("command→ack", commandToAck))
             \(line("command→last device", commandToLastDevice))
-            errors: \(errorText)
-            invariants: version order violations=\(invariants.versionOrderViolations), divergent users=\(invariants.divergentUsers), \
-            users with several active devices=\(invariants.multipleActiveUsers), disconnected devices=\(invariants.disconnectedDevices) \
-            → \(invariants.total == 0 ? "OK" : "VIOLATED")
-            """ + invariants.details.map { "\n  " + $0 }.joined()
+            errors: \(errorText); connections lost: \(disconnections)
+            \(invariants.text)
+            """
     }
 }

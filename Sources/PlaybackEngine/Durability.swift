@@ -195,7 +195,6 @@ public final class Durability: Sendable {
         }
         guard let (playback, takenAt) = base else { return .fresh }
         let resumed = Self.resume(playback, takenAt: takenAt, now: now)
-        writer.snapshot(user: user, playback: resumed, urgent: true)
         Counter(label: "playback_restores_total", dimensions: [("from", "snapshot")]).increment()
         logger.notice("playback restored from snapshot", metadata: [
             "user.id": .string(user), "snapshot.version": .stringConvertible(playback.version),

@@ -132,6 +132,7 @@ actor UserPlayback {
             break
         case .snapshot(let restored), .unknown(let restored):
             playback = restored
+            durability.writer?.snapshot(user: userID, playback: restored, urgent: true)
             // Its device is not connected to this new process: it has the grace period to come back.
             if let active = playback.activeDevice { startGrace(for: active) }
         }

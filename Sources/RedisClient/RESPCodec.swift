@@ -34,22 +34,23 @@ enum RESPEncoder {
 }
 
 /// Parses replies with hiredis's `redisReader`; replies are copied into `RESPValue`s and freed.
-/// Not thread-safe: one parser per connection, used on its event loop.
-final class RESPParser {
+/// Not thread-safe: one parser per connection, used on its event loop. Public for the fuzz target
+/// (`fuzz-resp`), which feeds it arbitrary bytes.
+public final class RESPParser {
     private let reader: UnsafeMutablePointer<redisReader>
 
-    struct ProtocolError: Error, CustomStringConvertible {
-        var description: String
+    public struct ProtocolError: Error, CustomStringConvertible {
+        public var description: String
     }
 
-    init() {
+    public init() {
         guard let reader = redisReaderCreate() else { preconditionFailure("hiredis could not allocate a reader") }
         self.reader = reader
     }
 
     deinit { redisReaderFree(reader) }
 
-    func feed(_ buffer: ByteBuffer) {
+    public func feed(_ buffer: ByteBuffer) {
         buffer.withUnsafeReadableBytes { bytes in
             guard let base = bytes.baseAddress else { return }
             _ = redisReaderFeed(reader, base.assumingMemoryBound(to: CChar.self), bytes.count)
@@ -57,7 +58,7 @@ final class RESPParser {
     }
 
     /// The next complete reply, or nil when more bytes are needed.
-    func next() throws -> RESPValue? {
+    public func next() throws -> RESPValue? {
         var reply: UnsafeMutableRawPointer?
         guard redisReaderGetReply(reader, &reply) == REDIS_OK else {
             let message = withUnsafeBytes(of: reader.pointee.errstr) { raw in

@@ -423,7 +423,8 @@ struct Transfer: WordsCommand {
 struct SwarmCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swarm", abstract: "Open-loop load: many users and devices, latency percentiles and invariants.")
-    @Option(help: "The daemon. [PLAYBACK_SERVER, default ws://127.0.0.1:8080]") var server: String?
+    @Option(help: "The daemon; repeat for several (device i starts on server i mod n). [PLAYBACK_SERVER, default ws://127.0.0.1:8080]")
+    var server: [String] = []
     @Option(help: "Users.") var users = 10
     @Option(help: "Devices per user.") var devicesPerUser = 4
     @Option(help: "Commands per second, e.g. 500 or 500/s; 0 holds the connections idle for --duration.") var rate = "100"
@@ -434,10 +435,24 @@ struct SwarmCommand: AsyncParsableCommand {
     @Option(help: "Op weights, e.g. volume:4,seek:2,pause:1,resume:1,next:1,transfer:1.") var mix: String?
     @Option(help: "Source address to connect from; repeat for several (127.0.0.x).") var sourceIp: [String] = []
     @Option(help: "HS256 secret. [PLAYBACK_JWT_SECRET]") var secret: String?
+    @Flag(help: "Reconnect lost devices to the next server with last_seen (fault runs) instead of counting them as violations.")
+    var reconnect = false
+    @Option(help: "Devices that hold the lease report their position every this many ms.") var reportMs: Int64?
+    @Option(help: "The daemons' lease grace in ms, for the check that two devices never both believe they are active longer.")
+    var graceMs: Int64 = 10_000
+    @Flag(help: "Also compare the devices with what Redis and PostgreSQL hold at the end (--redis-url, --postgres-url).")
+    var check = false
+    @Option(help: "Redis for --check. [PLAYBACK_REDIS_URL]") var redisUrl: String?
+    @Option(help: "PostgreSQL for --check. [PLAYBACK_POSTGRES_URL]") var postgresUrl: String?
     @Flag(help: "Print the report as JSON.") var json = false
 
     func run() async throws {
-        var options = Swarm.Options(server: try ServerAddress(url: server ?? ProcessInfo.processInfo.environment["PLAYBACK_SERVER"] ?? "ws://127.0.0.1:8080"))
+        let environment = ProcessInfo.processInfo.environment
+        let urls = server.isEmpty ? [environment["PLAYBACK_SERVER"] ?? "ws://127.0.0.1:8080"] : server
+        var options = Swarm.Options(servers: try urls.map { try ServerAddress(url: $0) })
+        options.reconnect = reconnect
+        options.reportMs = reportMs
+        options.graceMs = graceMs
         guard let commandsPerSecond = Double(rate.replacingOccurrences(of: "/s", with: "")), commandsPerSecond >= 0 else {
             throw ValidationError("--rate takes a number, e.g. 500/s (0: idle)")
         }
@@ -459,7 +474,16 @@ struct SwarmCommand: AsyncParsableCommand {
         let report: SwarmReport
         switch reference {
         case nil:
-            report = try await Swarm(options: options).run(log: log)
+            var stores: Swarm.StoreReader?
+            if check {
+                let inspector = StoreInspector(
+                    redisURL: redisUrl ?? environment["PLAYBACK_REDIS_URL"], postgresURL: postgresUrl ?? environment["PLAYBACK_POSTGRES_URL"])
+                guard inspector.redisURL != nil || inspector.postgresURL != nil else {
+                    throw ValidationError("--check needs --redis-url or --postgres-url (or PLAYBACK_REDIS_URL / PLAYBACK_POSTGRES_URL)")
+                }
+                stores = { users in try await inspector.read(users: users) }
+            }
+            report = try await Swarm(options: options).run(log: log, stores: stores)
         case "nchan":
             guard commandsPerSecond > 0 else { throw ValidationError("the nchan reference needs a positive --rate") }
             report = try await NchanReference(load: options, messageBytes: messageBytes).run(log: log)
@@ -473,6 +497,6 @@ struct SwarmCommand: AsyncParsableCommand {
         } else {
             print(report.text)
         }
-        if report.invariants.total > 0 { throw ExitCode(1) }
+        if report.invariantViolations > 0 { throw ExitCode(1) }
     }
 }

@@ -5,6 +5,7 @@ import Glibc
 import Logging
 import PlaybackEngine
 import PlaybackStore
+import Synchronization
 import Testing
 
 /// Runs a program to completion; returns its exit code and output (stdout and stderr together).
@@ -27,6 +28,7 @@ func runProgram(_ path: String, _ arguments: [String], capture: Bool = true) thr
 
 /// posix_spawn and waitpid, output to /dev/null. Foundation's `waitUntilExit` never returns for a
 /// program that leaves a daemon behind (`pg_ctl start`): the daemon inherits what it waits on.
+/// Descriptors above stderr are closed in the child (see `ChildProcess`).
 func spawnAndWait(_ path: String, _ arguments: [String]) -> Int32 {
     var actions = posix_spawn_file_actions_t()
     posix_spawn_file_actions_init(&actions)
@@ -34,6 +36,7 @@ func spawnAndWait(_ path: String, _ arguments: [String]) -> Int32 {
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
     posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
     posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+    closeDescriptorsFromThree(&actions)
     let argv = ([path] + arguments).map { strdup($0) } + [nil]
     defer { for argument in argv { free(argument) } }
     var pid: pid_t = 0
@@ -136,7 +139,7 @@ final class TestStore: Sendable {
 /// A redis-server of the test's own (no persistence), to restart in the middle of a test.
 final class RedisProcess: @unchecked Sendable {
     let port: Int
-    private var process: Process?
+    private var process: ChildProcess?
 
     init() throws {
         port = Int.random(in: 20_000...29_999)
@@ -146,13 +149,8 @@ final class RedisProcess: @unchecked Sendable {
     var url: String { "redis://127.0.0.1:\(port)/0" }
 
     func start() throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/redis-server")
-        process.arguments = ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", "/tmp"]
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try process.run()
-        self.process = process
+        process = try ChildProcess(
+            "/usr/bin/redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", "/tmp"])
         for _ in 0..<100 {
             if (try? runProgram("/usr/bin/redis-cli", ["-p", String(port), "ping"]))?.output.contains("PONG") == true { return }
             Thread.sleep(forTimeInterval: 0.05)
@@ -163,8 +161,8 @@ final class RedisProcess: @unchecked Sendable {
     /// kill -9: everything it held is gone.
     func kill() {
         guard let process else { return }
-        Foundation.kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        process.signal(SIGKILL)
+        _ = process.wait()
         self.process = nil
     }
 
@@ -222,4 +220,85 @@ func eventually(timeout: Duration = .seconds(5), _ condition: () async throws ->
         try await Task.sleep(for: .milliseconds(50))
     }
     return try await condition()
+}
+
+/// Runs blocking work (starting and stopping processes, waiting for them) on a thread of its own,
+/// so that it does not hold one of the few threads Swift concurrency runs every test's tasks on.
+func offloaded<T: Sendable>(_ work: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread.detachNewThread { continuation.resume(with: Result { try work() }) }
+    }
+}
+
+/// A child process started with posix_spawn, every descriptor above stderr closed in it: a child
+/// that inherited the test process's sockets (the server side of a test's WebSocket) would keep
+/// them open after the test closed them, and the peer would never see the close.
+final class ChildProcess: Sendable {
+    enum Termination: Sendable, Equatable {
+        case exited(Int32)
+        case signaled(Int32)
+    }
+
+    let pid: pid_t
+    private let termination = Mutex<Termination?>(nil)
+
+    /// Starts `path`; its output goes to `output` (a file, appended) or /dev/null. `pipes` instead
+    /// connects its standard input and output to the given descriptors (stderr to /dev/null).
+    init(_ path: String, _ arguments: [String], output: String? = nil, pipes: (input: Int32, output: Int32)? = nil) throws {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        if let pipes {
+            posix_spawn_file_actions_adddup2(&actions, pipes.input, 0)
+            posix_spawn_file_actions_adddup2(&actions, pipes.output, 1)
+            posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+            posix_spawn_file_actions_addopen(&actions, 1, output ?? "/dev/null", O_WRONLY | O_CREAT | O_APPEND, 0o644)
+            posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        }
+        closeDescriptorsFromThree(&actions)
+        let argv = ([path] + arguments).map { strdup($0) } + [nil]
+        defer { for argument in argv { free(argument) } }
+        var pid: pid_t = 0
+        let result = posix_spawn(&pid, path, &actions, nil, argv, environ)
+        guard result == 0 else { throw TestFailure("posix_spawn \(path) failed: \(String(cString: strerror(result)))") }
+        self.pid = pid
+    }
+
+    func signal(_ signal: Int32) {
+        guard termination.withLock({ $0 == nil }) else { return }
+        kill(pid, signal)
+    }
+
+    var isRunning: Bool { poll() == nil }
+
+    /// How it ended, waiting at most `seconds` (nil: as long as it takes); nil while it still runs.
+    func wait(seconds: Double? = nil) -> Termination? {
+        let deadline = seconds.map { Date().addingTimeInterval($0) }
+        while true {
+            if let ended = poll() { return ended }
+            if let deadline, Date() >= deadline { return nil }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+    }
+
+    private func poll() -> Termination? {
+        termination.withLock { termination in
+            if let termination { return termination }
+            var status: Int32 = 0
+            guard waitpid(pid, &status, WNOHANG) == pid else { return nil }
+            let signal = status & 0x7f
+            termination = signal == 0 ? .exited((status >> 8) & 0xff) : .signaled(signal)
+            return termination
+        }
+    }
+}
+
+/// `posix_spawn_file_actions_addclosefrom_np(actions, 3)` (glibc 2.34+), which the Glibc module
+/// does not export.
+func closeDescriptorsFromThree(_ actions: inout posix_spawn_file_actions_t) {
+    typealias CloseFrom = @convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32
+    guard let symbol = dlsym(nil, "posix_spawn_file_actions_addclosefrom_np") else { return }
+    _ = unsafeBitCast(symbol, to: CloseFrom.self)(&actions, 3)
 }

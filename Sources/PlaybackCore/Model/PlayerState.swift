@@ -2,7 +2,7 @@
 ///
 /// Every field is always present (empty is `null`), except `queue`, which `state` events
 /// leave out (`nil`) when the queue did not change in that version.
-public struct PlayerState: Codable, Sendable, Equatable {
+public struct PlayerState: Codable, Sendable, Hashable {
     public var epoch: Int64
     public var version: Int64
     public var activeDevice: String?

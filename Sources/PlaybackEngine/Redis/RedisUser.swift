@@ -98,7 +98,8 @@ actor RedisUser {
                 session: sink.sessionID, serverTime: now, heartbeatMs: welcome.heartbeatMs, limits: welcome.limits,
                 devices: devices, state: playback.playerState(includeQueue: true), changed: changed)))
             fanout.finishWelcome(
-                device: device, sessionID: sink.sessionID, welcome: message, version: playback.version, epoch: playback.epoch)
+                device: device, sessionID: sink.sessionID, welcome: message, version: playback.version, epoch: playback.epoch,
+                active: playback.activeDevice == device)
             try await publish(BusMessage(devices: devices, except: device))
         } catch let refusal as ConnectRefusal {
             throw refusal
@@ -288,7 +289,10 @@ actor RedisUser {
             let local = fanout.connectedDevices
             if !local.isEmpty {
                 let expiry = now + engine.presenceTTLMs
-                _ = try await redis.send(["ZADD", .string(keys.online)] + local.flatMap { [RedisArgument.integer(expiry), .string($0)] })
+                let added = try await redis.send(["ZADD", .string(keys.online)] + local.flatMap { [RedisArgument.integer(expiry), .string($0)] })
+                // A local device new to the online set: Redis lost the user's keys (a restart without
+                // persistence, a flush), so its directory entry is gone too and is written again.
+                if (added.int ?? 0) > 0 { try await registerLocalDevices() }
             }
             let playback = try await loadPlayback()
             guard let active = playback.activeDevice else { return }
@@ -322,9 +326,11 @@ actor RedisUser {
         guard let fanout = engine.registry.fanout(for: userID) else { return true }
         guard let playback = try? await loadPlayback() else { return false }
         guard playback.version > fanout.latestVersion else { return true }
-        // The active device may have missed its grant too (a restored playback has a new epoch).
+        // The active device may have missed its grant too (a restored playback has a new epoch); a
+        // revoke that was missed is sent by the fan-out, which knows which local device it told.
         let lease = playback.activeDevice.flatMap { active in
-            fanout.hasDevice(active) ? LeaseChange(epoch: playback.epoch, revoked: nil, granted: active, reason: .transferred) : nil
+            fanout.needsGrant(active, epoch: playback.epoch)
+                ? LeaseChange(epoch: playback.epoch, revoked: nil, granted: active, reason: .transferred) : nil
         }
         fanout.receive(BusMessage(event: PlaybackEvent(
             state: playback.playerState(includeQueue: true), queueChanged: true, lease: lease,
@@ -339,7 +345,9 @@ actor RedisUser {
             guard let fanout = engine.registry.fanout(for: userID), let playback = try? await loadPlayback(),
                 playback.activeDevice == device
             else { return }
-            fanout.send(EncodedMessage(.leaseGranted(.init(epoch: playback.epoch, state: playback.playerState(includeQueue: true)))), to: device)
+            fanout.grant(
+                EncodedMessage(.leaseGranted(.init(epoch: playback.epoch, state: playback.playerState(includeQueue: true)))), to: device,
+                epoch: playback.epoch)
         }
     }
 
@@ -411,7 +419,11 @@ actor RedisUser {
         guard case .bulkString(let stored) = try await redis.send(["HGET", .string(keys.playback), "state"]) else {
             throw RedisError(.protocolError, "playback of \(userID) vanished right after it was restored")
         }
-        return try JSONDecoder().decode(Playback.self, from: Data(stored.readableBytesView))
+        let playback = try JSONDecoder().decode(Playback.self, from: Data(stored.readableBytesView))
+        // The snapshot is of what Redis holds now: another node may have restored first, and a
+        // restore that lost must not leave its own (never used) state in PostgreSQL.
+        if playback.version > 0 { engine.durability.writer?.snapshot(user: userID, playback: playback, urgent: true) }
+        return playback
     }
 
     private func loadStoredDevice(_ device: String) async throws -> StoredDevice? {

@@ -1,3 +1,4 @@
+import PlaybackCore
 import Synchronization
 
 /// The devices of one user connected to this node, fed from the user's pub/sub channel in
@@ -16,6 +17,14 @@ final class UserFanout: Sendable {
         var latestVersion: Int64 = -1
         /// The newest epoch seen here (in a welcome or on the channel).
         var latestEpoch: Int64 = -1
+        /// The local device this node last told that it holds the lease, and at which epoch.
+        var holder: (device: String, epoch: Int64)?
+
+        /// Follows what `event` tells the local devices about the lease.
+        mutating func track(_ event: PreparedEvent) {
+            if let revoked = event.revoked, holder?.device == revoked.device { holder = nil }
+            if let granted = event.granted, devices.sink(for: granted.device) != nil { holder = (granted.device, event.epoch) }
+        }
     }
 
     private let state = Mutex(State())
@@ -40,16 +49,19 @@ final class UserFanout: Sendable {
     }
 
     /// Sends `welcome`, then what arrived meanwhile and is newer than it, and attaches the device.
-    func finishWelcome(device: String, sessionID: String, welcome: EncodedMessage, version: Int64, epoch: Int64) {
+    /// `active`: the welcome shows the device holding the lease.
+    func finishWelcome(device: String, sessionID: String, welcome: EncodedMessage, version: Int64, epoch: Int64, active: Bool) {
         state.withLock { state in
             state.latestEpoch = max(state.latestEpoch, epoch)
             guard let waiting = state.waiting[device], waiting.sink.sessionID == sessionID else { return }
             state.waiting[device] = nil
             waiting.sink.send(welcome)
             _ = state.devices.attach(waiting.sink, device: device)
+            if active { state.holder = (device, epoch) }
             for message in waiting.buffer {
                 if let event = message.event, event.version > version {
                     state.devices.deliver(event, only: device)
+                    state.track(event)
                 } else if let devices = message.devices, message.except != device {
                     state.devices.send(EncodedMessage(.devices(devices)), to: device)
                 }
@@ -64,13 +76,16 @@ final class UserFanout: Sendable {
                 state.waiting[device] = nil
                 return true
             }
-            return state.devices.detach(device: device, sessionID: sessionID)
+            guard state.devices.detach(device: device, sessionID: sessionID) else { return false }
+            if state.holder?.device == device { state.holder = nil }
+            return true
         }
     }
 
-    /// A message from the user's channel. Returns the local device that holds the lease at an
-    /// epoch it was never told about (its `lease_granted` was lost with the channel while Redis
-    /// restarted): the caller grants it again with the full state.
+    /// A message from the user's channel. Lease messages lost with the channel (while the pub/sub
+    /// connection or Redis was down) are made up for: a local device told it holds the lease that
+    /// no longer does gets `lease_revoked` here, and the local device that holds the lease at an
+    /// epoch it was never told about is returned: the caller grants it again with the full state.
     @discardableResult
     func receive(_ message: BusMessage) -> String? {
         state.withLock { state in
@@ -78,14 +93,21 @@ final class UserFanout: Sendable {
             for device in state.waiting.keys { state.waiting[device]?.buffer.append(message) }
             // A version already delivered comes again only from a recovery racing the channel: dropped.
             if let event = message.event, event.version > state.latestVersion {
-                if event.granted == nil, state.latestEpoch >= 0, event.epoch > state.latestEpoch,
-                    let active = event.activeDevice, state.devices.sink(for: active) != nil
+                if event.revoked == nil, let holder = state.holder, holder.device != event.activeDevice {
+                    let reason: LeaseReason = event.activeDevice == nil ? .expired : .transferred
+                    state.devices.send(
+                        EncodedMessage(.leaseRevoked(.init(epoch: event.epoch, reason: reason, by: event.activeDevice))), to: holder.device)
+                    state.holder = nil
+                }
+                if event.granted == nil, let active = event.activeDevice, state.devices.sink(for: active) != nil,
+                    state.holder.map({ $0.device != active || $0.epoch < event.epoch }) ?? true
                 {
                     regrant = active
                 }
                 state.latestVersion = max(state.latestVersion, event.version)
                 state.latestEpoch = max(state.latestEpoch, event.epoch)
                 state.devices.deliver(event)
+                state.track(event)
             }
             if let devices = message.devices {
                 state.devices.broadcast(EncodedMessage(.devices(devices)), except: message.except)
@@ -102,6 +124,22 @@ final class UserFanout: Sendable {
     /// Sends a message to one local device.
     func send(_ message: EncodedMessage, to device: String) {
         state.withLock { $0.devices.send(message, to: device) }
+    }
+
+    /// Whether the local `device` has not been told it holds the lease at `epoch`.
+    func needsGrant(_ device: String, epoch: Int64) -> Bool {
+        state.withLock { state in
+            state.devices.sink(for: device) != nil && (state.holder.map { $0.device != device || $0.epoch < epoch } ?? true)
+        }
+    }
+
+    /// Tells a local device it holds the lease at `epoch` (once per epoch).
+    func grant(_ message: EncodedMessage, to device: String, epoch: Int64) {
+        state.withLock { state in
+            guard state.devices.sink(for: device) != nil, state.holder.map({ $0.device != device || $0.epoch < epoch }) ?? true else { return }
+            state.devices.send(message, to: device)
+            state.holder = (device, epoch)
+        }
     }
 
     func closeAll(_ code: CloseCode, reason: String) {

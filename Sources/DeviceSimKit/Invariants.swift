@@ -1,0 +1,364 @@
+import Foundation
+import PlaybackCore
+import Synchronization
+
+/// One thing a device saw, with its receive time (monotonic ns, comparable across the devices
+/// of one process).
+public enum DeviceEvent: Sendable {
+    /// A connection opened (the hello follows); `server` is the index of the daemon.
+    case connected(server: Int, ns: UInt64)
+    case received(ServerMessage, ns: UInt64)
+    case pinged(ns: UInt64)
+    case closed(code: UInt16?, ns: UInt64)
+}
+
+/// Everything one device saw, in order, across its reconnections.
+public struct DeviceHistory: Sendable {
+    public var user: String
+    public var device: String
+    public var events: [DeviceEvent]
+
+    public init(user: String, device: String, events: [DeviceEvent]) {
+        self.user = user
+        self.device = device
+        self.events = events
+    }
+}
+
+/// A command as sent, with what its effect must look like when it was acked without a new
+/// version (a no-op: "pause while paused").
+public struct SentCommand: Sendable {
+    public enum Effect: Sendable, Equatable {
+        case volume(Int)
+        case playing(Bool)
+        case activeDevice(String)
+    }
+
+    public var id: String
+    public var user: String
+    public var effect: Effect?
+    public var sentNs: UInt64
+
+    public init(id: String, user: String, effect: Effect?, sentNs: UInt64) {
+        self.id = id
+        self.user = user
+        self.effect = effect
+        self.sentNs = sentNs
+    }
+
+    /// The checkable effect of a command, when it has one.
+    public static func effect(of command: Command) -> Effect? {
+        switch command {
+        case .volume(let percent): .volume(percent)
+        case .pause: .playing(false)
+        case .resume: .playing(true)
+        case .transfer(let device, _): .activeDevice(device)
+        default: nil
+        }
+    }
+}
+
+/// Version and epoch of a user's playback as a store holds it (Redis, the PostgreSQL snapshot).
+public struct StoredVersion: Sendable, Codable, Equatable {
+    public var version: Int64
+    public var epoch: Int64
+
+    public init(version: Int64, epoch: Int64) {
+        self.version = version
+        self.epoch = epoch
+    }
+}
+
+/// The outcome of checking the six invariants of ARCHITECTURE.md over a run.
+public struct InvariantReport: Codable, Sendable {
+    /// Commands sent, answered with `ack`, and what became of the acked ones.
+    public struct Commands: Codable, Sendable {
+        public var sent = 0
+        public var acked = 0
+        /// Acked, and a device saw the acked version caused by this command.
+        public var applied = 0
+        /// Acked with a version caused by something else, and the state there already had the command's effect.
+        public var noOps = 0
+        /// Acked, but no device saw the acked version (devices were reconnecting) and nothing contradicts it.
+        public var unobserved = 0
+        /// Acked, but the state at the acked version contradicts it, or the stores ended below that version.
+        public var lost = 0
+        /// Request ids that caused more than one version.
+        public var appliedTwice = 0
+        /// Reports and `track_ended` turned away with `stale_epoch` (fenced off).
+        public var fencedReports = 0
+        public var errors: [String: Int] = [:]
+    }
+
+    public var commands = Commands()
+    /// 1. A user's epochs went down with rising versions, one epoch was granted to two devices, a
+    ///    device was granted a lower epoch than before, or the stores ended below an epoch handed out.
+    public var epochsNotRising = 0
+    /// 2. A report or `track_ended` changed state without coming from the holder at the current epoch.
+    public var staleChanges = 0
+    /// 3. A device saw a version not newer than one before, or two different states shared a version.
+    public var versionViolations = 0
+    /// 4. Users whose connected devices, Redis and the PostgreSQL snapshot did not end on the same version.
+    public var divergentUsers = 0
+    /// 5. Acked commands lost or applied twice.
+    public var commandViolations: Int { commands.lost + commands.appliedTwice }
+    /// 6. Two devices of a user believed they were active at once for longer than the lease grace.
+    public var overlappingLeases = 0
+    /// What each violation was, for people (at most 50 lines).
+    public var details: [String] = []
+
+    public var total: Int { epochsNotRising + staleChanges + versionViolations + divergentUsers + commandViolations + overlappingLeases }
+
+    mutating func note(_ line: @autoclosure () -> String) {
+        if details.count < 50 { details.append(line()) }
+    }
+
+    public var text: String {
+        let errorText = commands.errors.isEmpty ? "none" : commands.errors.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+        return """
+            commands: sent=\(commands.sent) acked=\(commands.acked) applied=\(commands.applied) no-ops=\(commands.noOps) \
+            unobserved=\(commands.unobserved) lost=\(commands.lost) applied twice=\(commands.appliedTwice) \
+            fenced reports=\(commands.fencedReports) errors: \(errorText)
+            invariants: 1 epochs=\(epochsNotRising) 2 stale changes=\(staleChanges) 3 versions=\(versionViolations) \
+            4 divergent users=\(divergentUsers) 5 commands=\(commandViolations) 6 overlapping leases=\(overlappingLeases) \
+            → \(total == 0 ? "OK" : "VIOLATED")
+            """ + details.map { "\n  " + $0 }.joined()
+    }
+}
+
+/// Checks the invariants of ../ARCHITECTURE.md ("Invariants") over what every device saw and
+/// what the stores ended with:
+/// 1. epochs strictly increase per user; 2. only the holder's reports at the current epoch change
+/// state; 3. each device sees rising versions and a version is one state; 4. devices, Redis and
+/// the PostgreSQL snapshot converge; 5. every acked command is in the state or superseded, none
+/// twice; 6. at most one device believes it is active for longer than the lease grace.
+///
+/// A device's belief in its lease starts with `lease_granted` (or a `welcome` naming it active)
+/// and ends with `lease_revoked`, its connection's end, or when it has heard nothing from the
+/// server, pings included, for the lease grace: a client that cannot hear the server must assume
+/// the lease lapsed.
+public struct InvariantChecker: Sendable {
+    public var graceMs: Int64
+    /// Whether the run ended quiet, so that devices and stores must agree (invariant 4).
+    public var expectConvergence = true
+
+    public init(graceMs: Int64) { self.graceMs = graceMs }
+
+    public func check(
+        devices: [DeviceHistory], commands: [SentCommand], redis: [String: StoredVersion]? = nil,
+        postgres: [String: StoredVersion]? = nil, endNs: UInt64
+    ) -> InvariantReport {
+        var report = InvariantReport()
+        report.commands.sent = commands.count
+        let byUser = Dictionary(grouping: devices, by: \.user)
+        let commandsByUser = Dictionary(grouping: commands, by: \.user)
+        for (user, histories) in byUser.sorted(by: { $0.key < $1.key }) {
+            checkUser(
+                user, histories: histories, commands: commandsByUser[user] ?? [], redis: redis?[user], postgres: postgres?[user],
+                hasStores: (redis, postgres), endNs: endNs, into: &report)
+        }
+        return report
+    }
+
+    private struct Seen {
+        var state: PlayerState
+        var cause: ServerMessage.Cause?
+        var device: String
+    }
+
+    private func checkUser(
+        _ user: String, histories: [DeviceHistory], commands: [SentCommand], redis: StoredVersion?, postgres: StoredVersion?,
+        hasStores: ([String: StoredVersion]?, [String: StoredVersion]?), endNs: UInt64, into report: inout InvariantReport
+    ) {
+        // Every state any device saw, by version (queues left out: `state` events omit unchanged ones).
+        var byVersion: [Int64: Seen] = [:]
+        var causedBy: [String: Set<Int64>] = [:]
+        var acks: [String: Int64] = [:]
+        var grantedTo: [Int64: String] = [:]
+        var finals: [(device: String, state: PlayerState)] = []
+        var beliefs: [(device: String, from: UInt64, to: UInt64)] = []
+
+        for history in histories {
+            var highest: Int64 = -1
+            var highestGrant: Int64 = -1
+            var lastState: PlayerState?
+            var open = false
+            var believedSince: UInt64?
+            var lastHeard: UInt64 = 0
+            var leaseEpoch: Int64 = 0
+            func endBelief(at ns: UInt64) {
+                if let since = believedSince { beliefs.append((history.device, since, max(since, ns))) }
+                believedSince = nil
+            }
+            func heard(at ns: UInt64) {
+                // Silence longer than the grace ended the belief where the grace ran out.
+                if believedSince != nil, ns > lastHeard + UInt64(graceMs) * 1_000_000 { endBelief(at: lastHeard + UInt64(graceMs) * 1_000_000) }
+                lastHeard = ns
+            }
+            func remember(_ state: PlayerState, cause: ServerMessage.Cause?) {
+                var bare = state
+                bare.queue = nil
+                if let seen = byVersion[state.version] {
+                    if seen.state != bare {
+                        report.versionViolations += 1
+                        report.note("user \(user): version \(state.version) is two states (\(seen.device) and \(history.device))")
+                    }
+                    if seen.cause == nil, cause != nil { byVersion[state.version]?.cause = cause }
+                } else {
+                    byVersion[state.version] = Seen(state: bare, cause: cause, device: history.device)
+                }
+                if let request = cause?.request { causedBy[request, default: []].insert(state.version) }
+            }
+            for event in history.events {
+                switch event {
+                case .connected(_, let ns):
+                    open = true
+                    lastHeard = ns
+                case .pinged(let ns):
+                    heard(at: ns)
+                case .closed(_, let ns):
+                    heard(at: ns)
+                    endBelief(at: ns)
+                    open = false
+                case .received(let message, let ns):
+                    heard(at: ns)
+                    switch message {
+                    case .welcome(let welcome):
+                        if welcome.state.version < highest {
+                            report.versionViolations += 1
+                            report.note("user \(user) device \(history.device): welcome at version \(welcome.state.version) after \(highest)")
+                        }
+                        highest = max(highest, welcome.state.version)
+                        remember(welcome.state, cause: nil)
+                        lastState = welcome.state
+                        leaseEpoch = max(leaseEpoch, welcome.state.epoch)
+                        if welcome.state.activeDevice == history.device, believedSince == nil { believedSince = ns }
+                    case .state(let event):
+                        if event.state.version <= highest {
+                            report.versionViolations += 1
+                            report.note("user \(user) device \(history.device): version \(event.state.version) after \(highest)")
+                        }
+                        highest = max(highest, event.state.version)
+                        remember(event.state, cause: event.cause)
+                        lastState = event.state
+                    case .leaseGranted(let grant):
+                        remember(grant.state, cause: nil)
+                        if grant.epoch <= highestGrant {
+                            report.epochsNotRising += 1
+                            report.note("user \(user) device \(history.device): granted epoch \(grant.epoch) after \(highestGrant)")
+                        }
+                        if let other = grantedTo[grant.epoch], other != history.device {
+                            report.epochsNotRising += 1
+                            report.note("user \(user): epoch \(grant.epoch) granted to \(other) and \(history.device)")
+                        }
+                        grantedTo[grant.epoch] = history.device
+                        highestGrant = max(highestGrant, grant.epoch)
+                        if grant.epoch >= leaseEpoch {
+                            leaseEpoch = grant.epoch
+                            if believedSince == nil { believedSince = ns }
+                        }
+                    case .leaseRevoked(let revoked):
+                        if revoked.epoch >= leaseEpoch {
+                            leaseEpoch = revoked.epoch
+                            endBelief(at: ns)
+                        }
+                    case .ack(let ack):
+                        acks[ack.id] = ack.version
+                    case .error(let error):
+                        report.commands.errors[error.code.rawValue, default: 0] += 1
+                        if error.code == .staleEpoch { report.commands.fencedReports += 1 }
+                    default:
+                        break
+                    }
+                }
+            }
+            heard(at: endNs)
+            endBelief(at: endNs)
+            if open, let lastState { finals.append((history.device, lastState)) }
+        }
+
+        // 1. Epochs never go down as versions rise.
+        let ordered = byVersion.sorted { $0.key < $1.key }
+        for (previous, next) in zip(ordered, ordered.dropFirst()) where next.value.state.epoch < previous.value.state.epoch {
+            report.epochsNotRising += 1
+            report.note("user \(user): epoch \(previous.value.state.epoch) at v\(previous.key), then \(next.value.state.epoch) at v\(next.key)")
+        }
+        let highestEpoch = ordered.map(\.value.state.epoch).max() ?? 0
+        if let redis, redis.epoch < highestEpoch {
+            report.epochsNotRising += 1
+            report.note("user \(user): Redis ended at epoch \(redis.epoch), below \(highestEpoch) handed out")
+        }
+
+        // 2. A report changed state only from the holder at the current epoch.
+        for (previous, next) in zip(ordered, ordered.dropFirst()) where next.key == previous.key + 1 {
+            guard let cause = next.value.cause, cause.op == "report" || cause.op == "track_ended" else { continue }
+            if previous.value.state.activeDevice != cause.device || previous.value.state.epoch != next.value.state.epoch {
+                report.staleChanges += 1
+                report.note("user \(user): \(cause.op) by \(cause.device ?? "-") made v\(next.key) while \(previous.value.state.activeDevice ?? "nobody") held epoch \(previous.value.state.epoch)")
+            }
+        }
+
+        // 4. Convergence: the connected devices, Redis and PostgreSQL end on one version.
+        if expectConvergence {
+            var versions = Set(finals.map(\.state.version))
+            if hasStores.0 != nil { versions.insert(redis?.version ?? -1) }
+            if hasStores.1 != nil { versions.insert(postgres?.version ?? -1) }
+            let states = Set(finals.map { final -> PlayerState in
+                var bare = final.state
+                bare.queue = nil
+                return bare
+            })
+            if versions.count > 1 || states.count > 1 {
+                report.divergentUsers += 1
+                let devices = finals.map { "\($0.device)=v\($0.state.version)" }.joined(separator: " ")
+                report.note("user \(user) diverged: \(devices) redis=v\(redis?.version ?? -1) postgres=v\(postgres?.version ?? -1)")
+            }
+        }
+
+        // 5. Every acked command is in the state or superseded, none twice.
+        let finalVersion = redis?.version ?? ordered.last?.key ?? 0
+        for command in commands {
+            if (causedBy[command.id]?.count ?? 0) > 1 {
+                report.commands.appliedTwice += 1
+                report.note("user \(user): \(command.id) caused versions \(causedBy[command.id]?.sorted() ?? [])")
+            }
+            guard let version = acks[command.id] else { continue }
+            report.commands.acked += 1
+            if version > finalVersion {
+                report.commands.lost += 1
+                report.note("user \(user): \(command.id) acked at v\(version), but the state ended at v\(finalVersion)")
+            } else if causedBy[command.id]?.contains(version) == true {
+                report.commands.applied += 1
+            } else if let seen = byVersion[version], let effect = command.effect {
+                if holds(effect, in: seen.state) {
+                    report.commands.noOps += 1
+                } else {
+                    report.commands.lost += 1
+                    report.note("user \(user): \(command.id) acked at v\(version), which a device saw without its effect (\(effect))")
+                }
+            } else {
+                report.commands.unobserved += 1
+            }
+        }
+
+        // 6. At most one device believes it is active for longer than the grace.
+        let graceNs = UInt64(graceMs) * 1_000_000
+        for (index, first) in beliefs.enumerated() {
+            for second in beliefs[(index + 1)...] where second.device != first.device {
+                let overlap = Int64(min(first.to, second.to)) - Int64(max(first.from, second.from))
+                if overlap > Int64(graceNs) {
+                    report.overlappingLeases += 1
+                    report.note("user \(user): \(first.device) and \(second.device) both believed they were active for \(overlap / 1_000_000) ms")
+                }
+            }
+        }
+    }
+
+    private func holds(_ effect: SentCommand.Effect, in state: PlayerState) -> Bool {
+        switch effect {
+        case .volume(let percent): state.volume == percent
+        case .playing(let playing): state.isPlaying == playing || state.track == nil
+        case .activeDevice(let device): state.activeDevice == device
+        }
+    }
+}

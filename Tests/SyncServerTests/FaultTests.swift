@@ -1,0 +1,260 @@
+import DeviceSimKit
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import Testing
+
+/// Faults on real processes: three playback-syncd daemons (the built binary), a redis-server and
+/// a PostgreSQL cluster of the test's own, a swarm of reconnecting devices sending commands while
+/// the fault happens, then the invariant checker over every device's log, Redis and PostgreSQL.
+///
+/// `FAULT_LOAD_SECONDS` (default 6) sets how long the load runs; `FAULT_POSTGRES_DOWN_SECONDS`
+/// (default 5) how long PostgreSQL stays stopped; `FAULT_REPORT_DIR` collects one JSON report per
+/// fault (scripts/chaos runs the long version and writes docs/reliability.md's table from them).
+@Suite("faults on real processes", .serialized, .enabled(if: FaultCluster.binaryExists, "needs .build/debug/playback-syncd"))
+struct FaultTests {
+    static let environment = ProcessInfo.processInfo.environment
+    static let loadSeconds = environment["FAULT_LOAD_SECONDS"].flatMap(Double.init) ?? 6
+    static let postgresDownSeconds = environment["FAULT_POSTGRES_DOWN_SECONDS"].flatMap(Double.init) ?? 5
+
+    @Test func killNineOfANodeInTheMiddleOfTransfers() async throws {
+        try await FaultCluster.run("kill -9 of a node during transfers", mix: "transfer:4,volume:2,seek:1,pause:1,resume:1") { cluster in
+            try await Task.sleep(for: .seconds(Self.loadSeconds / 3))
+            cluster.daemons[0].signal(SIGKILL)
+        } verify: { report, cluster in
+            #expect(cluster.daemons[0].exitedBySignal == SIGKILL)
+            #expect(report.disconnections > 0, "the devices of the killed node lost their connection")
+        }
+    }
+
+    @Test func sigstopOfANodeLongerThanTheLeaseTTLThenSigcont() async throws {
+        try await FaultCluster.run("SIGSTOP past the lease TTL, then SIGCONT") { cluster in
+            try await Task.sleep(for: .seconds(Self.loadSeconds / 4))
+            cluster.daemons[0].signal(SIGSTOP)
+            try await Task.sleep(for: .milliseconds(FaultCluster.graceMs + 2_000))
+            cluster.daemons[0].signal(SIGCONT)
+        } verify: { report, _ in
+            #expect(report.invariants.commands.fencedReports > 0, "reports queued at the stopped node are turned away with stale_epoch")
+        }
+    }
+
+    @Test func redisRestartedWithoutPersistence() async throws {
+        try await FaultCluster.run("redis-server killed and restarted empty") { cluster in
+            try await Task.sleep(for: .seconds(Self.loadSeconds / 3))
+            try await offloaded { cluster.redis.kill() }
+            try await Task.sleep(for: .seconds(1))
+            try await offloaded { try cluster.redis.start() }
+        } verify: { report, _ in
+            #expect((report.stores?.redis?.count ?? 0) == report.users, "every user's playback is back in Redis")
+        }
+    }
+
+    @Test func pubsubConnectionsKilled() async throws {
+        try await FaultCluster.run("CLIENT KILL TYPE pubsub") { cluster in
+            for _ in 0..<3 {
+                try await Task.sleep(for: .seconds(Self.loadSeconds / 4))
+                let port = String(cluster.redis.port)
+                let killed = try await offloaded { try runProgram("/usr/bin/redis-cli", ["-p", port, "CLIENT", "KILL", "TYPE", "pubsub"]) }
+                #expect(killed.code == 0 && (Int(killed.output.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0) >= 3)
+            }
+        } verify: { _, _ in }
+    }
+
+    @Test func postgresStoppedThenStarted() async throws {
+        try await FaultCluster.run("PostgreSQL stopped for \(Int(Self.postgresDownSeconds)) s", settleSeconds: 6) { cluster in
+            try await Task.sleep(for: .seconds(Self.loadSeconds / 4))
+            try await offloaded { try cluster.postgres.stop() }
+            try await Task.sleep(for: .seconds(Self.postgresDownSeconds))
+            try await offloaded { try cluster.postgres.start() }
+        } verify: { report, _ in
+            #expect((report.stores?.postgres?.count ?? 0) == report.users, "every user's snapshot caught up")
+        }
+    }
+
+    @Test func sigtermOfANodeMovesItsDevicesElsewhere() async throws {
+        try await FaultCluster.run("SIGTERM of a node") { cluster in
+            try await Task.sleep(for: .seconds(Self.loadSeconds / 3))
+            cluster.daemons[1].signal(SIGTERM)
+        } verify: { report, cluster in
+            let daemon = cluster.daemons[1]
+            let status = try await offloaded { daemon.waitForExit(seconds: 15) }
+            #expect(status == 0, "a graceful shutdown exits 0")
+            #expect(report.closeCodes[1001, default: 0] > 0, "devices of the stopping node were told 1001 (going away)")
+        }
+    }
+}
+
+/// Three daemons on a redis-server and a PostgreSQL cluster of their own.
+final class FaultCluster: Sendable {
+    static let graceMs: Int64 = 3_000
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    static let binary = root.appendingPathComponent(".build/debug/playback-syncd").path
+    static var binaryExists: Bool { FileManager.default.isExecutableFile(atPath: binary) }
+
+    let redis: RedisProcess
+    let postgres: PostgresProcess
+    let daemons: [DaemonProcess]
+
+    init(nodes: Int = 3) throws {
+        redis = try RedisProcess()
+        postgres = try PostgresProcess()
+        let postgresURL = "postgres://postgres@127.0.0.1:\(postgres.port)/postgres"
+        var daemons: [DaemonProcess] = []
+        for _ in 0..<nodes {
+            daemons.append(try DaemonProcess(arguments: [
+                "--engine", "redis", "--redis-url", redis.url, "--postgres-url", postgresURL, "--catalog", "builtin",
+                "--grace-ms", String(Self.graceMs), "--heartbeat-ms", "1000", "--log-level", "warning",
+                "--messages-per-second", "1000", "--snapshot-interval-ms", "500",
+            ]))
+        }
+        self.daemons = daemons
+        for daemon in daemons { try daemon.waitUntilHealthy() }
+    }
+
+    var postgresURL: String { "postgres://postgres@127.0.0.1:\(postgres.port)/postgres" }
+
+    func tearDown() {
+        for daemon in daemons { daemon.stop() }
+        redis.kill()
+        postgres.destroy()
+    }
+
+    /// Runs a reconnecting swarm over the three daemons with `fault` during the load, checks
+    /// the invariants and that nothing acked was lost, then `verify`s what is particular to the fault.
+    static func run(
+        _ name: String, mix: String = "volume:4,seek:2,pause:1,resume:1,next:1,transfer:2", settleSeconds: Double = 3,
+        fault: @escaping @Sendable (FaultCluster) async throws -> Void,
+        verify: (FaultResult, FaultCluster) async throws -> Void
+    ) async throws {
+        let cluster = try await offloaded { try FaultCluster() }
+        do {
+            try await load(name, cluster: cluster, mix: mix, settleSeconds: settleSeconds, fault: fault, verify: verify)
+            try await offloaded { cluster.tearDown() }
+        } catch {
+            try await offloaded { cluster.tearDown() }
+            throw error
+        }
+    }
+
+    private static func load(
+        _ name: String, cluster: FaultCluster, mix: String, settleSeconds: Double,
+        fault: @escaping @Sendable (FaultCluster) async throws -> Void,
+        verify: (FaultResult, FaultCluster) async throws -> Void
+    ) async throws {
+        var options = Swarm.Options(servers: cluster.daemons.map { ServerAddress(host: "127.0.0.1", port: $0.port) })
+        options.users = 12
+        options.devicesPerUser = 4
+        options.rate = 60
+        options.durationSeconds = FaultTests.loadSeconds
+        options.reconnect = true
+        options.reportMs = 400
+        options.graceMs = graceMs
+        options.settleSeconds = settleSeconds
+        options.mix = try Swarm.Options.parseMix(mix)
+        let inspector = StoreInspector(redisURL: cluster.redis.url, postgresURL: cluster.postgresURL)
+        let report = try await Swarm(options: options).run(stores: { users in try await inspector.read(users: users) }) { try await fault(cluster) }
+        let result = FaultResult(name: name, report: report)
+        result.publish()
+        let commands = report.invariants.commands
+        #expect(commands.acked > 0, "the load went on through the fault")
+        #expect(commands.lost == 0, "acked commands lost: \(report.invariants.details)")
+        #expect(report.invariants.total == 0, "\(report.invariants.text)")
+        try await verify(result, cluster)
+    }
+}
+
+/// One fault's outcome: the swarm report, plus the close codes the devices saw.
+struct FaultResult: Sendable {
+    var name: String
+    var report: SwarmReport
+    var users: Int { report.users }
+    var disconnections: Int { report.disconnections }
+    var invariants: InvariantReport { report.invariants }
+    var stores: SwarmReport.Stores? { report.stores }
+    var closeCodes: [Int: Int] { report.closeCodes }
+
+    /// Prints a line, and writes the JSON report into `FAULT_REPORT_DIR` when set.
+    func publish() {
+        let commands = report.invariants.commands
+        print(
+            "fault \(name): sent=\(commands.sent) acked=\(commands.acked) applied=\(commands.applied) no-ops=\(commands.noOps) "
+                + "unobserved=\(commands.unobserved) lost=\(commands.lost) violations=\(report.invariants.total) "
+                + "fenced=\(commands.fencedReports) disconnections=\(report.disconnections)")
+        guard let directory = ProcessInfo.processInfo.environment["FAULT_REPORT_DIR"] else { return }
+        struct Entry: Encodable {
+            var name: String
+            var report: SwarmReport
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        let file = URL(fileURLWithPath: directory).appendingPathComponent(
+            name.lowercased().filter { $0.isLetter || $0.isNumber || $0 == " " }.replacingOccurrences(of: " ", with: "-") + ".json")
+        try? encoder.encode(Entry(name: name, report: report)).write(to: file)
+    }
+}
+
+/// A playback-syncd process on a port of its own, its output in a log file.
+final class DaemonProcess: Sendable {
+    let port: Int
+    let log: String
+    private let process: ChildProcess
+
+    init(arguments: [String]) throws {
+        port = try Self.freePort()
+        log = "/tmp/playback-fault-\(port).log"
+        try? FileManager.default.removeItem(atPath: log)
+        process = try ChildProcess(FaultCluster.binary, ["--port", String(port)] + arguments, output: log)
+    }
+
+    func waitUntilHealthy() throws {
+        for _ in 0..<300 {
+            if (try? runProgram("/usr/bin/curl", ["-sf", "-m", "1", "http://127.0.0.1:\(port)/healthz"]))?.code == 0 { return }
+            guard process.isRunning else { break }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        throw TestFailure("playback-syncd on port \(port) did not come up: \(output.suffix(2_000))")
+    }
+
+    func signal(_ signal: Int32) { process.signal(signal) }
+
+    /// The exit status, once it exited (nil when it is still running after `seconds`, or was killed).
+    func waitForExit(seconds: Double) -> Int32? {
+        guard case .exited(let status) = process.wait(seconds: seconds) else { return nil }
+        return status
+    }
+
+    var exitedBySignal: Int32? {
+        guard case .signaled(let signal) = process.wait(seconds: 0) else { return nil }
+        return signal
+    }
+
+    func stop() {
+        guard process.isRunning else { return }
+        process.signal(SIGCONT)
+        process.signal(SIGTERM)
+        if process.wait(seconds: 10) == nil {
+            process.signal(SIGKILL)
+            _ = process.wait()
+        }
+    }
+
+    static func freePort() throws -> Int {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard descriptor >= 0 else { throw TestFailure("socket() failed") }
+        defer { close(descriptor) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = 0
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+                bind(descriptor, pointer, length) == 0 && getsockname(descriptor, pointer, &length) == 0
+            }
+        }
+        guard bound else { throw TestFailure("bind() failed") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}
