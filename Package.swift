@@ -126,8 +126,9 @@ let package = Package(
             ]
         ),
         // libFuzzer targets (scripts/fuzz); built normally they replay files given as arguments.
-        .executableTarget(name: "fuzz-messages", dependencies: ["PlaybackCore"]),
-        .executableTarget(name: "fuzz-resp", dependencies: ["RedisClient", .product(name: "NIOCore", package: "swift-nio")]),
+        .target(name: "FuzzSupport"),
+        .executableTarget(name: "fuzz-messages", dependencies: ["PlaybackCore", "FuzzSupport"]),
+        .executableTarget(name: "fuzz-resp", dependencies: ["RedisClient", "FuzzSupport", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "PlaybackCoreTests", dependencies: ["PlaybackCore"]),
         .testTarget(
             name: "RedisClientTests",

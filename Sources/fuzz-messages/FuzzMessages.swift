@@ -1,4 +1,5 @@
 import Foundation
+import FuzzSupport
 import PlaybackCore
 
 /// libFuzzer target for the bytes a client sends (and, in device-sim, the server): decoding must
@@ -29,15 +30,7 @@ public func fuzzMessages(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
     return 0
 }
 
-#if !FUZZING
 @main
-enum ReplayMessages {
-    static func main() throws {
-        for path in CommandLine.arguments.dropFirst() {
-            let data = try Data(contentsOf: URL(fileURLWithPath: path))
-            _ = data.withUnsafeBytes { raw in fuzzMessages(raw.bindMemory(to: UInt8.self).baseAddress, raw.count) }
-            print("ok \(path)")
-        }
-    }
+enum Main {
+    static func main() { fuzzMain(fuzzMessages) }
 }
-#endif

@@ -1,4 +1,5 @@
 import Foundation
+import FuzzSupport
 import NIOCore
 import RedisClient
 
@@ -38,15 +39,7 @@ private func replies(chunks: [ArraySlice<UInt8>]) -> [RESPValue?] {
     return values
 }
 
-#if !FUZZING
 @main
-enum ReplayRESP {
-    static func main() throws {
-        for path in CommandLine.arguments.dropFirst() {
-            let data = try Data(contentsOf: URL(fileURLWithPath: path))
-            _ = data.withUnsafeBytes { raw in fuzzRESP(raw.bindMemory(to: UInt8.self).baseAddress, raw.count) }
-            print("ok \(path)")
-        }
-    }
+enum Main {
+    static func main() { fuzzMain(fuzzRESP) }
 }
-#endif

@@ -30,7 +30,9 @@ public final class RedisEngine: PlaybackEngine {
     var leaseTTLMs: Int64 { max(configuration.graceMs, 2_000) }
     /// How often leases are renewed, presence refreshed and dead leases swept.
     var tickMs: Int64 { max(50, min(1_000, leaseTTLMs / 4)) }
-    var presenceTTLMs: Int64 { 3 * tickMs + 2_000 }
+    /// How long a device stays online without a refresh; refreshed every third of it. A node that
+    /// dies leaves its devices listed online (not active: that is the lease) for at most this long.
+    var presenceTTLMs: Int64 { max(15_000, 3 * tickMs + 2_000) }
     /// Users kept up at once by the upkeep loop.
     static let upkeepConcurrency = 64
 

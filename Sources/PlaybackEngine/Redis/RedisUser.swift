@@ -22,6 +22,11 @@ actor RedisUser {
 
     /// The last playback read or written, with its JSON: a read that finds the same bytes skips decoding.
     private var cachedPlayback: (json: ByteBuffer, playback: Playback)?
+    /// The fan-out's newest version when the upkeep last read the state: while nothing newer came
+    /// on the channel, the upkeep uses the cached state instead of reading it again.
+    private var upkeepReadAtVersion: Int64?
+    /// When the upkeep last refreshed the presence of the local devices (server ms).
+    private var presenceRefreshedAt: Int64?
     /// The same for the device directory's entries.
     private var cachedDevices: [String: (json: ByteBuffer, device: StoredDevice)] = [:]
 
@@ -287,22 +292,42 @@ actor RedisUser {
         guard let fanout = engine.registry.fanout(for: userID) else { return }
         do {
             let local = fanout.connectedDevices
-            if !local.isEmpty {
+            let now = self.now
+            if !local.isEmpty, presenceRefreshedAt.map({ now - $0 >= engine.presenceTTLMs / 3 }) ?? true {
+                presenceRefreshedAt = now
                 let expiry = now + engine.presenceTTLMs
                 let added = try await redis.send(["ZADD", .string(keys.online)] + local.flatMap { [RedisArgument.integer(expiry), .string($0)] })
                 // A local device new to the online set: Redis lost the user's keys (a restart without
-                // persistence, a flush), so its directory entry is gone too and is written again.
-                if (added.int ?? 0) > 0 { try await registerLocalDevices() }
+                // persistence, a flush), so its directory entry is gone too and is written again, and
+                // the state is read (and restored) below.
+                if (added.int ?? 0) > 0 {
+                    upkeepReadAtVersion = nil
+                    try await registerLocalDevices()
+                }
             }
-            let playback = try await loadPlayback()
+            // Every change comes through the channel: while nothing new came, the state read last time holds.
+            let channelVersion = fanout.latestVersion
+            let playback: Playback
+            if let cached = cachedPlayback, upkeepReadAtVersion == channelVersion {
+                playback = cached.playback
+            } else {
+                playback = try await loadPlayback()
+                upkeepReadAtVersion = channelVersion
+            }
             guard let active = playback.activeDevice else { return }
             if fanout.hasDevice(active) {
                 let renewed = try await redis.evaluate(
                     engine.renewScript, keys: [keys.lock], arguments: [.string(lockValue(playback)), .integer(engine.leaseTTLMs)])
                 if renewed.int == 0 {
-                    _ = try await redis.send(["SET", .string(keys.lock), .string(lockValue(playback)), "NX", "PX", .integer(engine.leaseTTLMs)])
+                    // The lock is gone or not ours: take it again only if the state, read afresh, still names this holder.
+                    let fresh = try await loadPlayback()
+                    upkeepReadAtVersion = channelVersion
+                    if fresh.activeDevice == active, lockValue(fresh) == lockValue(playback) {
+                        _ = try await redis.send(["SET", .string(keys.lock), .string(lockValue(fresh)), "NX", "PX", .integer(engine.leaseTTLMs)])
+                    }
                 }
             } else if try await redis.send(["EXISTS", .string(keys.lock)]).int == 0 {
+                upkeepReadAtVersion = nil
                 logger.info("lease expired", metadata: ["device.id": .string(active), "lease.epoch": .stringConvertible(playback.epoch)])
                 _ = await apply(.expire(device: active), sender: nil, cause: .init(op: "expired", device: active, request: nil))
             }
