@@ -226,7 +226,7 @@ public final class WriteBehind: Sendable {
     }
 
     private static func encode(user: String, _ pending: PendingSnapshot) -> PlaybackSnapshot {
-        let json = (try? JSONEncoder().encode(pending.playback)).flatMap { String(data: $0, encoding: .utf8) } ?? "{}"
+        let json = String(decoding: PlaybackJSON.encode(pending.playback), as: UTF8.self)
         return PlaybackSnapshot(
             userID: user, epoch: pending.playback.epoch, version: pending.playback.version, stateJSON: json,
             takenAt: pending.takenAt)

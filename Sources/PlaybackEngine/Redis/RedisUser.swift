@@ -237,7 +237,7 @@ actor RedisUser {
     ) async throws -> CommitResult {
         let playback = transition.playback
         let leaseOp = transition.lease == nil ? "keep" : (playback.activeDevice == nil ? "del" : "set")
-        let stateJSON = try Self.json(playback)
+        let stateJSON = ByteBuffer(bytes: PlaybackJSON.encode(playback))
         let message = BusMessage(event: PlaybackEvent(transition, cause: cause).prepared)
         let reply = try await redis.evaluate(
             engine.commitScript, keys: [keys.playback, keys.lock, keys.request(requestID ?? "-")],
@@ -437,7 +437,7 @@ actor RedisUser {
         _ = try await redis.evaluate(
             engine.restoreScript, keys: [keys.playback, keys.lock],
             arguments: [
-                .integer(restored.version), .integer(restored.epoch), .bytes(try Self.json(restored)),
+                .integer(restored.version), .integer(restored.epoch), .bytes(ByteBuffer(bytes: PlaybackJSON.encode(restored))),
                 .string(restored.activeDevice == nil ? "" : lockValue(restored)), .integer(engine.leaseTTLMs),
                 .string(keys.channel), message.map { .bytes($0) } ?? .string(""),
             ])

@@ -47,6 +47,8 @@ final class SessionHandler: ChannelDuplexHandler {
     private var expiryTimer: Scheduled<Void>?
     private var closeTimer: Scheduled<Void>?
     private var heartbeat: RepeatedTask?
+    /// A flush is queued on the event loop: messages written until it runs go out in one syscall.
+    private var flushQueued = false
 
     /// permessage-deflate parameters, when negotiated.
     private let deflate: PerMessageDeflate?
@@ -314,13 +316,26 @@ final class SessionHandler: ChannelDuplexHandler {
 
     /// Sends a message unless the connection is closing; a client that stops reading is
     /// closed with 4008 once its send buffer is full.
+    /// Messages are written at once and flushed when the event loop has run what is queued on it,
+    /// so that a burst for one connection (a lease change and its state, an ack and its state, a
+    /// backlog under load) costs one syscall instead of one per message.
     func deliver(_ message: EncodedMessage) {
         guard !closeSent, phase != .closed, let context else { return }
         let (payload, compressed) = message.payload(for: deflate)
-        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, rsv1: compressed, opcode: .text, data: payload)), promise: nil)
+        context.write(wrapOutboundOut(WebSocketFrame(fin: true, rsv1: compressed, opcode: .text, data: payload)), promise: nil)
+        if !flushQueued {
+            flushQueued = true
+            let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+            context.eventLoop.execute { handler.value.flushQueuedWrites() }
+        }
         if !context.channel.isWritable {
             close(.tooSlow, "too slow to read: send buffer limit reached")
         }
+    }
+
+    private func flushQueuedWrites() {
+        flushQueued = false
+        context?.flush()
     }
 
     /// Closes from the server side: sends a close frame, then closes the socket when the peer
