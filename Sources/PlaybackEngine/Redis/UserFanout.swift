@@ -93,7 +93,7 @@ final class UserFanout: Sendable {
             for device in state.waiting.keys { state.waiting[device]?.buffer.append(message) }
             // A version already delivered comes again only from a recovery racing the channel: dropped.
             if let event = message.event, event.version > state.latestVersion {
-                if event.revoked == nil, let holder = state.holder, holder.device != event.activeDevice {
+                if let holder = state.holder, holder.device != event.activeDevice, event.revoked?.device != holder.device {
                     let reason: LeaseReason = event.activeDevice == nil ? .expired : .transferred
                     state.devices.send(
                         EncodedMessage(.leaseRevoked(.init(epoch: event.epoch, reason: reason, by: event.activeDevice))), to: holder.device)
