@@ -11,7 +11,8 @@ import Testing
 ///
 /// `FAULT_LOAD_SECONDS` (default 6) sets how long the load runs; `FAULT_POSTGRES_DOWN_SECONDS`
 /// (default 5) how long PostgreSQL stays stopped; `FAULT_REPORT_DIR` collects one JSON report per
-/// fault (scripts/chaos runs the long version and writes docs/reliability.md's table from them).
+/// fault (scripts/chaos runs the long version and writes docs/faults.md from them);
+/// `FAULT_KEEP_LOGS` keeps the daemons' logs (/tmp/playback-fault-PORT.log).
 @Suite("faults on real processes", .serialized, .enabled(if: FaultCluster.binaryExists, "needs .build/debug/playback-syncd"))
 struct FaultTests {
     static let environment = ProcessInfo.processInfo.environment
@@ -114,8 +115,12 @@ final class FaultCluster: Sendable {
 
     var postgresURL: String { "postgres://postgres@127.0.0.1:\(postgres.port)/postgres" }
 
+    /// Stops everything; the daemons' logs stay in /tmp only with FAULT_KEEP_LOGS set.
     func tearDown() {
         for daemon in daemons { daemon.stop() }
+        if ProcessInfo.processInfo.environment["FAULT_KEEP_LOGS"] == nil {
+            for daemon in daemons { try? FileManager.default.removeItem(atPath: daemon.log) }
+        }
         redis.kill()
         postgres.destroy()
     }
