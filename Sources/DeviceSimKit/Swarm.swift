@@ -83,7 +83,6 @@ public struct Swarm: Sendable {
             var reconnects = false
         }
 
-        let user: Int
         let userName: String
         let device: String
         let token: String
@@ -91,8 +90,7 @@ public struct Swarm: Sendable {
         let source: String?
         let state: Mutex<State>
 
-        init(user: Int, userName: String, device: String, token: String, servers: [ServerAddress], first server: Int, source: String?) {
-            self.user = user
+        init(userName: String, device: String, token: String, servers: [ServerAddress], first server: Int, source: String?) {
             self.userName = userName
             self.device = device
             self.token = token
@@ -202,7 +200,7 @@ public struct Swarm: Sendable {
             for device in 0..<options.devicesPerUser {
                 let index = devices.count
                 devices.append(Device(
-                    user: user, userName: name, device: "d\(device)", token: token, servers: servers, first: index,
+                    userName: name, device: "d\(device)", token: token, servers: servers, first: index,
                     source: options.sourceAddresses.isEmpty ? nil : options.sourceAddresses[index % options.sourceAddresses.count]))
             }
         }

@@ -130,7 +130,7 @@ final class FaultCluster: Sendable {
     static func run(
         _ name: String, mix: String = "volume:4,seek:2,pause:1,resume:1,next:1,transfer:2", settleSeconds: Double = 3,
         fault: @escaping @Sendable (FaultCluster) async throws -> Void,
-        verify: (FaultResult, FaultCluster) async throws -> Void
+        verify: (SwarmReport, FaultCluster) async throws -> Void
     ) async throws {
         let cluster = try await offloaded { try FaultCluster() }
         do {
@@ -145,7 +145,7 @@ final class FaultCluster: Sendable {
     private static func load(
         _ name: String, cluster: FaultCluster, mix: String, settleSeconds: Double,
         fault: @escaping @Sendable (FaultCluster) async throws -> Void,
-        verify: (FaultResult, FaultCluster) async throws -> Void
+        verify: (SwarmReport, FaultCluster) async throws -> Void
     ) async throws {
         var options = Swarm.Options(servers: cluster.daemons.map { ServerAddress(host: "127.0.0.1", port: $0.port) })
         options.users = 12
@@ -159,44 +159,32 @@ final class FaultCluster: Sendable {
         options.mix = try Swarm.Options.parseMix(mix)
         let inspector = StoreInspector(redisURL: cluster.redis.url, postgresURL: cluster.postgresURL)
         let report = try await Swarm(options: options).run(stores: { users in try await inspector.read(users: users) }) { try await fault(cluster) }
-        let result = FaultResult(name: name, report: report)
-        result.publish()
+        publish(name, report)
         let commands = report.invariants.commands
         #expect(commands.acked > 0, "the load went on through the fault")
         #expect(commands.lost == 0, "acked commands lost: \(report.invariants.details)")
         #expect(report.invariants.total == 0, "\(report.invariants.text)")
-        try await verify(result, cluster)
+        try await verify(report, cluster)
     }
 }
 
-/// One fault's outcome: the swarm report, plus the close codes the devices saw.
-struct FaultResult: Sendable {
-    var name: String
-    var report: SwarmReport
-    var users: Int { report.users }
-    var disconnections: Int { report.disconnections }
-    var invariants: InvariantReport { report.invariants }
-    var stores: SwarmReport.Stores? { report.stores }
-    var closeCodes: [Int: Int] { report.closeCodes }
-
-    /// Prints a line, and writes the JSON report into `FAULT_REPORT_DIR` when set.
-    func publish() {
-        let commands = report.invariants.commands
-        print(
-            "fault \(name): sent=\(commands.sent) acked=\(commands.acked) applied=\(commands.applied) no-ops=\(commands.noOps) "
-                + "unobserved=\(commands.unobserved) lost=\(commands.lost) violations=\(report.invariants.total) "
-                + "fenced=\(commands.fencedReports) disconnections=\(report.disconnections)")
-        guard let directory = ProcessInfo.processInfo.environment["FAULT_REPORT_DIR"] else { return }
-        struct Entry: Encodable {
-            var name: String
-            var report: SwarmReport
-        }
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        let file = URL(fileURLWithPath: directory).appendingPathComponent(
-            name.lowercased().filter { $0.isLetter || $0.isNumber || $0 == " " }.replacingOccurrences(of: " ", with: "-") + ".json")
-        try? encoder.encode(Entry(name: name, report: report)).write(to: file)
+/// Prints a fault's line, and writes its JSON report into `FAULT_REPORT_DIR` when set (scripts/chaos).
+private func publish(_ name: String, _ report: SwarmReport) {
+    let commands = report.invariants.commands
+    print(
+        "fault \(name): sent=\(commands.sent) acked=\(commands.acked) applied=\(commands.applied) no-ops=\(commands.noOps) "
+            + "unobserved=\(commands.unobserved) lost=\(commands.lost) violations=\(report.invariants.total) "
+            + "fenced=\(commands.fencedReports) disconnections=\(report.disconnections)")
+    guard let directory = ProcessInfo.processInfo.environment["FAULT_REPORT_DIR"] else { return }
+    struct Entry: Encodable {
+        var name: String
+        var report: SwarmReport
     }
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys]
+    let file = URL(fileURLWithPath: directory).appendingPathComponent(
+        name.lowercased().filter { $0.isLetter || $0.isNumber || $0 == " " }.replacingOccurrences(of: " ", with: "-") + ".json")
+    try? encoder.encode(Entry(name: name, report: report)).write(to: file)
 }
 
 /// A playback-syncd process on a port of its own, its output in a log file.

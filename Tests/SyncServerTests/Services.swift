@@ -30,20 +30,8 @@ func runProgram(_ path: String, _ arguments: [String], capture: Bool = true) thr
 /// program that leaves a daemon behind (`pg_ctl start`): the daemon inherits what it waits on.
 /// Descriptors above stderr are closed in the child (see `ChildProcess`).
 func spawnAndWait(_ path: String, _ arguments: [String]) -> Int32 {
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-    closeDescriptorsFromThree(&actions)
-    let argv = ([path] + arguments).map { strdup($0) } + [nil]
-    defer { for argument in argv { free(argument) } }
-    var pid: pid_t = 0
-    guard posix_spawn(&pid, path, &actions, nil, argv, environ) == 0 else { return -1 }
-    var status: Int32 = 0
-    while waitpid(pid, &status, 0) < 0, errno == EINTR {}
-    return (status >> 8) & 0xff
+    guard let child = try? ChildProcess(path, arguments), case .exited(let code) = child.wait() else { return -1 }
+    return code
 }
 
 /// PostgreSQL refuses to run as root: commands run as the postgres user then.

@@ -20,6 +20,11 @@ final class UserFanout: Sendable {
         /// The local device this node last told that it holds the lease, and at which epoch.
         var holder: (device: String, epoch: Int64)?
 
+        /// Whether local `device` has yet to be told that it holds the lease at `epoch`.
+        func needsGrant(_ device: String, epoch: Int64) -> Bool {
+            devices.sink(for: device) != nil && (holder.map { $0.device != device || $0.epoch < epoch } ?? true)
+        }
+
         /// Follows what `event` tells the local devices about the lease.
         mutating func track(_ event: PreparedEvent) {
             if let revoked = event.revoked, holder?.device == revoked.device { holder = nil }
@@ -99,9 +104,7 @@ final class UserFanout: Sendable {
                         EncodedMessage(.leaseRevoked(.init(epoch: event.epoch, reason: reason, by: event.activeDevice))), to: holder.device)
                     state.holder = nil
                 }
-                if event.granted == nil, let active = event.activeDevice, state.devices.sink(for: active) != nil,
-                    state.holder.map({ $0.device != active || $0.epoch < event.epoch }) ?? true
-                {
+                if event.granted == nil, let active = event.activeDevice, state.needsGrant(active, epoch: event.epoch) {
                     regrant = active
                 }
                 state.latestVersion = max(state.latestVersion, event.version)
@@ -128,15 +131,13 @@ final class UserFanout: Sendable {
 
     /// Whether the local `device` has not been told it holds the lease at `epoch`.
     func needsGrant(_ device: String, epoch: Int64) -> Bool {
-        state.withLock { state in
-            state.devices.sink(for: device) != nil && (state.holder.map { $0.device != device || $0.epoch < epoch } ?? true)
-        }
+        state.withLock { $0.needsGrant(device, epoch: epoch) }
     }
 
     /// Tells a local device it holds the lease at `epoch` (once per epoch).
     func grant(_ message: EncodedMessage, to device: String, epoch: Int64) {
         state.withLock { state in
-            guard state.devices.sink(for: device) != nil, state.holder.map({ $0.device != device || $0.epoch < epoch }) ?? true else { return }
+            guard state.needsGrant(device, epoch: epoch) else { return }
             state.devices.send(message, to: device)
             state.holder = (device, epoch)
         }
