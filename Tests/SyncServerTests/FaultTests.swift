@@ -194,7 +194,7 @@ final class DaemonProcess: Sendable {
     private let process: ChildProcess
 
     init(arguments: [String]) throws {
-        port = try Self.freePort()
+        port = try ListenPorts.pick()
         log = "/tmp/playback-fault-\(port).log"
         try? FileManager.default.removeItem(atPath: log)
         process = try ChildProcess(FaultCluster.binary, ["--port", String(port)] + arguments, output: log)
@@ -231,23 +231,5 @@ final class DaemonProcess: Sendable {
             process.signal(SIGKILL)
             _ = process.wait()
         }
-    }
-
-    static func freePort() throws -> Int {
-        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard descriptor >= 0 else { throw TestFailure("socket() failed") }
-        defer { close(descriptor) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
-                bind(descriptor, pointer, length) == 0 && getsockname(descriptor, pointer, &length) == 0
-            }
-        }
-        guard bound else { throw TestFailure("bind() failed") }
-        return Int(UInt16(bigEndian: address.sin_port))
     }
 }

@@ -130,7 +130,7 @@ final class RedisProcess: @unchecked Sendable {
     private var process: ChildProcess?
 
     init() throws {
-        port = Int.random(in: 20_000...29_999)
+        port = try ListenPorts.pick()
         try start()
     }
 
@@ -162,26 +162,43 @@ final class PostgresProcess: @unchecked Sendable {
     let port: Int
     let directory: String
 
+    /// initdb, then start on a free port; a port taken between the check and the server's bind
+    /// (another process got there first) is retried on another one.
     init() throws {
-        port = Int.random(in: 30_000...39_999)
-        directory = "/var/tmp/pbt-pg-\(port)-\(UInt32.random(in: 0...UInt32.max))"
+        directory = "/var/tmp/pbt-pg-\(UInt32.random(in: 0...UInt32.max))"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         if getuid() == 0 { _ = try runProgram("/bin/chown", ["postgres:postgres", directory]) }
         let initdb = try asPostgres(PostgresBinaries.path("initdb"), ["-D", directory, "-U", "postgres", "--auth=trust", "-E", "UTF8"])
         guard initdb.code == 0 else { throw TestFailure("initdb failed: \(initdb.output)") }
-        try start()
+        var attempt = 1
+        while true {
+            let port = try ListenPorts.pick()
+            do {
+                try Self.start(directory: directory, port: port)
+                self.port = port
+                return
+            } catch where attempt < 3 {
+                attempt += 1
+            }
+        }
     }
 
     var settings: PostgresSettings {
         get throws { try PostgresSettings(url: "postgres://postgres@127.0.0.1:\(port)/postgres") }
     }
 
-    func start() throws {
+    func start() throws { try Self.start(directory: directory, port: port) }
+
+    private static func start(directory: String, port: Int) throws {
+        let log = "\(directory)/server.log"
         let result = try asPostgres(PostgresBinaries.path("pg_ctl"), [
-            "-D", directory, "-l", "\(directory)/server.log", "-w", "-t", "30",
+            "-D", directory, "-l", log, "-w", "-t", "30",
             "-o", "-p \(port) -k \(directory) -c listen_addresses=127.0.0.1 -c fsync=off", "start",
         ], capture: false)
-        guard result.code == 0 else { throw TestFailure("pg_ctl start failed (see \(directory)/server.log)") }
+        guard result.code == 0 else {
+            let output = (try? String(contentsOfFile: log, encoding: .utf8)) ?? "(no server.log)"
+            throw TestFailure("pg_ctl start on port \(port) failed: \(output.suffix(2_000))")
+        }
     }
 
     func stop() throws {
@@ -192,6 +209,45 @@ final class PostgresProcess: @unchecked Sendable {
     func destroy() {
         _ = try? asPostgres(PostgresBinaries.path("pg_ctl"), ["-D", directory, "-m", "immediate", "-w", "stop"])
         try? FileManager.default.removeItem(atPath: directory)
+    }
+}
+
+/// Listening ports for the servers tests start: outside the kernel's ephemeral range (where the
+/// local ends of the tests' own outgoing connections would take them), free when picked (bind
+/// without SO_REUSEADDR, so TIME_WAIT counts as taken), and never the same twice in one process.
+enum ListenPorts {
+    private static let handedOut = Mutex<Set<Int>>([])
+
+    static func pick() throws -> Int {
+        let candidates = range
+        for _ in 0..<200 {
+            let port = Int.random(in: candidates)
+            guard isFree(port), handedOut.withLock({ $0.insert(port).inserted }) else { continue }
+            return port
+        }
+        throw TestFailure("no free port in \(candidates)")
+    }
+
+    /// Below the ephemeral range when there is room, above it otherwise.
+    private static var range: ClosedRange<Int> {
+        let text = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)) ?? ""
+        let bounds = text.split(whereSeparator: \.isWhitespace).compactMap { Int($0) }
+        let low = bounds.first ?? 32_768, high = bounds.last ?? 60_999
+        if low > 12_000 { return 10_000...(low - 1) }
+        return min(high + 1, 64_000)...65_000
+    }
+
+    private static func isFree(_ port: Int) -> Bool {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard descriptor >= 0 else { return false }
+        defer { close(descriptor) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(port).bigEndian
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0 }
+        }
     }
 }
 
