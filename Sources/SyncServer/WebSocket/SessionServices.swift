@@ -86,6 +86,8 @@ final class SessionServices: Sendable {
                 return .close(.policyViolation, error.message)
             }
         case .clock(let t0):
+            // SessionHandler answers clock on the event loop (no engine involved, the timestamp
+            // as late as possible); this is the same answer for a caller that hands it over.
             return .reply(.clock(t0: t0, serverTime: ServerClock.nowMs()), malformed: false)
         case .history(let id, let limit):
             do {
