@@ -61,8 +61,16 @@ public final class RedisConnection: Sendable {
         RESPEncoder.encode(arguments, into: &bytes)
         let promise = channel.eventLoop.makePromise(of: RESPValue.self)
         let channel = self.channel
-        channel.writeAndFlush(RedisRequest(bytes: bytes, promise: promise), promise: nil)
-        let timeout = channel.eventLoop.scheduleTask(in: .milliseconds(configuration.commandTimeoutMs)) {
+        // A write that never reaches the handler (the channel closed after `isActive` was checked)
+        // fails here; the handler fails the promise in every other case. Completing twice is a no-op.
+        let written = channel.eventLoop.makePromise(of: Void.self)
+        written.futureResult.whenFailure { error in
+            promise.fail(RedisError(.connectionClosed, "the command was not sent: \(error)"))
+        }
+        channel.writeAndFlush(RedisRequest(bytes: bytes, promise: promise), promise: written)
+        let timeoutMs = configuration.commandTimeoutMs
+        let timeout = channel.eventLoop.scheduleTask(in: .milliseconds(timeoutMs)) {
+            promise.fail(RedisError(.timeout, "no reply within \(timeoutMs) ms"))
             channel.close(promise: nil)
         }
         defer { timeout.cancel() }

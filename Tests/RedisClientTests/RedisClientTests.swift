@@ -90,7 +90,8 @@ struct RedisClientTests {
     }
 
     @Test func aKilledConnectionFailsPendingCommandsAndTheClientReconnects() async throws {
-        let victim = try TestRedis.named("victim")
+        var victim = try TestRedis.named("victim")
+        victim.commandTimeoutMs = 30_000  // the BLPOP below must still be pending when the kill arrives
         let client = RedisClient(configuration: victim)
         let admin = RedisClient(configuration: try TestRedis.configuration)
         _ = try await client.send(["PING"])
@@ -125,12 +126,12 @@ struct RedisClientTests {
         let channel = TestRedis.key("channel")
         try await subscriber.subscribe(channel)
         let running = Task { await subscriber.run() }
-        await subscriber.waitUntilConnected()
+        #expect(await subscriber.waitUntilConnected(timeout: .seconds(30)), "subscribed")
         let publisher = RedisClient(configuration: try TestRedis.configuration)
         #expect(try await publisher.send(["PUBLISH", .string(channel), "one"]).int == 1)
         #expect(try await TestRedis.kill(clientNamed: subscriberConfiguration.clientName ?? "", using: publisher) == 1)
         var delivered = false
-        for _ in 0..<100 {
+        for _ in 0..<200 {
             if try await publisher.send(["PUBLISH", .string(channel), "two"]).int == 1 {
                 delivered = true
                 break
@@ -145,6 +146,40 @@ struct RedisClientTests {
         await subscriber.stop()
         running.cancel()
         await publisher.shutdown()
+    }
+
+    @Test func aCommandWithoutAReplyInTimeFailsAsTimeout() async throws {
+        var configuration = try TestRedis.configuration
+        configuration.commandTimeoutMs = 300
+        let connection = try await RedisConnection.connect(configuration)
+        await #expect {
+            _ = try await connection.send(["BLPOP", .string(TestRedis.key("empty")), 5])
+        } throws: { error in
+            (error as? RedisError)?.code == .timeout
+        }
+        #expect(!connection.isActive, "the replies can no longer be matched: the connection is closed")
+    }
+
+    @Test func aCommandOnAClosedConnectionFailsInsteadOfWaiting() async throws {
+        let connection = try await RedisConnection.connect(try TestRedis.configuration)
+        await connection.close()
+        // Before the write could fail, such a command waited forever: nothing completed its reply.
+        // It runs unstructured so that the test fails instead of waiting with it.
+        let outcome = Mutex<String?>(nil)
+        Task {
+            let result: String
+            do {
+                _ = try await connection.send(["PING"])
+                result = "answered"
+            } catch let error as RedisError {
+                result = error.code.rawValue
+            } catch {
+                result = "\(error)"
+            }
+            outcome.withLock { $0 = result }
+        }
+        for _ in 0..<200 where outcome.withLock({ $0 }) == nil { try await Task.sleep(for: .milliseconds(50)) }
+        #expect(outcome.withLock { $0 } == RedisError.Code.connectionClosed.rawValue)
     }
 
     @Test func anUnreachableRedisFailsFastAsUnavailable() async throws {
