@@ -137,6 +137,8 @@ struct Serve: AsyncParsableCommand {
     var engine: String?
     @Option(help: "Redis for --engine redis: redis://[user:password@]host[:port][/db]. [PLAYBACK_REDIS_URL, default redis://127.0.0.1:6379/0]")
     var redisUrl: String?
+    @Option(help: "Time a Redis command may take before its connection is given up (replies can no longer be matched), ms. [PLAYBACK_REDIS_TIMEOUT_MS, default 2000]")
+    var redisTimeoutMs: Int64?
     @Option(help: "How long an active device that vanished keeps the lease, ms. [PLAYBACK_GRACE_MS, default 10000]")
     var graceMs: Int64?
     @Option(help: "Server ping interval, ms. [PLAYBACK_HEARTBEAT_MS, default 15000]")
@@ -238,8 +240,14 @@ struct Serve: AsyncParsableCommand {
             playbackEngine = MemoryEngine(catalog: trackCatalog, configuration: config.engine, durability: durability, logger: logger)
         case "redis":
             let url = setting(redisUrl, "PLAYBACK_REDIS_URL") ?? "redis://127.0.0.1:6379/0"
+            var redisConfiguration = try RedisConfiguration(url: url)
+            if let timeout = try number(redisTimeoutMs, "PLAYBACK_REDIS_TIMEOUT_MS") {
+                guard timeout > 0 else { throw ValidationError("--redis-timeout-ms must be positive") }
+                redisConfiguration.commandTimeoutMs = timeout
+                redisConfiguration.connectTimeoutMs = timeout
+            }
             let redis = RedisEngine(
-                redis: try RedisConfiguration(url: url), catalog: trackCatalog, configuration: config.engine,
+                redis: redisConfiguration, catalog: trackCatalog, configuration: config.engine,
                 durability: durability, logger: logger)
             logger.info("connecting to redis", metadata: ["redis.url": .string(url), "node.id": .string(redis.nodeID)])
             await redis.start()

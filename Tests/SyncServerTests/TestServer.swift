@@ -88,8 +88,12 @@ final class TestServer: Sendable {
             engine = MemoryEngine(
                 catalog: catalog ?? DemoCatalog.shared, configuration: configuration.engine, durability: durability, logger: logger)
         case .redis:
+            // The suites run in parallel on two cores: a reply may take seconds at the start of a
+            // run, which is not what they test (a dropped connection is still noticed at once).
+            var redisConfiguration = try RedisConfiguration(url: redisURL ?? EngineKind.redisURL)
+            redisConfiguration.commandTimeoutMs = 10_000
             let redis = RedisEngine(
-                redis: try RedisConfiguration(url: redisURL ?? EngineKind.redisURL), catalog: catalog ?? DemoCatalog.shared,
+                redis: redisConfiguration, catalog: catalog ?? DemoCatalog.shared,
                 configuration: configuration.engine, durability: durability, logger: logger)
             await redis.start()
             engine = redis
