@@ -256,6 +256,12 @@ struct TestFailure: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
+/// Whole milliseconds from `start` until now: the upper bound for what a timed test may observe.
+func milliseconds(since start: ContinuousClock.Instant) -> Int64 {
+    let elapsed = (ContinuousClock.now - start).components
+    return elapsed.seconds * 1_000 + elapsed.attoseconds / 1_000_000_000_000_000
+}
+
 /// Polls `condition` until it holds or `timeout` passes.
 func eventually(timeout: Duration = .seconds(5), _ condition: () async throws -> Bool) async throws -> Bool {
     let deadline = ContinuousClock.now + timeout
