@@ -228,17 +228,17 @@ struct LeaseTests {
 struct LivenessTests {
     @Test(arguments: EngineKind.allCases)
     func aClientSilentForTwoHeartbeatsIsDroppedAndOneAnsweringPingsStays(engine: EngineKind) async throws {
-        try await TestServer.with(engine: engine, { $0.heartbeatMs = 1_000 }) { server in
+        try await TestServer.with(engine: engine, { $0.heartbeatMs = 2_000 }) { server in
             let silent = try await server.connect(answerPings: false)
             _ = try await silent.hello("silent")
             let alive = try await server.connect()
             _ = try await alive.hello("alive")
             var dropped = false
-            while let event = await silent.next(timeout: .seconds(8)) {
+            while let event = await silent.next(timeout: .seconds(12)) {
                 if case .disconnected = event { dropped = true; break }
             }
             #expect(dropped, "no close frame: an abrupt loss")
-            #expect(try await alive.command("still", .volume(percent: 7)) == .ack(.init(id: "still", version: 1)), "alive after 2 s of pings")
+            #expect(try await alive.command("still", .volume(percent: 7)) == .ack(.init(id: "still", version: 1)), "alive after 4 s of pings")
         }
     }
 }

@@ -43,6 +43,10 @@ final class TestClient: Sendable {
     let inbox: Inbox
     let codec = MessageCodec()
 
+    /// How long a test waits for what it expects before failing. Generous: the suites run in
+    /// parallel on two cores, and only a failing test waits this long.
+    static let patience: Duration = .seconds(10)
+
     var channel: any Channel { connection.channel }
 
     private init(connection: DeviceConnection, inbox: Inbox) {
@@ -62,7 +66,7 @@ final class TestClient: Sendable {
         options.origin = origin
         options.receiveBufferBytes = receiveBuffer
         options.answerPings = answerPings
-        options.timeout = .seconds(5)
+        options.timeout = .seconds(10)
         let inbox = Inbox()
         let connection: DeviceConnection
         do {
@@ -133,12 +137,12 @@ final class TestClient: Sendable {
 
     // MARK: Receiving
 
-    func next(timeout: Duration = .seconds(5)) async -> ClientEvent? {
+    func next(timeout: Duration = TestClient.patience) async -> ClientEvent? {
         await inbox.next(timeout: timeout)
     }
 
     /// The next server message, skipping `devices` (and any other types in `skipping`).
-    func nextMessage(skipping: Set<String> = ["devices"], timeout: Duration = .seconds(5)) async throws -> ServerMessage {
+    func nextMessage(skipping: Set<String> = ["devices"], timeout: Duration = TestClient.patience) async throws -> ServerMessage {
         while true {
             guard let event = await next(timeout: timeout) else { throw TestTimeout(waitingFor: "a message") }
             switch event {
@@ -150,7 +154,7 @@ final class TestClient: Sendable {
     }
 
     /// Waits for a message of one type, skipping others.
-    func expect(_ type: String, timeout: Duration = .seconds(5)) async throws -> ServerMessage {
+    func expect(_ type: String, timeout: Duration = TestClient.patience) async throws -> ServerMessage {
         while true {
             guard let event = await next(timeout: timeout) else { throw TestTimeout(waitingFor: type) }
             if case .message(let message) = event, message.type == type { return message }
@@ -160,7 +164,7 @@ final class TestClient: Sendable {
     }
 
     /// Waits for the server's close frame (skipping messages) and returns its code.
-    func expectClose(timeout: Duration = .seconds(5)) async -> UInt16? {
+    func expectClose(timeout: Duration = TestClient.patience) async -> UInt16? {
         while let event = await next(timeout: timeout) {
             switch event {
             case .close(let code, _): return code
@@ -209,7 +213,7 @@ final class TestClient: Sendable {
     }
 
     /// Waits for a `state` event satisfying `predicate`.
-    func state(where predicate: (PlayerState) -> Bool = { _ in true }, timeout: Duration = .seconds(5)) async throws -> ServerMessage.StateEvent {
+    func state(where predicate: (PlayerState) -> Bool = { _ in true }, timeout: Duration = TestClient.patience) async throws -> ServerMessage.StateEvent {
         while true {
             guard case .state(let event) = try await expect("state", timeout: timeout) else { continue }
             if predicate(event.state) { return event }
