@@ -158,11 +158,7 @@ public actor SimulatedDevice {
         counter += 1
         let id = "\(identity.id)-\(counter)-\(UInt32.random(in: 0...UInt32.max))"
         guard let connection else { return nil }
-        do {
-            try await connection.send(message(id))
-        } catch {
-            return nil
-        }
+        let request = message(id)
         let timeout = options.answerTimeout
         let device = self
         let timer = Task {
@@ -170,7 +166,18 @@ public actor SimulatedDevice {
             await device.answer(id, with: nil)
         }
         defer { timer.cancel() }
-        return await withCheckedContinuation { continuation in waiting[id] = continuation }
+        // The waiter is in place before the message leaves: the answer may come back (and be
+        // handled on this actor) before the write's own completion is heard of.
+        return await withCheckedContinuation { continuation in
+            waiting[id] = continuation
+            Task {
+                do {
+                    try await connection.send(request)
+                } catch {
+                    await device.answer(id, with: nil)
+                }
+            }
+        }
     }
 
     private func answer(_ id: String, with message: ServerMessage?) {

@@ -10,7 +10,11 @@ struct MultiNodeTests {
         let namespace = String(UInt32.random(in: 0...UInt32.max), radix: 36)
         var nodes: [TestServer] = []
         do {
-            for _ in 0..<count { nodes.append(try await TestServer.start(engine: .redis, namespace: namespace)) }
+            // None of these tests is about expiry: a longer grace (the lock's TTL) keeps a lease
+            // from lapsing when a loaded machine renews it late.
+            for _ in 0..<count {
+                nodes.append(try await TestServer.start(engine: .redis, namespace: namespace) { $0.engine.graceMs = 3_000 })
+            }
             let result = try await body(nodes)
             for node in nodes { await node.stop() }
             return result
