@@ -79,6 +79,8 @@ public struct Swarm: Sendable {
             var welcomedNs: UInt64?
             var closed = false
             var stopping = false
+            /// Acks and errors received (answers to commands, counted to know when they stop coming).
+            var answers = 0
             /// Come back after a loss (set once the load starts).
             var reconnects = false
         }
@@ -113,7 +115,8 @@ public struct Swarm: Sendable {
                         var next = event.state
                         if next.queue == nil { next.queue = state.lastState?.queue }
                         state.lastState = next
-                    case .leaseGranted, .leaseRevoked, .ack, .error: break
+                    case .ack, .error: state.answers += 1
+                    case .leaseGranted, .leaseRevoked: break
                     default: return
                     }
                     state.events.append(.received(message, ns: ns))
@@ -308,6 +311,17 @@ public struct Swarm: Sendable {
             }
         }
         try await Task.sleep(for: .milliseconds(Int64(max(options.settleSeconds, 1) * 1_000)))
+        // Answers still on their way (a loaded machine): wait while they keep coming, up to 15 s
+        // more; a command sent into a connection that was lost is never answered.
+        var answers = devices.reduce(0) { $0 + $1.state.withLock { $0.answers } }
+        var lastProgress = ContinuousClock.now
+        let giveUp = ContinuousClock.now + .seconds(15)
+        while answers < sent.count, ContinuousClock.now - lastProgress < .seconds(1), ContinuousClock.now < giveUp {
+            try await Task.sleep(for: .milliseconds(100))
+            let now = devices.reduce(0) { $0 + $1.state.withLock { $0.answers } }
+            if now > answers { lastProgress = ContinuousClock.now }
+            answers = now
+        }
         // The report is made before the teardown: closing the holder releases the lease and makes a version
         // that devices closed before it never see.
         return try await finish(sent: sent, elapsed: elapsed)
