@@ -259,7 +259,7 @@ struct DurabilityTests {
         guard case .ack(let moved) = try await phone.command("n", .next) else { return }
         last = moved.version
         #expect(ContinuousClock.now - started < .seconds(2), "commands did not wait for PostgreSQL")
-        #expect(try await eventually(timeout: .seconds(5)) { !store.writer.isHealthy })
+        #expect(try await eventually(timeout: .seconds(15)) { !store.writer.isHealthy })
         let ready = try await server.http("/readyz")
         #expect(ready.status == 200 && ready.body.contains(#""status":"degraded""#) && ready.body.contains("postgres"))
         #expect(store.writer.pending.snapshots == 1 && store.writer.pending.plays >= 1)

@@ -99,7 +99,7 @@ struct MultiNodeTests {
             }
             try await clients[0].send(.command(.init(id: "final", command: .volume(percent: 42))))
             var finals: [PlayerState] = []
-            var believers = 0
+            var believers: [String] = []
             for (index, client) in clients.enumerated() {
                 var belief = beliefs[index].0
                 var epochs = beliefs[index].1
@@ -114,11 +114,14 @@ struct MultiNodeTests {
                     }
                 }
                 #expect(zip(epochs, epochs.dropFirst()).allSatisfy { $0 < $1 }, "device d\(index) saw epochs \(epochs)")
-                if belief.active { believers += 1 }
+                if belief.active { believers.append("d\(index)") }
             }
             #expect(Set(finals.map(\.version)).count == 1, "every device converges on one version")
             #expect(Set(finals.map(\.activeDevice)).count == 1)
-            #expect(believers == 1, "exactly one device believes it is active")
+            // Exactly the device the state names believes it is active (nobody, if a machine too
+            // loaded to renew the lease in time let it expire).
+            let holder = finals.first?.activeDevice
+            #expect(believers == (holder.map { [$0] } ?? []), "believing: \(believers), the state names \(holder ?? "nobody")")
         }
     }
 
