@@ -103,6 +103,21 @@ final class TestClient: Sendable {
         opcode: UInt8, payload: [UInt8], fin: Bool = true, masked: Bool = true, rsv1: Bool = false, rsv2: Bool = false
     ) async throws {
         var buffer = ByteBuffer()
+        Self.writeFrame(into: &buffer, opcode: opcode, payload: payload, fin: fin, masked: masked, rsv1: rsv1, rsv2: rsv2)
+        try await connection.writeRaw(buffer)
+    }
+
+    /// Writes many text messages in one write: they arrive together, however slow this client is.
+    func sendTexts(_ texts: [String]) async throws {
+        var buffer = ByteBuffer()
+        for text in texts { Self.writeFrame(into: &buffer, opcode: 0x1, payload: Array(text.utf8)) }
+        try await connection.writeRaw(buffer)
+    }
+
+    private static func writeFrame(
+        into buffer: inout ByteBuffer, opcode: UInt8, payload: [UInt8], fin: Bool = true, masked: Bool = true,
+        rsv1: Bool = false, rsv2: Bool = false
+    ) {
         buffer.writeInteger(UInt8((fin ? 0x80 : 0) | (rsv1 ? 0x40 : 0) | (rsv2 ? 0x20 : 0) | (opcode & 0x0F)))
         let maskBit: UInt8 = masked ? 0x80 : 0
         switch payload.count {
@@ -121,7 +136,6 @@ final class TestClient: Sendable {
         } else {
             buffer.writeBytes(payload)
         }
-        try await connection.writeRaw(buffer)
     }
 
     func sendClose(code: UInt16) async throws {
