@@ -236,7 +236,8 @@ struct DurabilityTests {
     @Test func aPostgresOutageNeverBlocksCommandsAndWritesCatchUp() async throws {
         let postgres = try PostgresProcess()
         defer { postgres.destroy() }
-        let store = try await TestStore(settings: try postgres.settings)
+        // A statement waits up to 20 s: a command that waited for PostgreSQL would show.
+        let store = try await TestStore(settings: try postgres.settings, timeout: .seconds(20))
         defer { store.close() }
         let catalog = try await store.seededCatalog()
         let server = try await TestServer.start(durability: store.durability, catalog: catalog)
@@ -258,7 +259,7 @@ struct DurabilityTests {
         }
         guard case .ack(let moved) = try await phone.command("n", .next) else { return }
         last = moved.version
-        #expect(ContinuousClock.now - started < .seconds(2), "commands did not wait for PostgreSQL")
+        #expect(ContinuousClock.now - started < .seconds(15), "commands did not wait for PostgreSQL")
         #expect(try await eventually(timeout: .seconds(15)) { !store.writer.isHealthy })
         let ready = try await server.http("/readyz")
         #expect(ready.status == 200 && ready.body.contains(#""status":"degraded""#) && ready.body.contains("postgres"))

@@ -51,7 +51,7 @@ struct MultiNodeTests {
             try await Task.sleep(for: .milliseconds(400))
             try await speaker.command("t", .transfer(device: "phone", play: nil))
             guard case .leaseRevoked(let revoked) = try await speaker.expect("lease_revoked") else { return }
-            #expect(revoked.reason == .transferred && revoked.by == "phone")
+            #expect(revoked.reason == .transferred && revoked.by == "phone", "\(revoked)")
             guard case .leaseGranted(let granted) = try await phone.expect("lease_granted") else { return }
             let elapsedMs = milliseconds(since: started)
             #expect(granted.state.isPlaying && (20_300...20_000 + elapsedMs).contains(granted.state.positionMs), "\(granted.state.positionMs) after \(elapsedMs) ms")

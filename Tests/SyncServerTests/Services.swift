@@ -95,9 +95,9 @@ final class TestStore: Sendable {
     let durability: Durability
     private let tasks: [Task<Void, Never>]
 
-    init(settings: PostgresSettings, snapshotIntervalMs: Int64 = 1_000, migrate: Bool = true) async throws {
+    init(settings: PostgresSettings, snapshotIntervalMs: Int64 = 1_000, migrate: Bool = true, timeout: Duration = .seconds(2)) async throws {
         var settings = settings
-        settings.timeout = .seconds(2)
+        settings.timeout = timeout
         var logger = Logger(label: "test-store")
         logger.logLevel = ProcessInfo.processInfo.environment["TEST_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0) } ?? .critical
         store = PlaybackStore(settings: settings, logger: logger)
