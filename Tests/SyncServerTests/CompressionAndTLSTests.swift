@@ -84,7 +84,7 @@ struct CompressionAndTLSTests {
     }
 
     @Test func wssServesSessionsWithTheConfiguredCertificate() async throws {
-        let (cert, key) = try Self.certificate()
+        let (cert, key) = try await offloaded { try Self.certificate() }
         try await TestServer.with({ $0.tls = .init(certificatePath: cert, keyPath: key) }) { server in
             var options = DeviceConnection.Options()
             options.tls = try TrustedCertificates.tls(caFile: cert)

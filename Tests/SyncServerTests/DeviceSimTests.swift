@@ -63,10 +63,12 @@ final class SimProcess: Sendable {
         throw TestTimeout(waitingFor: "device-sim to print \(type)")
     }
 
+    /// Asks it to quit; it is reaped on a thread of its own (not on one of the cooperative threads).
     func quit() {
         input.fileHandleForWriting.write(Data("quit\n".utf8))
         try? input.fileHandleForWriting.close()
-        _ = process.wait()
+        let process = self.process
+        Thread.detachNewThread { _ = process.wait() }
     }
 }
 

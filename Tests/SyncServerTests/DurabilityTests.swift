@@ -15,7 +15,7 @@ struct DurabilityTests {
         engine: EngineKind = .memory, redisURL: String? = nil, snapshotIntervalMs: Int64 = 1_000,
         _ body: (TestServer, TestStore, TestDatabase) async throws -> T
     ) async throws -> T {
-        let database = try TestDatabase.create()
+        let database = try await TestDatabase.create()
         defer { database.drop() }
         let store = try await TestStore(settings: database.settings, snapshotIntervalMs: snapshotIntervalMs)
         defer { store.close() }
@@ -32,18 +32,18 @@ struct DurabilityTests {
     }
 
     @Test func migrationsRunFromAnEmptyDatabaseOnce() async throws {
-        let database = try TestDatabase.create()
+        let database = try await TestDatabase.create()
         defer { database.drop() }
         let store = try await TestStore(settings: database.settings, migrate: false)
         defer { store.close() }
         #expect(try await store.store.migrate() == [1])
         #expect(try await store.store.migrate() == [], "a second start applies nothing")
-        let tables = try database.sql("SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'")
+        let tables = try await database.sql("SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables WHERE schemaname = 'public'")
         #expect(tables == "context_tracks,contexts,devices,play_history,playback_snapshots,schema_migrations,track_licenses,tracks,users")
     }
 
     @Test func theCatalogRoundTripsThroughPostgres() async throws {
-        let database = try TestDatabase.create()
+        let database = try await TestDatabase.create()
         defer { database.drop() }
         let store = try await TestStore(settings: database.settings)
         defer { store.close() }
@@ -55,7 +55,7 @@ struct DurabilityTests {
         #expect(catalog.tracks(in: .init(kind: "playlist", id: "p2"))?.map(\.id) == demo.tracks(in: .init(kind: "playlist", id: "p2"))?.map(\.id))
         #expect(!catalog.isLicensed(trackID: "t0013", country: "US") && catalog.isLicensed(trackID: "t0013", country: "SE"))
         #expect(catalog.isLicensed(trackID: "t0014", country: "US"))
-        #expect(try database.sql("SELECT string_agg(country, ',' ORDER BY country) FROM track_licenses WHERE track_id = 't0063'") == "NO,SE")
+        #expect(try await database.sql("SELECT string_agg(country, ',' ORDER BY country) FROM track_licenses WHERE track_id = 't0063'") == "NO,SE")
     }
 
     @Test(arguments: EngineKind.allCases)
@@ -71,7 +71,7 @@ struct DurabilityTests {
             #expect(refused.code == .unavailableInRegion)
             #expect(try await server.engine.snapshot(user: .init(userID: "amy.\(server.namespace)")).state.version == 0, "nothing changed")
             // No country in the token: the users table decides.
-            _ = try database.sql("INSERT INTO users (id, country) VALUES ('bo.\(server.namespace)', 'US'), ('siv.\(server.namespace)', 'SE')")
+            _ = try await database.sql("INSERT INTO users (id, country) VALUES ('bo.\(server.namespace)', 'US'), ('siv.\(server.namespace)', 'SE')")
             let bo = try await server.connect("bo")
             _ = try await bo.hello("phone")
             guard case .error(let byTable) = try await bo.command("c1", .play(.init(trackID: "t0063"))) else {
@@ -100,23 +100,23 @@ struct DurabilityTests {
             guard case .ack = try await phone.command("p", .play(.init(context: .init(kind: "album", id: "a01")))) else { return }
             // The lease moved: written at the next tick, long before the interval.
             #expect(try await eventually(timeout: .milliseconds(1_500)) {
-                try database.sql("SELECT version FROM playback_snapshots WHERE user_id = '\(user)'") == "1"
+                try await database.sql("SELECT version FROM playback_snapshots WHERE user_id = '\(user)'") == "1"
             })
             let afterLease = store.writer.snapshotsWritten
             let changing = ContinuousClock.now
             for percent in 0..<20 { _ = try await phone.command("v\(percent)", .volume(percent: percent)) }
             let changed = ContinuousClock.now
             if changed - started < .milliseconds(1_800) {
-                #expect(try database.sql("SELECT version FROM playback_snapshots WHERE user_id = '\(user)'") == "1", "coalesced, not written yet")
+                #expect(try await database.sql("SELECT version FROM playback_snapshots WHERE user_id = '\(user)'") == "1", "coalesced, not written yet")
             }
             #expect(try await eventually(timeout: .seconds(5)) {
-                try database.sql("SELECT version FROM playback_snapshots WHERE user_id = '\(user)'") == "21"
+                try await database.sql("SELECT version FROM playback_snapshots WHERE user_id = '\(user)'") == "21"
             })
             // One write per interval while the changes came in, and the last one after them:
             // 20 changes within a second make at most two (a slow machine may take longer for them).
             let intervals = Int((changed - changing) / .seconds(2)) + 2
             #expect(store.writer.snapshotsWritten - afterLease <= intervals, "20 changes make at most \(intervals) writes")
-            let state = try database.sql("SELECT state->>'active_device', state->'current'->'track'->>'id', state->>'volume' FROM playback_snapshots WHERE user_id = '\(user)'")
+            let state = try await database.sql("SELECT state->>'active_device', state->'current'->'track'->>'id', state->>'volume' FROM playback_snapshots WHERE user_id = '\(user)'")
             #expect(state == "phone|t0001|19")
         }
     }
@@ -147,7 +147,7 @@ struct DurabilityTests {
             #expect(history.items.allSatisfy { $0.msPlayed >= 250 && $0.msPlayed <= elapsedMs }, "\(history.items.map(\.msPlayed)) within \(elapsedMs) ms")
             #expect(history.items.first?.context == .init(kind: "album", id: "a02"))
             _ = await store.writer.flush()
-            let rows = try database.sql("""
+            let rows = try await database.sql("""
                 SELECT string_agg(track_id || ' ' || end_reason || ' ' || device_kind || ' ' || coalesce(context, '-'), ',' ORDER BY id)
                 FROM play_history WHERE user_id = 'alice.\(server.namespace)'
                 """)
@@ -162,7 +162,7 @@ struct DurabilityTests {
     }
 
     @Test func aRestartedMemoryEngineResumesFromItsSnapshot() async throws {
-        let database = try TestDatabase.create()
+        let database = try await TestDatabase.create()
         defer { database.drop() }
         let store = try await TestStore(settings: database.settings)
         defer { store.close() }
@@ -185,7 +185,7 @@ struct DurabilityTests {
     }
 
     @Test func losingRedisRestoresPlaybackWithRisingEpochsAndVersions() async throws {
-        let redis = try RedisProcess()
+        let redis = try await offloaded { try RedisProcess() }
         try await withDaemon(engine: .redis, redisURL: redis.url) { server, store, database in
             let (phone, _) = try await server.device("phone")
             let (laptop, _) = try await server.device("laptop")
@@ -193,10 +193,10 @@ struct DurabilityTests {
             guard case .ack = try await phone.command("q", .queueAdd(trackID: "t0250", at: .end)) else { return }
             guard case .ack(let before) = try await laptop.command("v", .volume(percent: 30)) else { return }
             let user = "alice.\(server.namespace)"
-            #expect(try await eventually { try database.sql("SELECT version FROM playback_snapshots WHERE user_id = '\(user)'") == "\(before.version)" })
+            #expect(try await eventually { try await database.sql("SELECT version FROM playback_snapshots WHERE user_id = '\(user)'") == "\(before.version)" })
 
-            redis.kill()
-            try redis.start()  // no persistence: Redis comes back empty
+            try await offloaded { redis.kill() }
+            try await offloaded { try redis.start() }  // no persistence: Redis comes back empty
 
             // Commands fail while the client reconnects, then succeed on the restored playback.
             var after: ServerMessage.Ack?
@@ -234,7 +234,7 @@ struct DurabilityTests {
     }
 
     @Test func aPostgresOutageNeverBlocksCommandsAndWritesCatchUp() async throws {
-        let postgres = try PostgresProcess()
+        let postgres = try await offloaded { try PostgresProcess() }
         defer { postgres.destroy() }
         // A statement waits up to 20 s: a command that waited for PostgreSQL would show.
         let store = try await TestStore(settings: try postgres.settings, timeout: .seconds(20))
@@ -247,7 +247,7 @@ struct DurabilityTests {
         guard case .ack = try await phone.command("p", .play(.init(context: .init(kind: "album", id: "a06"), device: "phone"))) else { return }
         #expect(try await eventually { (try? await store.store.loadSnapshot(user: user))??.version == 1 })
 
-        try postgres.stop()
+        try await offloaded { try postgres.stop() }
         let started = ContinuousClock.now
         var last: Int64 = 0
         for index in 0..<10 {
@@ -265,7 +265,7 @@ struct DurabilityTests {
         #expect(ready.status == 200 && ready.body.contains(#""status":"degraded""#) && ready.body.contains("postgres"))
         #expect(store.writer.pending.snapshots == 1 && store.writer.pending.plays >= 1)
 
-        try postgres.start()
+        try await offloaded { try postgres.start() }
         #expect(try await eventually(timeout: .seconds(10)) { (try? await store.store.loadSnapshot(user: user))??.version == last })
         #expect(try await eventually { store.writer.isHealthy })
         #expect(try await server.http("/readyz").body.contains(#""status":"ready""#))

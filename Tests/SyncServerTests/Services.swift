@@ -58,7 +58,11 @@ struct TestDatabase: Sendable {
     let settings: PostgresSettings
 
     /// Creates an empty database owned by the server's `playback` role.
-    static func create() throws -> TestDatabase {
+    static func create() async throws -> TestDatabase {
+        try await offloaded { try makeDatabase() }
+    }
+
+    private static func makeDatabase() throws -> TestDatabase {
         let server = try PostgresSettings(url: serverURL)
         let name = "pbt_" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
         let result = try runProgram(PostgresBinaries.path("psql"), [
@@ -78,8 +82,14 @@ struct TestDatabase: Sendable {
         ])
     }
 
-    /// Runs SQL as the database's owner and returns psql's unaligned output.
-    func sql(_ statement: String) throws -> String {
+    /// Runs SQL as the database's owner and returns psql's unaligned output (on a thread of its
+    /// own: a blocking wait on one of the two cooperative threads would stall every other test).
+    func sql(_ statement: String) async throws -> String {
+        let (name, settings) = (self.name, self.settings)
+        return try await offloaded { try Self.psql(statement, database: name, settings: settings) }
+    }
+
+    private static func psql(_ statement: String, database name: String, settings: PostgresSettings) throws -> String {
         let result = try runProgram(PostgresBinaries.path("psql"), [
             "-h", settings.host, "-p", String(settings.port), "-U", settings.user, "-d", name, "-qtA", "-F", "|", "-c", statement,
         ])
