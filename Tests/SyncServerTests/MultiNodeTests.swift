@@ -10,10 +10,10 @@ struct MultiNodeTests {
         let namespace = String(UInt32.random(in: 0...UInt32.max), radix: 36)
         var nodes: [TestServer] = []
         do {
-            // None of these tests is about expiry: a longer grace (the lock's TTL) keeps a lease
-            // from lapsing when a loaded machine renews it late.
+            // None of these tests is about expiry: the default grace (the lock's TTL) keeps a lease
+            // from lapsing when a loaded machine renews it seconds late.
             for _ in 0..<count {
-                nodes.append(try await TestServer.start(engine: .redis, namespace: namespace) { $0.engine.graceMs = 3_000 })
+                nodes.append(try await TestServer.start(engine: .redis, namespace: namespace) { $0.engine.graceMs = 10_000 })
             }
             let result = try await body(nodes)
             for node in nodes { await node.stop() }
