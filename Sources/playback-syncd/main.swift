@@ -137,7 +137,7 @@ struct Serve: AsyncParsableCommand {
     var engine: String?
     @Option(help: "Redis for --engine redis: redis://[user:password@]host[:port][/db]. [PLAYBACK_REDIS_URL, default redis://127.0.0.1:6379/0]")
     var redisUrl: String?
-    @Option(help: "Time a Redis command may take before its connection is given up (replies can no longer be matched), ms. [PLAYBACK_REDIS_TIMEOUT_MS, default 2000]")
+    @Option(help: "Time to connect to Redis, and for a command's reply before the command fails and its connection is replaced, ms. [PLAYBACK_REDIS_TIMEOUT_MS, default 2000]")
     var redisTimeoutMs: Int64?
     @Option(help: "How long an active device that vanished keeps the lease, ms. [PLAYBACK_GRACE_MS, default 10000]")
     var graceMs: Int64?
