@@ -6,7 +6,9 @@ swift_test_limited() {
     shift
     log=$(mktemp)
     set +e
-    timeout --kill-after=30 "${minutes}m" swift test --skip-build "$@" 2>&1 | tee "$log"
+    # Line-buffered: piped, the test output would otherwise come in one block at the end, and a
+    # killed run would leave nothing to tell which tests were still running.
+    timeout --kill-after=30 "${minutes}m" stdbuf -oL -eL swift test --skip-build "$@" 2>&1 | tee "$log"
     status=${PIPESTATUS[0]}
     set -e
     if [ "$status" -eq 124 ] || [ "$status" -eq 137 ]; then
