@@ -145,7 +145,10 @@ public struct Swarm: Sendable {
                 state.closed = false
                 return state.stopping
             }
-            if stopping { await connection.close() }
+            if stopping {
+                await connection.close()
+                return connection
+            }
             connection.sendNow(.hello(.init(device: .init(id: device, name: "Swarm \(device)", kind: .other), lastSeen: lastSeen)))
             return connection
         }
@@ -313,12 +316,13 @@ public struct Swarm: Sendable {
         try await Task.sleep(for: .milliseconds(Int64(max(options.settleSeconds, 1) * 1_000)))
         // Answers still on their way (a loaded machine): wait while they keep coming, up to 15 s
         // more; a command sent into a connection that was lost is never answered.
-        var answers = devices.reduce(0) { $0 + $1.state.withLock { $0.answers } }
+        let answersReceived = { devices.reduce(0) { $0 + $1.state.withLock { $0.answers } } }
+        var answers = answersReceived()
         var lastProgress = ContinuousClock.now
         let giveUp = ContinuousClock.now + .seconds(15)
         while answers < sent.count, ContinuousClock.now - lastProgress < .seconds(1), ContinuousClock.now < giveUp {
             try await Task.sleep(for: .milliseconds(100))
-            let now = devices.reduce(0) { $0 + $1.state.withLock { $0.answers } }
+            let now = answersReceived()
             if now > answers { lastProgress = ContinuousClock.now }
             answers = now
         }

@@ -66,7 +66,7 @@ final class TestClient: Sendable {
         options.origin = origin
         options.receiveBufferBytes = receiveBuffer
         options.answerPings = answerPings
-        options.timeout = .seconds(10)
+        options.timeout = TimeAmount(patience)
         let inbox = Inbox()
         let connection: DeviceConnection
         do {

@@ -237,7 +237,7 @@ actor RedisUser {
     ) async throws -> CommitResult {
         let playback = transition.playback
         let leaseOp = transition.lease == nil ? "keep" : (playback.activeDevice == nil ? "del" : "set")
-        let stateJSON = ByteBuffer(bytes: PlaybackJSON.encode(playback))
+        let stateJSON = Self.json(playback)
         let message = BusMessage(event: PlaybackEvent(transition, cause: cause).prepared)
         let reply = try await redis.evaluate(
             engine.commitScript, keys: [keys.playback, keys.lock, keys.request(requestID ?? "-")],
@@ -437,7 +437,7 @@ actor RedisUser {
         _ = try await redis.evaluate(
             engine.restoreScript, keys: [keys.playback, keys.lock],
             arguments: [
-                .integer(restored.version), .integer(restored.epoch), .bytes(ByteBuffer(bytes: PlaybackJSON.encode(restored))),
+                .integer(restored.version), .integer(restored.epoch), .bytes(Self.json(restored)),
                 .string(restored.activeDevice == nil ? "" : lockValue(restored)), .integer(engine.leaseTTLMs),
                 .string(keys.channel), message.map { .bytes($0) } ?? .string(""),
             ])
@@ -498,6 +498,11 @@ actor RedisUser {
     }
 
     private func lockValue(_ playback: Playback) -> String { "\(playback.activeDevice ?? "")|\(playback.epoch)" }
+
+    /// The playback as stored: written by hand (`PlaybackJSON`), it is on every commit.
+    private static func json(_ playback: Playback) -> ByteBuffer {
+        ByteBuffer(bytes: PlaybackJSON.encode(playback))
+    }
 
     private static func json(_ value: some Encodable) throws -> ByteBuffer {
         ByteBuffer(bytes: try JSONEncoder().encode(value))
