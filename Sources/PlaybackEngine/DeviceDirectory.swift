@@ -11,6 +11,13 @@ public struct DeviceDirectory: Sendable {
 
     public init() {}
 
+    /// The directory a device list shows.
+    public init(_ list: [DeviceInfo]) {
+        for device in list {
+            records[device.id] = Record(name: device.name, kind: device.kind, online: device.online, lastSeen: device.lastSeen)
+        }
+    }
+
     public var onlineCount: Int { records.values.lazy.filter(\.online).count }
 
     public func isOnline(_ id: String) -> Bool { records[id]?.online == true }

@@ -90,6 +90,15 @@ public final class Durability: Sendable {
 
     // MARK: Reading
 
+    /// The user's country when it is known without a lookup: `.some(nil)` for a known "unknown".
+    func knownCountry(of user: UserIdentity) -> String?? {
+        if let country = user.country { return .some(country) }
+        guard store != nil else { return .some(nil) }
+        let now = clock()
+        guard let cached = countries.withLock({ $0[user.userID] }), cached.expiresAt > now else { return nil }
+        return .some(cached.country)
+    }
+
     /// The user's country: the token's claim, else the users table (cached), else unknown.
     func country(of user: UserIdentity) async -> String? {
         if let country = user.country { return country }

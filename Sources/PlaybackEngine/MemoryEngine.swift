@@ -52,10 +52,12 @@ public final class MemoryEngine: PlaybackEngine {
         await player(for: user).disconnect(device: device, sessionID: sessionID, kind: kind)
     }
 
-    public func submit(_ submission: Submission) async -> Result<Receipt, PlaybackError> {
-        var submission = submission
-        submission.user.country = await durability.country(of: submission.user)
-        return await player(for: submission.user).submit(submission)
+    public func submit(_ submission: Submission, completion: @escaping @Sendable (Result<Receipt, PlaybackError>) -> Void) {
+        Task {
+            var submission = submission
+            submission.user.country = await durability.country(of: submission.user)
+            completion(await player(for: submission.user).submit(submission))
+        }
     }
 
     public func snapshot(user: UserIdentity) async throws(PlaybackError) -> (state: PlayerState, devices: [DeviceInfo]) {

@@ -26,6 +26,11 @@ public struct EncodedMessage: Sendable {
 
     public init(_ message: ServerMessage) {
         type = message.type
+        if let written = ServerMessageJSON.encode(message) {
+            bytes = ByteBuffer(bytes: written)
+            variants = Variants()
+            return
+        }
         do {
             bytes = ByteBuffer(bytes: try MessageCodec().encode(message))
         } catch {
@@ -157,8 +162,10 @@ public protocol PlaybackEngine: Sendable {
     /// The connection `sessionID` of `device` ended.
     func disconnect(user: UserIdentity, device: String, sessionID: String, kind: DisconnectKind) async
 
-    /// Applies an input; the change (if any) is broadcast before this returns.
-    func submit(_ submission: Submission) async -> Result<Receipt, PlaybackError>
+    /// Applies an input and calls `completion` with the answer once the change (if any) is
+    /// committed and on its way to the devices. Sessions call it from their event loop: it starts
+    /// no task of its own in the common case.
+    func submit(_ submission: Submission, completion: @escaping @Sendable (Result<Receipt, PlaybackError>) -> Void)
 
     /// The user's playback and devices, for REST.
     func snapshot(user: UserIdentity) async throws(PlaybackError) -> (state: PlayerState, devices: [DeviceInfo])
@@ -171,6 +178,13 @@ public protocol PlaybackEngine: Sendable {
 
     /// Stops timers; called once at shutdown after the sessions closed.
     func shutdown() async
+}
+
+extension PlaybackEngine {
+    /// Applies an input; returns once the change (if any) is committed.
+    public func submit(_ submission: Submission) async -> Result<Receipt, PlaybackError> {
+        await withCheckedContinuation { continuation in submit(submission) { continuation.resume(returning: $0) } }
+    }
 }
 
 /// What `/readyz` reports: whether commands can be served, and each dependency's condition.

@@ -35,29 +35,60 @@ public final class RedisClient: Sendable {
     }
 
     /// Runs a Lua script by its SHA, loading it first (and again after NOSCRIPT, e.g. when
-    /// Redis restarted or its script cache was flushed).
+    /// Redis restarted or its script cache was flushed). Error replies throw.
     public func evaluate(_ script: RedisScript, keys: [String], arguments: [RedisArgument]) async throws -> RESPValue {
-        let connection = try await connection()
-        let tail: [RedisArgument] = [.integer(Int64(keys.count))] + keys.map { .string($0) } + arguments
-        if let sha = script.sha {
-            let reply = try await connection.sendRaw(["EVALSHA", .string(sha)] + tail)
-            if case .error(let message) = reply {
-                guard message.hasPrefix("NOSCRIPT") else { throw RedisError(.server, message) }
-            } else {
-                return reply
-            }
+        let reply = try await evaluate(script, keys: keys, arguments: arguments, on: try await connection()).get()
+        if case .error(let message) = reply { throw RedisError(.server, message) }
+        return reply
+    }
+
+    /// `evaluate` without a task on a connected connection, for callers that continue in the
+    /// reply's callback; the reply comes as is (error replies included). Only while there is no
+    /// connection does it wait for one in a task.
+    public func evaluateFuture(_ script: RedisScript, keys: [String], arguments: [RedisArgument]) -> EventLoopFuture<RESPValue> {
+        if let connection = connectedConnection { return evaluate(script, keys: keys, arguments: arguments, on: connection) }
+        let promise = group.any().makePromise(of: RESPValue.self)
+        promise.completeWithTask { try await self.evaluate(script, keys: keys, arguments: arguments, on: try await self.connection()).get() }
+        return promise.futureResult
+    }
+
+    private func evaluate(
+        _ script: RedisScript, keys: [String], arguments: [RedisArgument], on connection: RedisConnection
+    ) -> EventLoopFuture<RESPValue> {
+        var tail: [RedisArgument] = [.integer(Int64(keys.count))]
+        tail.reserveCapacity(1 + keys.count + arguments.count)
+        for key in keys { tail.append(.string(key)) }
+        tail.append(contentsOf: arguments)
+        let load = { () -> EventLoopFuture<RESPValue> in
+            connection.sendRawFuture(["SCRIPT", "LOAD", .string(script.source)]).flatMapThrowing { reply -> String in
+                guard let sha = reply.string, !sha.isEmpty else {
+                    throw RedisError(.protocolError, "SCRIPT LOAD returned no SHA: \(reply)")
+                }
+                script.remember(sha: sha)
+                return sha
+            }.flatMap { sha in connection.sendRawFuture(["EVALSHA", .string(sha)] + tail) }
         }
-        guard let sha = try await connection.send(["SCRIPT", "LOAD", .string(script.source)]).string else {
-            throw RedisError(.protocolError, "SCRIPT LOAD returned no SHA")
+        guard let sha = script.sha else { return load() }
+        return connection.sendRawFuture(["EVALSHA", .string(sha)] + tail).flatMap { reply in
+            if case .error(let message) = reply, message.hasPrefix("NOSCRIPT") { return load() }
+            return connection.channel.eventLoop.makeSucceededFuture(reply)
         }
-        script.remember(sha: sha)
-        return try await connection.send(["EVALSHA", .string(sha)] + tail)
+    }
+
+    /// The connection when one is up, without waiting.
+    private var connectedConnection: RedisConnection? {
+        state.withLock { state in
+            guard !state.closed, let connection = state.connection, connection.isActive else { return nil }
+            return connection
+        }
     }
 
     /// The current connection, connecting (once, for all callers) when there is none.
     public func connection() async throws -> RedisConnection {
+        if let connection = connectedConnection { return connection }
         let task: Task<RedisConnection, any Error> = try state.withLock { state in
             if state.closed { throw RedisError(.unavailable, "the client is shut down") }
+            // Connected since the look above (rare): hand it over like a finished connect.
             if let connection = state.connection, connection.isActive { return Task { connection } }
             if let connecting = state.connecting { return connecting }
             if let retryAfter = state.retryAfter, ContinuousClock.now < retryAfter {

@@ -1,9 +1,9 @@
 import NIOCore
 import NIOPosix
 
-/// One TCP connection to Redis. Commands may be sent concurrently; they are pipelined and
-/// answered in order. A command without a reply within the timeout closes the connection
-/// (failing everything pending), since the replies can no longer be matched.
+/// One TCP connection to Redis. Commands may be sent concurrently, from any thread; they are
+/// pipelined and answered in order. A command without a reply within the timeout closes the
+/// connection (failing everything pending), since the replies can no longer be matched.
 public final class RedisConnection: Sendable {
     let channel: any Channel
     let configuration: RedisConfiguration
@@ -26,7 +26,8 @@ public final class RedisConnection: Sendable {
                 .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(RedisChannelHandler(onPush: onPush))
+                        try channel.pipeline.syncOperations.addHandler(
+                            RedisChannelHandler(timeoutMs: configuration.commandTimeoutMs, onPush: onPush))
                     }
                 }
                 .connect(host: configuration.host, port: configuration.port).get()
@@ -57,24 +58,22 @@ public final class RedisConnection: Sendable {
 
     /// Sends a command and returns the reply as is (error replies included).
     public func sendRaw(_ arguments: [RedisArgument]) async throws -> RESPValue {
+        try await sendRawFuture(arguments).get()
+    }
+
+    /// Sends a command without a task: the reply completes the future on the connection's event
+    /// loop (error replies included). Written inline when called on that loop.
+    public func sendRawFuture(_ arguments: [RedisArgument]) -> EventLoopFuture<RESPValue> {
         var bytes = channel.allocator.buffer(capacity: 64)
         RESPEncoder.encode(arguments, into: &bytes)
         let promise = channel.eventLoop.makePromise(of: RESPValue.self)
-        let channel = self.channel
         // A write that never reaches the handler (the channel closed after `isActive` was checked)
-        // fails here; the handler fails the promise in every other case. Completing twice is a no-op.
-        let written = channel.eventLoop.makePromise(of: Void.self)
-        written.futureResult.whenFailure { error in
+        // fails here; the handler fails the promise in every other case (closed, timed out).
+        // Completing twice is a no-op.
+        channel.writeAndFlush(RedisRequest(bytes: bytes, promise: promise)).whenFailure { error in
             promise.fail(RedisError(.connectionClosed, "the command was not sent: \(error)"))
         }
-        channel.writeAndFlush(RedisRequest(bytes: bytes, promise: promise), promise: written)
-        let timeoutMs = configuration.commandTimeoutMs
-        let timeout = channel.eventLoop.scheduleTask(in: .milliseconds(timeoutMs)) {
-            promise.fail(RedisError(.timeout, "no reply within \(timeoutMs) ms"))
-            channel.close(promise: nil)
-        }
-        defer { timeout.cancel() }
-        return try await promise.futureResult.get()
+        return promise.futureResult
     }
 
     public func close() async {

@@ -6,9 +6,10 @@ import RedisClient
 import Synchronization
 
 /// The multi-node engine: Redis holds each user's playback, lease and devices, and is the bus
-/// between daemons. A node serializes its own work per user (an actor), commits each change with
-/// one script call (optimistic: re-read and retry on a version conflict), and delivers changes to
-/// its local devices from the user's pub/sub channel, in channel order, whichever node made them.
+/// between daemons. A node serializes its own work per user (`RedisUser`), keeps the state of the
+/// users it has devices of, runs each command on it and commits with one script call
+/// (optimistic: a conflict reply carries the current state for the retry), and delivers changes
+/// to its local devices from the user's pub/sub channel, in channel order, whichever node made them.
 public final class RedisEngine: PlaybackEngine {
     public let nodeID: String
     let redis: RedisClient
@@ -18,9 +19,12 @@ public final class RedisEngine: PlaybackEngine {
     let reducer: PlaybackReducer
     let clock: @Sendable () -> Int64
     let logger: Logger
-    let commitScript = RedisScript(RedisScripts.commit)
+    let commandScript = RedisScript(RedisScripts.command)
     let renewScript = RedisScript(RedisScripts.renew)
     let restoreScript = RedisScript(RedisScripts.restore)
+    let joinScript = RedisScript(RedisScripts.join)
+    let leaveScript = RedisScript(RedisScripts.leave)
+    let presenceScript = RedisScript(RedisScripts.presence)
     let durability: Durability
     private let users = Mutex<[String: RedisUser]>([:])
     private let background = Mutex<[Task<Void, Never>]>([])
@@ -82,7 +86,7 @@ public final class RedisEngine: PlaybackEngine {
                         group.addTask {
                             if self.registry.fanout(for: user.userID) != nil {
                                 await user.maintain()
-                            } else if await user.isIdle {
+                            } else if user.isIdle {
                                 // No device here and nothing running: forget it (it is recreated on demand).
                                 self.users.withLock { users in if users[user.userID] === user { users[user.userID] = nil } }
                             }
@@ -132,10 +136,18 @@ public final class RedisEngine: PlaybackEngine {
         await self.user(user.userID).disconnect(device: device, sessionID: sessionID, kind: kind)
     }
 
-    public func submit(_ submission: Submission) async -> Result<Receipt, PlaybackError> {
+    public func submit(_ submission: Submission, completion: @escaping @Sendable (Result<Receipt, PlaybackError>) -> Void) {
         var submission = submission
-        submission.user.country = await durability.country(of: submission.user)
-        return await user(submission.user.userID).submit(submission)
+        if let country = durability.knownCountry(of: submission.user) {
+            submission.user.country = country
+            user(submission.user.userID).submit(submission, completion: completion)
+            return
+        }
+        // The country is not cached: look it up first (once per user every few minutes).
+        Task {
+            submission.user.country = await durability.country(of: submission.user)
+            user(submission.user.userID).submit(submission, completion: completion)
+        }
     }
 
     public func recentlyPlayed(user: UserIdentity, limit: Int) async throws(PlaybackError) -> [PlayedItem] {

@@ -32,29 +32,37 @@ struct RedisKeys {
 
 /// The Lua scripts of the Redis engine.
 enum RedisScripts {
-    /// Commits a change if the state is still at the expected version, and if the request id was
-    /// not answered already (on any node). Writes the state, moves or clears the lease, records the
-    /// answer and publishes the change, atomically.
-    /// KEYS: pb, lock, req. ARGV: expected version, new version, new epoch, state JSON, lease op
-    /// (keep|set|del), lock value, lock TTL ms, channel, message JSON, record request (0|1),
-    /// answer JSON, answer TTL ms.
-    /// Returns {1, version} on commit, {0, current version} on conflict, {2, answer} for a known request.
-    static let commit = """
-        if ARGV[10] == '1' then
+    /// The one call of a command: answers a remembered request id; checks that the state is still
+    /// at the expected version (else returns the current state, so the retry needs no read); then
+    /// either commits (writes the state, moves or clears the lease, remembers the answer, publishes
+    /// the change with the stored state appended to the frame) or, for a command that changed
+    /// nothing, confirms the version and remembers the answer.
+    /// KEYS: pb, lock, req. ARGV: expected version, remember (0|1), answer JSON, answer TTL ms,
+    /// mode (commit|confirm); for commit also: new version, new epoch, state JSON, lease op
+    /// (keep|set|del), lock value, lock TTL ms, channel, frame head.
+    /// Returns {1, version} when committed or confirmed, {0, current version, current state or nil}
+    /// on a conflict, {2, answer} for a known request.
+    static let command = """
+        if ARGV[2] == '1' then
           local known = redis.call('GET', KEYS[3])
           if known then return {2, known} end
         end
-        local current = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
-        if current ~= tonumber(ARGV[1]) then return {0, current} end
-        redis.call('HSET', KEYS[1], 'version', ARGV[2], 'epoch', ARGV[3], 'state', ARGV[4])
-        if ARGV[5] == 'set' then
-          redis.call('SET', KEYS[2], ARGV[6], 'PX', ARGV[7])
-        elseif ARGV[5] == 'del' then
+        local current = redis.call('HMGET', KEYS[1], 'version', 'state')
+        local version = tonumber(current[1] or '0')
+        if version ~= tonumber(ARGV[1]) then return {0, version, current[2]} end
+        if ARGV[5] ~= 'commit' then
+          if ARGV[2] == '1' then redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[4]) end
+          return {1, version}
+        end
+        redis.call('HSET', KEYS[1], 'version', ARGV[6], 'epoch', ARGV[7], 'state', ARGV[8])
+        if ARGV[9] == 'set' then
+          redis.call('SET', KEYS[2], ARGV[10], 'PX', ARGV[11])
+        elseif ARGV[9] == 'del' then
           redis.call('DEL', KEYS[2])
         end
-        if ARGV[10] == '1' then redis.call('SET', KEYS[3], ARGV[11], 'PX', ARGV[12]) end
-        redis.call('PUBLISH', ARGV[8], ARGV[9])
-        return {1, tonumber(ARGV[2])}
+        if ARGV[2] == '1' then redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4]) end
+        redis.call('PUBLISH', ARGV[12], ARGV[13] .. ARGV[8])
+        return {1, tonumber(ARGV[6])}
         """
 
     /// Puts a restored playback back into an empty slot (Redis lost it) and announces it; does
@@ -74,13 +82,49 @@ enum RedisScripts {
         if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
         return 0
         """
+
+    /// A device connected: its directory entry and presence, and the frame that tells the other
+    /// nodes (the replacement notice and the new device list).
+    /// KEYS: dev, online. ARGV: device, entry JSON, presence expiry ms, channel, frame.
+    static let join = """
+        redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+        redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+        redis.call('PUBLISH', ARGV[4], ARGV[5])
+        return 1
+        """
+
+    /// A device's connection ended: if the directory still names this session, the device goes
+    /// offline and the new device list is published. Returns 1 when it did, 0 when a newer
+    /// connection of the device (on any node) owns the entry.
+    /// KEYS: dev, online. ARGV: device, session, offline entry JSON, channel, frame.
+    static let leave = """
+        local entry = redis.call('HGET', KEYS[1], ARGV[1])
+        if not entry then return 0 end
+        local ok, decoded = pcall(cjson.decode, entry)
+        if not ok or decoded.session ~= ARGV[2] then return 0 end
+        redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+        redis.call('ZREM', KEYS[2], ARGV[1])
+        redis.call('PUBLISH', ARGV[4], ARGV[5])
+        return 1
+        """
+
+    /// Refreshes the presence of this node's devices of a user and says who is online.
+    /// KEYS: online. ARGV: now ms, expiry ms, devices…
+    /// Returns {devices that were missing (Redis lost them), [online devices]}.
+    static let presence = """
+        local added = 0
+        for i = 3, #ARGV do added = added + redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i]) end
+        return {added, redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')}
+        """
 }
 
 /// What travels on a user's channel between nodes: a committed change (its messages already
-/// encoded by the committing node), a device list, or a replacement notice.
+/// encoded by the committing node, and the stored playback), a device list, a replacement notice,
+/// or several of them.
 ///
-/// Wire form: a small JSON header, a newline, then the encoded messages back to back (their
-/// lengths are in the header), so a receiving node forwards the bytes without decoding a state.
+/// Wire form: a small JSON header, a newline, then the encoded messages and the stored playback
+/// back to back (their lengths are in the header), so a receiving node forwards the bytes without
+/// decoding a state, and keeps the stored playback to decode only if it runs a command itself.
 struct BusMessage: Sendable {
     struct Replacement: Codable, Sendable {
         var device: String
@@ -89,16 +133,22 @@ struct BusMessage: Sendable {
 
     /// A committed change.
     var event: PreparedEvent?
+    /// The playback after the change as stored (`PlaybackJSON`), at `event.version`.
+    var stored: ByteBuffer?
     /// The user's device list, sent to every device except `except`.
     var devices: [DeviceInfo]?
     var except: String?
     /// A device connected anew: its other connections are closed with 4001.
     var replace: Replacement?
 
-    init(event: PreparedEvent) { self.event = event }
-    init(devices: [DeviceInfo], except: String? = nil) {
+    init(event: PreparedEvent, devices: [DeviceInfo]? = nil) {
+        self.event = event
+        self.devices = devices
+    }
+    init(devices: [DeviceInfo], except: String? = nil, replace: Replacement? = nil) {
         self.devices = devices
         self.except = except
+        self.replace = replace
     }
     init(replace: Replacement) { self.replace = replace }
 
@@ -107,7 +157,8 @@ struct BusMessage: Sendable {
             var version: Int64
             var epoch: Int64
             var active: String?
-            /// Lengths of the state, revoked and granted messages (0: none).
+            /// Lengths of the state, revoked and granted messages and of the stored playback (0: none;
+            /// frames of nodes before the stored playback travelled have three).
             var lengths: [Int]
             var revoked: String?
             var granted: String?
@@ -122,13 +173,21 @@ struct BusMessage: Sendable {
     struct Malformed: Error {}
 
     func encoded() throws -> ByteBuffer {
+        var buffer = try encodedHead(storedLength: stored?.readableBytes ?? 0)
+        if var stored { buffer.writeBuffer(&stored) }
+        return buffer
+    }
+
+    /// The frame without the stored playback, whose length it announces: the commit script
+    /// appends the stored playback, which it has anyway, so it crosses the socket once.
+    func encodedHead(storedLength: Int) throws -> ByteBuffer {
         var header = Header(devices: devices, except: except, replace: replace)
         var buffer = ByteBuffer()
         if let event {
             header.event = .init(
                 version: event.version, epoch: event.epoch, active: event.activeDevice,
                 lengths: [event.state.bytes.readableBytes, event.revoked?.message.bytes.readableBytes ?? 0,
-                          event.granted?.message.bytes.readableBytes ?? 0],
+                          event.granted?.message.bytes.readableBytes ?? 0, storedLength],
                 revoked: event.revoked?.device, granted: event.granted?.device)
         }
         buffer.writeBytes(try JSONEncoder().encode(header))
@@ -153,7 +212,8 @@ struct BusMessage: Sendable {
         except = header.except
         replace = header.replace
         guard let wire = header.event else { return }
-        guard wire.lengths.count == 3, let stateBytes = payload.readSlice(length: wire.lengths[0]) else { throw Malformed() }
+        guard wire.lengths.count >= 3, wire.lengths.allSatisfy({ $0 >= 0 }), let stateBytes = payload.readSlice(length: wire.lengths[0])
+        else { throw Malformed() }
         var revoked: (device: String, message: EncodedMessage)?
         var granted: (device: String, message: EncodedMessage)?
         if wire.lengths[1] > 0 {
@@ -163,6 +223,10 @@ struct BusMessage: Sendable {
         if wire.lengths[2] > 0 {
             guard let device = wire.granted, let bytes = payload.readSlice(length: wire.lengths[2]) else { throw Malformed() }
             granted = (device, EncodedMessage(type: "lease_granted", bytes: bytes))
+        }
+        if wire.lengths.count > 3, wire.lengths[3] > 0 {
+            guard let bytes = payload.readSlice(length: wire.lengths[3]) else { throw Malformed() }
+            stored = bytes
         }
         event = PreparedEvent(
             version: wire.version, epoch: wire.epoch, activeDevice: wire.active,

@@ -3,47 +3,35 @@ import Logging
 import Metrics
 import NIOCore
 import RedisClient
+import Synchronization
 
-/// One user's work on this node, serialized: connects, disconnects, commits, lease upkeep.
-actor RedisUser {
-    nonisolated let userID: String
+/// One user's work on this node, serialized by a `UserGate`: connects, disconnects, commands,
+/// lease upkeep.
+///
+/// A command costs one Redis call in the common case: the reducer runs on the state this node
+/// keeps while it has devices of the user (`UserFanout`'s cache), and `RedisScripts.command`
+/// answers a remembered request id, checks the version, and commits or confirms in one go. A
+/// conflict reply carries the current state, so the retry needs no read. Commands run without a
+/// task: the reply's callback finishes them and starts the next job.
+final class RedisUser: Sendable {
+    let userID: String
     let keys: RedisKeys
     let engine: RedisEngine
     let logger: Logger
-    private var random = SystemRandomNumberGenerator()
     private static let maxAttempts = 8
-    /// The actor is reentrant at every `await`; this gate runs one operation at a time, in
-    /// arrival order, so one node never races itself for a user (conflicts only come from other nodes).
-    private var busy = false
-    private var queue: [CheckedContinuation<Void, Never>] = []
+    private let gate = UserGate()
 
-    /// Who this node's connected devices of the user are, to register them again if Redis loses them.
-    private var identities: [String: ClientMessage.Hello.Device] = [:]
+    private struct Local {
+        /// Who this node's connected devices of the user are, to register them again if Redis loses them.
+        var identities: [String: ClientMessage.Hello.Device] = [:]
+        /// When the upkeep last refreshed the presence of the local devices (server ms).
+        var presenceRefreshedAt: Int64?
+    }
 
-    /// The last playback read or written, with its JSON: a read that finds the same bytes skips decoding.
-    private var cachedPlayback: (json: ByteBuffer, playback: Playback)?
-    /// The fan-out's newest version when the upkeep last read the state: while nothing newer came
-    /// on the channel, the upkeep uses the cached state instead of reading it again.
-    private var upkeepReadAtVersion: Int64?
-    /// When the upkeep last refreshed the presence of the local devices (server ms).
-    private var presenceRefreshedAt: Int64?
-    /// The same for the device directory's entries.
-    private var cachedDevices: [String: (json: ByteBuffer, device: StoredDevice)] = [:]
+    private let local = Mutex(Local())
 
     /// Nothing running or waiting.
-    var isIdle: Bool { !busy && queue.isEmpty }
-
-    private func serialized<T>(_ body: () async throws -> T) async rethrows -> T {
-        if busy {
-            await withCheckedContinuation { queue.append($0) }
-        } else {
-            busy = true
-        }
-        defer {
-            if queue.isEmpty { busy = false } else { queue.removeFirst().resume() }
-        }
-        return try await body()
-    }
+    var isIdle: Bool { gate.isIdle }
 
     init(userID: String, engine: RedisEngine) {
         self.userID = userID
@@ -56,11 +44,12 @@ actor RedisUser {
 
     private var redis: RedisClient { engine.redis }
     private var now: Int64 { engine.clock() }
+    private var fanout: UserFanout? { engine.registry.fanout(for: userID) }
 
     // MARK: Connections
 
     func connect(hello: ClientMessage.Hello, sink: any DeviceSink, welcome: WelcomeParameters) async throws(ConnectRefusal) {
-        let outcome: Result<Void, ConnectRefusal> = await serialized {
+        let outcome: Result<Void, ConnectRefusal> = await gate.run {
             do throws(ConnectRefusal) {
                 try await connectNow(hello: hello, sink: sink, welcome: welcome)
                 return .success(())
@@ -79,25 +68,33 @@ actor RedisUser {
             if let replaced = fanout.beginWelcome(sink, device: device) {
                 replaced.close(.replaced, reason: "replaced by a newer connection of this device")
             }
-            let before = try await loadDirectory()
+            // The cache is loaded once while this node is subscribed; later devices are welcomed from it.
+            let (playback, before) = try await cachedOrLoaded(fanout)
             if !before.isOnline(device), before.onlineCount >= engine.configuration.maxDevicesPerUser {
                 _ = fanout.detach(device: device, sessionID: sink.sessionID)
                 await unsubscribeIfUnused()
                 throw ConnectRefusal(
                     code: .policyViolation, reason: "too many devices connected (at most \(engine.configuration.maxDevicesPerUser))")
             }
-            identities[device] = hello.device
+            local.withLock { $0.identities[device] = hello.device }
+            let now = self.now
+            var directory = before
+            directory.markOnline(id: device, name: hello.device.name, kind: hello.device.kind, now: now)
+            directory.prune(now: now, retentionMs: engine.configuration.deviceRetentionMs)
+            fanout.remember(directory: directory)
+            let devices = directory.list(activeDevice: playback.activeDevice)
             let stored = StoredDevice(name: hello.device.name, kind: hello.device.kind, lastSeen: now, session: sink.sessionID, node: engine.nodeID)
-            _ = try await redis.send(["HSET", .string(keys.devices), .string(device), .bytes(try Self.json(stored))])
-            _ = try await redis.send(["ZADD", .string(keys.online), .integer(now + engine.presenceTTLMs), .string(device)])
-            try await publish(BusMessage(replace: .init(device: device, session: sink.sessionID)))
-            let playback = try await loadPlayback()
+            let frame = BusMessage(devices: devices, except: device, replace: .init(device: device, session: sink.sessionID))
+            _ = try await redis.evaluate(
+                engine.joinScript, keys: [keys.devices, keys.online],
+                arguments: [
+                    .string(device), .bytes(try Self.json(stored)), .integer(now + engine.presenceTTLMs), .string(keys.channel),
+                    .bytes(try frame.encoded()),
+                ])
             if playback.activeDevice == device {
                 // Back within the grace period (or moved nodes): this node holds the lease now.
                 _ = try await redis.send(["SET", .string(keys.lock), .string(lockValue(playback)), "PX", .integer(engine.leaseTTLMs)])
             }
-            let directory = try await loadDirectory()
-            let devices = directory.list(activeDevice: playback.activeDevice)
             let changed = hello.lastSeen.map { $0.epoch != playback.epoch || $0.version != playback.version } ?? true
             let message = EncodedMessage(.welcome(.init(
                 session: sink.sessionID, serverTime: now, heartbeatMs: welcome.heartbeatMs, limits: welcome.limits,
@@ -105,7 +102,6 @@ actor RedisUser {
             fanout.finishWelcome(
                 device: device, sessionID: sink.sessionID, welcome: message, version: playback.version, epoch: playback.epoch,
                 active: playback.activeDevice == device)
-            try await publish(BusMessage(devices: devices, except: device))
         } catch let refusal as ConnectRefusal {
             throw refusal
         } catch {
@@ -117,27 +113,39 @@ actor RedisUser {
     }
 
     func disconnect(device: String, sessionID: String, kind: DisconnectKind) async {
-        await serialized { await disconnectNow(device: device, sessionID: sessionID, kind: kind) }
+        await gate.run { await disconnectNow(device: device, sessionID: sessionID, kind: kind) }
     }
 
     private func disconnectNow(device: String, sessionID: String, kind: DisconnectKind) async {
-        guard let fanout = engine.registry.fanout(for: userID), fanout.detach(device: device, sessionID: sessionID) else { return }
-        if !fanout.hasDevice(device) { identities[device] = nil }
-        await unsubscribeIfUnused()
+        guard let fanout, fanout.detach(device: device, sessionID: sessionID) else { return }
+        let identity = local.withLock { local in
+            let identity = local.identities[device]
+            if !fanout.hasDevice(device) { local.identities[device] = nil }
+            return identity
+        }
         do {
-            if let stored = try await loadStoredDevice(device), stored.session == sessionID {
-                var offline = stored
-                offline.lastSeen = now
-                offline.session = nil
-                _ = try await redis.send(["HSET", .string(keys.devices), .string(device), .bytes(try Self.json(offline))])
-                _ = try await redis.send(["ZREM", .string(keys.online), .string(device)])
-                engine.durability.deviceSeen(user: userID, id: device, name: stored.name, kind: stored.kind, at: offline.lastSeen)
+            let (playback, before) = try await cachedOrLoaded(fanout)
+            let now = self.now
+            var directory = before
+            directory.markOffline(id: device, now: now)
+            if let identity {
+                let offline = StoredDevice(name: identity.name, kind: identity.kind, lastSeen: now, session: nil, node: nil)
+                let frame = BusMessage(devices: directory.list(activeDevice: playback.activeDevice))
+                let left = try await redis.evaluate(
+                    engine.leaveScript, keys: [keys.devices, keys.online],
+                    arguments: [.string(device), .string(sessionID), .bytes(try Self.json(offline)), .string(keys.channel), .bytes(try frame.encoded())])
+                if left.int == 1 {
+                    fanout.remember(directory: directory)
+                    engine.durability.deviceSeen(user: userID, id: device, name: identity.name, kind: identity.kind, at: now)
+                }
             }
-            let playback = try await loadPlayback()
+            await unsubscribeIfUnused()
             if playback.activeDevice == device {
                 switch kind {
                 case .released:
-                    _ = await apply(.release, sender: device, cause: .init(op: "released", device: device, request: nil))
+                    _ = await apply(
+                        Submission(user: UserIdentity(userID: userID), input: .release, device: device),
+                        cause: .init(op: "released", device: device, request: nil))
                 case .lost:
                     // The grace period: the lease lives on for graceMs unless the device comes back.
                     _ = try await redis.evaluate(
@@ -146,8 +154,8 @@ actor RedisUser {
                     break
                 }
             }
-            try await publishDevices()
         } catch {
+            await unsubscribeIfUnused()
             logger.warning("disconnect bookkeeping failed", metadata: ["device.id": .string(device), "error": .string("\(error)")])
         }
     }
@@ -158,123 +166,167 @@ actor RedisUser {
 
     // MARK: Commands
 
-    func submit(_ submission: Submission) async -> Result<Receipt, PlaybackError> {
-        await serialized { await submitNow(submission) }
-    }
-
-    private func submitNow(_ submission: Submission) async -> Result<Receipt, PlaybackError> {
-        let remembered = submission.rememberedRequestID
-        do {
-            if let id = remembered, case .bulkString(let stored) = try await redis.send(["GET", .string(keys.request(id))]) {
-                return try Self.decodeAnswer(stored)
-            }
-        } catch {
-            return .failure(unavailable(error))
-        }
+    /// Applies a submission and calls `completion` with the answer, after the commit (the change
+    /// reaches the devices through the channel).
+    func submit(_ submission: Submission, completion: @escaping @Sendable (Result<Receipt, PlaybackError>) -> Void) {
         let cause = ServerMessage.Cause(op: submission.input.causeOp, device: submission.device, request: submission.requestID)
-        return await apply(
-            submission.input, sender: submission.device, country: submission.user.country, ifVersion: submission.ifVersion,
-            cause: cause, requestID: remembered)
-    }
-
-    /// Runs the reducer on the current state and commits the change, retrying on conflicts.
-    private func apply(
-        _ input: Input, sender: String?, country: String? = nil, ifVersion: Int64? = nil, cause: ServerMessage.Cause,
-        requestID: String? = nil
-    ) async -> Result<Receipt, PlaybackError> {
-        for _ in 0..<Self.maxAttempts {
-            do {
-                async let loadedState = loadPlayback()
-                async let loadedDirectory = loadDirectory()
-                let (playback, directory) = try await (loadedState, loadedDirectory)
-                let environment = ReducerEnvironment(
-                    now: now, sender: sender, country: country, devices: directory.presence, randomSeed: random.next())
-                let transition: Transition
-                do {
-                    transition = try engine.reducer.apply(input, to: playback, environment: environment, ifVersion: ifVersion)
-                } catch {
-                    try await remember(.failure(error), requestID: requestID)
-                    return .failure(error)
-                }
-                let receipt = Receipt(version: transition.playback.version, entry: transition.entry, changed: transition.changed)
-                guard transition.changed else {
-                    try await remember(.success(receipt), requestID: requestID)
-                    return .success(receipt)
-                }
-                switch try await commit(transition, expected: playback.version, cause: cause, requestID: requestID, answer: receipt) {
-                case .committed:
-                    engine.durability.committed(user: userID, transition: transition) { directory.records[$0]?.kind.rawValue }
-                    if let lease = transition.lease {
-                        Counter(label: "playback_lease_changes_total", dimensions: [("reason", lease.reason.rawValue)]).increment()
-                        logger.info("lease moved", metadata: [
-                            "lease.epoch": .stringConvertible(lease.epoch), "lease.reason": .string(lease.reason.rawValue),
-                            "lease.from": .string(lease.revoked ?? "-"), "lease.to": .string(lease.granted ?? "-"),
-                        ])
-                        try await publishDevices(activeDevice: transition.playback.activeDevice)
-                    }
-                    return .success(receipt)
-                case .conflict:
-                    Counter(label: "playback_commit_conflicts_total").increment()
-                    continue
-                case .alreadyAnswered(let answer):
-                    return answer
-                }
-            } catch {
-                return .failure(unavailable(error))
+        gate.enqueue { [self] done in
+            attempt(submission, cause: cause, number: 0) { result in
+                completion(result)
+                done()
             }
         }
-        return .failure(PlaybackError(.unavailable, "too many concurrent changes; try again"))
     }
 
-    private enum CommitResult {
-        case committed
-        case conflict
-        case alreadyAnswered(Result<Receipt, PlaybackError>)
+    func submit(_ submission: Submission) async -> Result<Receipt, PlaybackError> {
+        await withCheckedContinuation { continuation in submit(submission) { continuation.resume(returning: $0) } }
     }
 
-    private func commit(
-        _ transition: Transition, expected: Int64, cause: ServerMessage.Cause, requestID: String?, answer: Receipt
-    ) async throws -> CommitResult {
-        let playback = transition.playback
-        let leaseOp = transition.lease == nil ? "keep" : (playback.activeDevice == nil ? "del" : "set")
-        let stateJSON = Self.json(playback)
-        let message = BusMessage(event: PlaybackEvent(transition, cause: cause).prepared)
-        let reply = try await redis.evaluate(
-            engine.commitScript, keys: [keys.playback, keys.lock, keys.request(requestID ?? "-")],
-            arguments: [
-                .integer(expected), .integer(playback.version), .integer(playback.epoch), .bytes(stateJSON),
-                .string(leaseOp), .string(lockValue(playback)), .integer(engine.leaseTTLMs), .string(keys.channel),
-                .bytes(try message.encoded()), .string(requestID == nil ? "0" : "1"),
-                .bytes(try Self.json(StoredAnswer(.success(answer)))), .integer(engine.configuration.idempotencyWindowMs),
+    /// Applies an input while holding the gate (disconnects, upkeep).
+    private func apply(_ submission: Submission, cause: ServerMessage.Cause) async -> Result<Receipt, PlaybackError> {
+        await withCheckedContinuation { continuation in
+            attempt(submission, cause: cause, number: 0) { continuation.resume(returning: $0) }
+        }
+    }
+
+    private typealias Finish = @Sendable (Result<Receipt, PlaybackError>) -> Void
+
+    /// One try: the reducer on the cached state (loaded first when there is none), then one call.
+    private func attempt(_ submission: Submission, cause: ServerMessage.Cause, number: Int, finish: @escaping Finish) {
+        if let fanout, let (playback, directory) = fanout.cached() {
+            run(submission, on: playback, directory: directory, cause: cause, number: number, finish: finish)
+            return
+        }
+        // Not cached (no device of the user here, or the cache was dropped): read it first.
+        Task {
+            do {
+                let (playback, directory) = try await loadBoth()
+                fanout?.remember(playback)
+                run(submission, on: playback, directory: directory, cause: cause, number: number, finish: finish)
+            } catch {
+                finish(.failure(unavailable(error)))
+            }
+        }
+    }
+
+    private func run(
+        _ submission: Submission, on playback: Playback, directory: DeviceDirectory, cause: ServerMessage.Cause, number: Int,
+        finish: @escaping Finish
+    ) {
+        guard number < Self.maxAttempts else {
+            finish(.failure(PlaybackError(.unavailable, "too many concurrent changes; try again")))
+            return
+        }
+        let environment = ReducerEnvironment(
+            now: now, sender: submission.device, country: submission.user.country, devices: directory.presence,
+            randomSeed: UInt64.random(in: 0...UInt64.max))
+        let outcome = Result { () throws(PlaybackError) -> Transition in
+            try engine.reducer.apply(submission.input, to: playback, environment: environment, ifVersion: submission.ifVersion)
+        }
+        let answer: Result<Receipt, PlaybackError> = outcome.map {
+            Receipt(version: $0.playback.version, entry: $0.entry, changed: $0.changed)
+        }
+        let requestID = submission.rememberedRequestID
+        var remember = requestID != nil
+        if case .failure(let error) = answer, error.code.isTransient { remember = false }
+        var arguments: [RedisArgument] = [
+            .integer(playback.version), .string(remember ? "1" : "0"),
+            remember ? .bytes(Self.answerJSON(answer)) : .string(""), .integer(engine.configuration.idempotencyWindowMs),
+        ]
+        let committed: (transition: Transition, json: ByteBuffer)?
+        if case .success(let transition) = outcome, transition.changed {
+            let next = transition.playback
+            let json = Self.json(next)
+            let devices = transition.lease == nil ? nil : directory.list(activeDevice: next.activeDevice)
+            let frame = BusMessage(event: PlaybackEvent(transition, cause: cause).prepared, devices: devices)
+            let head: ByteBuffer
+            do {
+                head = try frame.encodedHead(storedLength: json.readableBytes)
+            } catch {
+                finish(.failure(PlaybackError(.internal, "the change could not be encoded")))
+                return
+            }
+            let leaseOp = transition.lease == nil ? "keep" : (next.activeDevice == nil ? "del" : "set")
+            arguments += [
+                "commit", .integer(next.version), .integer(next.epoch), .bytes(json), .string(leaseOp), .string(lockValue(next)),
+                .integer(engine.leaseTTLMs), .string(keys.channel), .bytes(head),
+            ]
+            committed = (transition, json)
+        } else {
+            arguments.append("confirm")
+            committed = nil
+        }
+        let keys = [self.keys.playback, self.keys.lock, self.keys.request(requestID ?? "-")]
+        redis.evaluateFuture(engine.commandScript, keys: keys, arguments: arguments).whenComplete { [self] reply in
+            switch reply.map(CommandReply.init) {
+            case .success(.done):
+                if let (transition, json) = committed { didCommit(transition, json: json, directory: directory) }
+                finish(answer)
+            case .success(.known(let stored)):
+                finish((try? Self.decodeAnswer(stored)) ?? .failure(PlaybackError(.internal, "unreadable remembered answer")))
+            case .success(.conflict(let current)):
+                Counter(label: "playback_commit_conflicts_total").increment()
+                if let current {
+                    fanout?.remember(current.playback, json: current.json)
+                    let latest = fanout?.cached()?.directory ?? directory
+                    run(submission, on: current.playback, directory: latest, cause: cause, number: number + 1, finish: finish)
+                } else {
+                    // Redis has no state (it lost it): the next try loads, and restores, it.
+                    fanout?.forgetCache()
+                    attempt(submission, cause: cause, number: number + 1, finish: finish)
+                }
+            case .success(.malformed(let text)):
+                finish(.failure(unavailable(RedisError(.protocolError, text))))
+            case .failure(let error):
+                finish(.failure(unavailable(error)))
+            }
+        }
+    }
+
+    /// What the command script answered.
+    private enum CommandReply {
+        case done
+        case known(ByteBuffer)
+        case conflict((playback: Playback, json: ByteBuffer)?)
+        case malformed(String)
+
+        init(_ reply: RESPValue) {
+            guard case .array(let parts) = reply, let status = parts.first?.int else {
+                self = .malformed("unexpected command reply \(reply)")
+                return
+            }
+            switch (status, parts.count > 1 ? parts[1] : .null) {
+            case (1, _): self = .done
+            case (2, .bulkString(let stored)): self = .known(stored)
+            case (0, _):
+                if parts.count > 2, case .bulkString(let json) = parts[2],
+                    let playback = try? JSONDecoder().decode(Playback.self, from: Data(json.readableBytesView))
+                {
+                    self = .conflict((playback, json))
+                } else {
+                    self = .conflict(nil)
+                }
+            default: self = .malformed("unexpected command reply \(reply)")
+            }
+        }
+    }
+
+    private func didCommit(_ transition: Transition, json: ByteBuffer, directory: DeviceDirectory) {
+        fanout?.remember(transition.playback, json: json)
+        engine.durability.committed(user: userID, transition: transition) { directory.records[$0]?.kind.rawValue }
+        if let lease = transition.lease {
+            Counter(label: "playback_lease_changes_total", dimensions: [("reason", lease.reason.rawValue)]).increment()
+            logger.info("lease moved", metadata: [
+                "lease.epoch": .stringConvertible(lease.epoch), "lease.reason": .string(lease.reason.rawValue),
+                "lease.from": .string(lease.revoked ?? "-"), "lease.to": .string(lease.granted ?? "-"),
             ])
-        guard case .array(let parts) = reply, let status = parts.first?.int else {
-            throw RedisError(.protocolError, "unexpected commit reply \(reply)")
         }
-        switch status {
-        case 1:
-            cachedPlayback = (stateJSON, playback)
-            return .committed
-        case 2:
-            guard case .bulkString(let stored) = parts[1] else { throw RedisError(.protocolError, "no stored answer") }
-            return .alreadyAnswered(try Self.decodeAnswer(stored))
-        default: return .conflict
-        }
-    }
-
-    /// Records the final answer of a request that changed nothing (changes record it in the commit).
-    private func remember(_ answer: Result<Receipt, PlaybackError>, requestID: String?) async throws {
-        guard let requestID else { return }
-        if case .failure(let error) = answer, error.code.isTransient { return }
-        _ = try await redis.send([
-            "SET", .string(keys.request(requestID)), .bytes(try Self.json(StoredAnswer(answer))), "NX", "PX",
-            .integer(engine.configuration.idempotencyWindowMs),
-        ])
     }
 
     func snapshot() async throws(PlaybackError) -> (state: PlayerState, devices: [DeviceInfo]) {
         do {
-            let playback = try await loadPlayback()
-            return (playback.playerState(includeQueue: true), try await loadDirectory().list(activeDevice: playback.activeDevice))
+            let (playback, directory) = try await gate.run { try await loadBoth() }
+            return (playback.playerState(includeQueue: true), directory.list(activeDevice: playback.activeDevice))
         } catch {
             throw unavailable(error)
         }
@@ -285,34 +337,26 @@ actor RedisUser {
     /// Renews the lease of a local holder, refreshes presence, and expires a lease whose lock is
     /// gone (its node died, or its device did not come back within the grace period).
     func maintain() async {
-        await serialized { await maintainNow() }
+        await gate.run { await maintainNow() }
     }
 
     private func maintainNow() async {
-        guard let fanout = engine.registry.fanout(for: userID) else { return }
+        guard let fanout else { return }
         do {
             let local = fanout.connectedDevices
             let now = self.now
-            if !local.isEmpty, presenceRefreshedAt.map({ now - $0 >= engine.presenceTTLMs / 3 }) ?? true {
-                presenceRefreshedAt = now
-                let expiry = now + engine.presenceTTLMs
-                let added = try await redis.send(["ZADD", .string(keys.online)] + local.flatMap { [RedisArgument.integer(expiry), .string($0)] })
-                // A local device new to the online set: Redis lost the user's keys (a restart without
-                // persistence, a flush), so its directory entry is gone too and is written again, and
-                // the state is read (and restored) below.
-                if (added.int ?? 0) > 0 {
-                    upkeepReadAtVersion = nil
-                    try await registerLocalDevices()
-                }
+            let refresh = self.local.withLock { state -> Bool in
+                guard !local.isEmpty, state.presenceRefreshedAt.map({ now - $0 >= engine.presenceTTLMs / 3 }) ?? true else { return false }
+                state.presenceRefreshedAt = now
+                return true
             }
-            // Every change comes through the channel: while nothing new came, the state read last time holds.
-            let channelVersion = fanout.latestVersion
+            if refresh { try await refreshPresence(of: local, now: now, fanout: fanout) }
             let playback: Playback
-            if let cached = cachedPlayback, upkeepReadAtVersion == channelVersion {
-                playback = cached.playback
+            if let cached = fanout.cachedPlayback ?? fanout.cached()?.playback {
+                playback = cached
             } else {
                 playback = try await loadPlayback()
-                upkeepReadAtVersion = channelVersion
+                fanout.remember(playback)
             }
             guard let active = playback.activeDevice else { return }
             if fanout.hasDevice(active) {
@@ -321,18 +365,39 @@ actor RedisUser {
                 if renewed.int == 0 {
                     // The lock is gone or not ours: take it again only if the state, read afresh, still names this holder.
                     let fresh = try await loadPlayback()
-                    upkeepReadAtVersion = channelVersion
+                    fanout.remember(fresh)
                     if fresh.activeDevice == active, lockValue(fresh) == lockValue(playback) {
                         _ = try await redis.send(["SET", .string(keys.lock), .string(lockValue(fresh)), "NX", "PX", .integer(engine.leaseTTLMs)])
                     }
                 }
             } else if try await redis.send(["EXISTS", .string(keys.lock)]).int == 0 {
-                upkeepReadAtVersion = nil
                 logger.info("lease expired", metadata: ["device.id": .string(active), "lease.epoch": .stringConvertible(playback.epoch)])
-                _ = await apply(.expire(device: active), sender: nil, cause: .init(op: "expired", device: active, request: nil))
+                _ = await apply(
+                    Submission(user: UserIdentity(userID: userID), input: .expire(device: active), device: nil),
+                    cause: .init(op: "expired", device: active, request: nil))
             }
         } catch {
             logger.debug("lease upkeep failed", metadata: ["error": .string("\(error)")])
+        }
+    }
+
+    /// Extends the presence of the local devices and checks the cached directory against who is
+    /// online (a node that died leaves its devices to expire).
+    private func refreshPresence(of devices: [String], now: Int64, fanout: UserFanout) async throws {
+        let reply = try await redis.evaluate(
+            engine.presenceScript, keys: [keys.online],
+            arguments: [.integer(now), .integer(now + engine.presenceTTLMs)] + devices.map { .string($0) })
+        guard case .array(let parts) = reply, parts.count == 2, let added = parts[0].int else { return }
+        let online = Set((parts[1].array ?? []).compactMap(\.string))
+        if added > 0 {
+            // A local device new to the online set: Redis lost the user's keys (a restart without
+            // persistence, a flush), so its directory entry is gone too and is written again, and
+            // the state is read (and restored) again.
+            try await registerLocalDevices()
+            fanout.forgetCache()
+            _ = try await cachedOrLoaded(fanout)
+        } else if let directory = fanout.cached()?.directory, Set(directory.records.filter(\.value.online).keys) != online {
+            fanout.remember(directory: try await loadDirectory())
         }
     }
 
@@ -341,15 +406,16 @@ actor RedisUser {
     /// the user's gate between attempts.
     func recover() async {
         for attempt in 0..<20 {
-            if await serialized({ await recoverNow() }) { return }
+            if await gate.run({ await recoverNow() }) { return }
             try? await Task.sleep(for: .milliseconds(100 * min(attempt + 1, 5)))
         }
     }
 
     /// False when the state could not be read.
     private func recoverNow() async -> Bool {
-        guard let fanout = engine.registry.fanout(for: userID) else { return true }
-        guard let playback = try? await loadPlayback() else { return false }
+        guard let fanout else { return true }
+        fanout.forgetCache()
+        guard let (playback, _) = try? await cachedOrLoaded(fanout) else { return false }
         guard playback.version > fanout.latestVersion else { return true }
         // The active device may have missed its grant too (a restored playback has a new epoch); a
         // revoke that was missed is sent by the fan-out, which knows which local device it told.
@@ -366,10 +432,9 @@ actor RedisUser {
     /// Tells a local device that holds the lease its current epoch, with the full state (its
     /// grant was lost while the channel was down).
     func regrant(_ device: String) async {
-        await serialized {
-            guard let fanout = engine.registry.fanout(for: userID), let playback = try? await loadPlayback(),
-                playback.activeDevice == device
-            else { return }
+        await gate.run {
+            guard let fanout, let playback = try? await loadPlayback(), playback.activeDevice == device else { return }
+            fanout.remember(playback)
             fanout.grant(
                 EncodedMessage(.leaseGranted(.init(epoch: playback.epoch, state: playback.playerState(includeQueue: true)))), to: device,
                 epoch: playback.epoch)
@@ -378,10 +443,11 @@ actor RedisUser {
 
     /// Writes this node's connected devices of the user into the directory again (after Redis lost it).
     private func registerLocalDevices() async throws {
-        guard let fanout = engine.registry.fanout(for: userID) else { return }
+        guard let fanout else { return }
         let now = self.now
         var arguments: [RedisArgument] = []
         var online: [RedisArgument] = []
+        let identities = local.withLock { $0.identities }
         for device in fanout.connectedDevices {
             guard let identity = identities[device], let session = fanout.sessionID(of: device) else { continue }
             let stored = StoredDevice(name: identity.name, kind: identity.kind, lastSeen: now, session: session, node: engine.nodeID)
@@ -395,20 +461,34 @@ actor RedisUser {
 
     /// Queues the current state for PostgreSQL now (shutdown).
     func writeSnapshot() async {
-        guard let writer = engine.durability.writer, let playback = try? await loadPlayback(), playback.version > 0 else { return }
+        guard let writer = engine.durability.writer else { return }
+        var playback = fanout?.cached()?.playback
+        if playback == nil { playback = try? await loadPlayback() }
+        guard let playback, playback.version > 0 else { return }
         writer.snapshot(user: userID, playback: playback, urgent: true)
     }
 
     // MARK: Storage
 
+    /// The cached playback and directory, loaded (and cached) when there are none.
+    private func cachedOrLoaded(_ fanout: UserFanout) async throws -> (Playback, DeviceDirectory) {
+        if let cached = fanout.cached() { return cached }
+        let (playback, directory) = try await loadBoth()
+        fanout.remember(playback)
+        fanout.remember(directory: directory)
+        return (fanout.cached()?.playback ?? playback, directory)
+    }
+
+    private func loadBoth() async throws -> (Playback, DeviceDirectory) {
+        async let playback = loadPlayback()
+        async let directory = loadDirectory()
+        return try await (playback, directory)
+    }
+
     private func loadPlayback() async throws -> Playback {
         if case .bulkString(let stored) = try await redis.send(["HGET", .string(keys.playback), "state"]) {
-            if let cached = cachedPlayback, cached.json == stored { return cached.playback }
-            let playback = try JSONDecoder().decode(Playback.self, from: Data(stored.readableBytesView))
-            cachedPlayback = (stored, playback)
-            return playback
+            return try JSONDecoder().decode(Playback.self, from: Data(stored.readableBytesView))
         }
-        cachedPlayback = nil
         return try await restorePlayback()
     }
 
@@ -451,11 +531,6 @@ actor RedisUser {
         return playback
     }
 
-    private func loadStoredDevice(_ device: String) async throws -> StoredDevice? {
-        guard case .bulkString(let stored) = try await redis.send(["HGET", .string(keys.devices), .string(device)]) else { return nil }
-        return try JSONDecoder().decode(StoredDevice.self, from: Data(stored.readableBytesView))
-    }
-
     private func loadDirectory() async throws -> DeviceDirectory {
         async let storedReply = redis.send(["HGETALL", .string(keys.devices)])
         async let onlineReply = redis.send(["ZRANGE", .string(keys.online), "0", "-1", "WITHSCORES"])
@@ -470,31 +545,13 @@ actor RedisUser {
         let storedParts = stored.array ?? []
         for index in stride(from: 0, to: storedParts.count - 1, by: 2) {
             guard let id = storedParts[index].string, case .bulkString(let json) = storedParts[index + 1],
-                let device = decodeDevice(id, json)
+                let device = try? JSONDecoder().decode(StoredDevice.self, from: Data(json.readableBytesView))
             else { continue }
             if now - device.lastSeen > engine.configuration.deviceRetentionMs, (presence[id] ?? 0) <= now { continue }
             directory.markOnline(id: id, name: device.name, kind: device.kind, now: device.lastSeen)
             if (presence[id] ?? 0) <= now { directory.markOffline(id: id, now: device.lastSeen) }
         }
         return directory
-    }
-
-    private func decodeDevice(_ id: String, _ json: ByteBuffer) -> StoredDevice? {
-        if let cached = cachedDevices[id], cached.json == json { return cached.device }
-        guard let device = try? JSONDecoder().decode(StoredDevice.self, from: Data(json.readableBytesView)) else { return nil }
-        if cachedDevices.count > 4 * engine.configuration.maxDevicesPerUser { cachedDevices.removeAll() }
-        cachedDevices[id] = (json, device)
-        return device
-    }
-
-    private func publish(_ message: BusMessage) async throws {
-        _ = try await redis.send(["PUBLISH", .string(keys.channel), .bytes(try message.encoded())])
-    }
-
-    private func publishDevices(activeDevice: String?? = nil) async throws {
-        let active: String?
-        if let activeDevice { active = activeDevice } else { active = try await loadPlayback().activeDevice }
-        try await publish(BusMessage(devices: try await loadDirectory().list(activeDevice: active)))
     }
 
     private func lockValue(_ playback: Playback) -> String { "\(playback.activeDevice ?? "")|\(playback.epoch)" }
@@ -506,6 +563,11 @@ actor RedisUser {
 
     private static func json(_ value: some Encodable) throws -> ByteBuffer {
         ByteBuffer(bytes: try JSONEncoder().encode(value))
+    }
+
+    private static func answerJSON(_ answer: Result<Receipt, PlaybackError>) -> ByteBuffer {
+        // A StoredAnswer is plain strings and numbers: encoding it cannot fail.
+        (try? json(StoredAnswer(answer))) ?? ByteBuffer(string: "{}")
     }
 
     /// Clients learn that storage is down; the details go to the log, not to them.

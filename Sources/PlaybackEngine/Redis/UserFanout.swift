@@ -1,9 +1,17 @@
+import Foundation
+import NIOCore
 import PlaybackCore
 import Synchronization
 
 /// The devices of one user connected to this node, fed from the user's pub/sub channel in
 /// channel order. A device that is being welcomed is not fed directly: what arrives meanwhile is
 /// buffered and flushed after its `welcome`, minus what the welcome already contained.
+///
+/// While it exists (the node is subscribed to the user's channel) it also keeps what the node
+/// knows of the user: the newest playback (from the node's own commits, conflict replies and the
+/// stored playback every change frame carries, decoded only when a command needs it) and the
+/// device directory (from device lists on the channel). Commands run on it without reading Redis;
+/// the commit's version check catches a cache that is behind.
 final class UserFanout: Sendable {
     private struct Waiting {
         var sink: any DeviceSink
@@ -19,6 +27,19 @@ final class UserFanout: Sendable {
         var latestEpoch: Int64 = -1
         /// The local device this node last told that it holds the lease, and at which epoch.
         var holder: (device: String, epoch: Int64)?
+        /// The newest playback known here, decoded; nil until loaded.
+        var playback: (value: Playback, json: ByteBuffer?)?
+        /// A newer playback from the channel, not decoded yet.
+        var undecoded: (version: Int64, json: ByteBuffer)?
+        /// The user's devices; nil until loaded.
+        var directory: DeviceDirectory?
+
+        mutating func remember(_ playback: Playback, json: ByteBuffer?) {
+            if let known = self.playback, known.value.version > playback.version { return }
+            if let pending = undecoded, pending.version > playback.version { return }
+            self.playback = (playback, json)
+            undecoded = nil
+        }
 
         /// Whether local `device` has yet to be told that it holds the lease at `epoch`.
         func needsGrant(_ device: String, epoch: Int64) -> Bool {
@@ -35,6 +56,46 @@ final class UserFanout: Sendable {
     private let state = Mutex(State())
 
     var latestVersion: Int64 { state.withLock { $0.latestVersion } }
+
+    /// The cached playback and directory, or nil when not loaded. A playback that came on the
+    /// channel is decoded here, once.
+    func cached() -> (playback: Playback, directory: DeviceDirectory)? {
+        let known = state.withLock { state -> (Playback, ByteBuffer?, (Int64, ByteBuffer)?, DeviceDirectory)? in
+            guard let playback = state.playback, let directory = state.directory else { return nil }
+            return (playback.value, playback.json, state.undecoded, directory)
+        }
+        guard let (playback, _, undecoded, directory) = known else { return nil }
+        guard let (version, json) = undecoded else { return (playback, directory) }
+        guard let decoded = try? JSONDecoder().decode(Playback.self, from: Data(json.readableBytesView)), decoded.version == version else {
+            // Unreadable: forget it; the next command loads the playback from Redis.
+            state.withLock { $0.playback = nil; $0.undecoded = nil }
+            return nil
+        }
+        state.withLock { $0.remember(decoded, json: json) }
+        return (decoded, directory)
+    }
+
+    /// The cached playback without decoding a newer one (its version, epoch and holder are what
+    /// the upkeep needs, and those a newer frame carries too).
+    var cachedPlayback: Playback? { state.withLock { $0.undecoded == nil ? $0.playback?.value : nil } }
+
+    /// Remembers a playback read or written by this node (kept only when it is the newest known).
+    func remember(_ playback: Playback, json: ByteBuffer? = nil) {
+        state.withLock { $0.remember(playback, json: json) }
+    }
+
+    func remember(directory: DeviceDirectory) {
+        state.withLock { $0.directory = directory }
+    }
+
+    /// Forgets what is cached (after a pub/sub outage: changes may have been missed).
+    func forgetCache() {
+        state.withLock { state in
+            state.playback = nil
+            state.undecoded = nil
+            state.directory = nil
+        }
+    }
     var isEmpty: Bool { state.withLock { $0.devices.isEmpty && $0.waiting.isEmpty } }
     var connectedDevices: [String] { state.withLock { Array($0.devices.deviceIDs) } }
 
@@ -96,6 +157,14 @@ final class UserFanout: Sendable {
         state.withLock { state in
             var regrant: String?
             for device in state.waiting.keys { state.waiting[device]?.buffer.append(message) }
+            if let event = message.event, let json = message.stored,
+                event.version > max(state.playback?.value.version ?? -1, state.undecoded?.version ?? -1)
+            {
+                state.undecoded = (event.version, json)
+            }
+            if let devices = message.devices, state.directory != nil {
+                state.directory = DeviceDirectory(devices)
+            }
             // A version already delivered comes again only from a recovery racing the channel: dropped.
             if let event = message.event, event.version > state.latestVersion {
                 if let holder = state.holder, holder.device != event.activeDevice, event.revoked?.device != holder.device {

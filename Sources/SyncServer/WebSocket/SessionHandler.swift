@@ -258,8 +258,9 @@ final class SessionHandler: ChannelDuplexHandler {
         let services = self.services
         let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let eventLoop = context.eventLoop
-        Task {
-            let outcome = await services.handle(message, session: session)
+        services.handle(message, session: session) { outcome in
+            // Back on the connection's loop; never inline, so that an answer given at once does
+            // not start the next message inside this one.
             eventLoop.execute { loopBound.value.finished(outcome, for: message) }
         }
     }

@@ -40,7 +40,47 @@ final class SessionServices: Sendable {
         var sink: any DeviceSink
     }
 
-    func handle(_ message: ClientMessage, session: Session) async -> Outcome {
+    /// Handles one message and calls `completion` with what the session does next. Commands,
+    /// reports and releases go to the engine without a task; the rare rest (hello, auth, history)
+    /// runs in one.
+    func handle(_ message: ClientMessage, session: Session, completion: @escaping @Sendable (Outcome) -> Void) {
+        switch message {
+        case .command(let request):
+            let started = ContinuousClock.now
+            submit(.command(request.command), session: session, requestID: request.id, ifVersion: request.ifVersion) { result in
+                ServerMetrics.commandDuration.record(ContinuousClock.now - started)
+                switch result {
+                case .success(let receipt):
+                    ServerMetrics.command(request.command.op.rawValue, result: "ok")
+                    completion(.reply(.ack(.init(id: request.id, version: receipt.version, entry: receipt.entry)), malformed: false))
+                case .failure(let error):
+                    ServerMetrics.command(request.command.op.rawValue, result: error.code.rawValue)
+                    completion(.reply(.error(.init(id: request.id, error: error)), malformed: error.code == .badRequest))
+                }
+            }
+        case .report(let report):
+            let input = Input.report(epoch: report.epoch, positionMs: report.positionMs, isPlaying: report.isPlaying, trackID: report.trackID)
+            submit(input, session: session) { completion(Self.silentUnlessFailed($0, id: report.id)) }
+        case .trackEnded(let ended):
+            submit(.trackEnded(epoch: ended.epoch, trackID: ended.trackID), session: session) {
+                completion(Self.silentUnlessFailed($0, id: ended.id))
+            }
+        case .release(let id):
+            submit(.release, session: session) { result in
+                switch result {
+                case .success(let receipt):
+                    completion(.reply(id.map { .ack(.init(id: $0, version: receipt.version)) }, malformed: false))
+                case .failure(let error):
+                    completion(.reply(.error(.init(id: id, error: error)), malformed: error.code == .badRequest))
+                }
+            }
+        case .hello, .auth, .clock, .history:
+            Task { completion(await handleRare(message, session: session)) }
+        }
+    }
+
+    /// Messages that come once or seldom per session.
+    private func handleRare(_ message: ClientMessage, session: Session) async -> Outcome {
         switch message {
         case .hello(let hello):
             do {
@@ -50,30 +90,8 @@ final class SessionServices: Sendable {
             } catch {
                 return .close(error.code, error.reason)
             }
-        case .command(let request):
-            let started = ContinuousClock.now
-            let result = await submit(.command(request.command), session: session, requestID: request.id, ifVersion: request.ifVersion)
-            ServerMetrics.commandDuration.record(ContinuousClock.now - started)
-            switch result {
-            case .success(let receipt):
-                ServerMetrics.command(request.command.op.rawValue, result: "ok")
-                return .reply(.ack(.init(id: request.id, version: receipt.version, entry: receipt.entry)), malformed: false)
-            case .failure(let error):
-                ServerMetrics.command(request.command.op.rawValue, result: error.code.rawValue)
-                return .reply(.error(.init(id: request.id, error: error)), malformed: error.code == .badRequest)
-            }
-        case .report(let report):
-            let input = Input.report(epoch: report.epoch, positionMs: report.positionMs, isPlaying: report.isPlaying, trackID: report.trackID)
-            return silentUnlessFailed(await submit(input, session: session), id: report.id)
-        case .trackEnded(let ended):
-            return silentUnlessFailed(await submit(.trackEnded(epoch: ended.epoch, trackID: ended.trackID), session: session), id: ended.id)
-        case .release(let id):
-            switch await submit(.release, session: session) {
-            case .success(let receipt):
-                return .reply(id.map { .ack(.init(id: $0, version: receipt.version)) }, malformed: false)
-            case .failure(let error):
-                return .reply(.error(.init(id: id, error: error)), malformed: error.code == .badRequest)
-            }
+        case .command, .report, .trackEnded, .release:
+            preconditionFailure("\(message.type) is handled without a task by handle(_:session:completion:)")
         case .auth(let token, let id):
             do {
                 let access = try await authenticator.verify(token: token)
@@ -99,14 +117,16 @@ final class SessionServices: Sendable {
         }
     }
 
-    private func submit(_ input: Input, session: Session, requestID: String? = nil, ifVersion: Int64? = nil) async
-        -> Result<Receipt, PlaybackError>
-    {
-        await engine.submit(Submission(
-            user: session.user, input: input, device: session.device, requestID: requestID, ifVersion: ifVersion))
+    private func submit(
+        _ input: Input, session: Session, requestID: String? = nil, ifVersion: Int64? = nil,
+        completion: @escaping @Sendable (Result<Receipt, PlaybackError>) -> Void
+    ) {
+        engine.submit(
+            Submission(user: session.user, input: input, device: session.device, requestID: requestID, ifVersion: ifVersion),
+            completion: completion)
     }
 
-    private func silentUnlessFailed(_ result: Result<Receipt, PlaybackError>, id: String?) -> Outcome {
+    private static func silentUnlessFailed(_ result: Result<Receipt, PlaybackError>, id: String?) -> Outcome {
         guard case .failure(let error) = result else { return .reply(nil, malformed: false) }
         return .reply(.error(.init(id: id, error: error)), malformed: error.code == .badRequest)
     }
