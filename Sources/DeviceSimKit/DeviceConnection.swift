@@ -12,6 +12,8 @@ public enum ConnectionEvent: Sendable {
     case undecodable(String)
     /// A compressed message (RSV1; only after offering permessage-deflate): this client does not inflate.
     case compressed(ByteBuffer)
+    /// A server message summarized instead of decoded (`Options.summariesOnly`).
+    case summary(MessageSummary, receivedNs: UInt64)
     /// The server's ping: it is alive even when nothing changes.
     case pinged(receivedNs: UInt64)
     /// The server's close frame code (nil when the connection just dropped).
@@ -89,6 +91,9 @@ public final class DeviceConnection: Sendable {
         public var receiveBufferBytes: Int?
         /// Answer the server's pings (a silent client does not).
         public var answerPings = true
+        /// Report messages as `.summary` (type and request id, found by a scan) instead of decoding
+        /// them: a load generator that does what the nchan reference's client does.
+        public var summariesOnly = false
         public var timeout: TimeAmount = .seconds(10)
         /// TLS settings for wss:// (default: the system's trust roots and full verification).
         public var tls: TLSConfiguration?
@@ -119,6 +124,7 @@ public final class DeviceConnection: Sendable {
         let request = "GET \(path) HTTP/1.1\r\n" + headers.map { $0 + "\r\n" }.joined() + "\r\n"
         let handshake = group.next().makePromise(of: Void.self)
         let answerPings = options.answerPings
+        let summariesOnly = options.summariesOnly
         let tls: NIOSSLContext? =
             server.secure ? try NIOSSLContext(configuration: options.tls ?? .makeClientConfiguration()) : nil
         let serverName = server.host.first?.isNumber == true ? nil : server.host
@@ -131,7 +137,8 @@ public final class DeviceConnection: Sendable {
                         try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: tls, serverHostname: serverName))
                     }
                     try channel.pipeline.syncOperations.addHandler(
-                        UpgradeRequestHandler(request: request, done: handshake, answerPings: answerPings, onEvent: onEvent))
+                        UpgradeRequestHandler(
+                            request: request, done: handshake, answerPings: answerPings, summariesOnly: summariesOnly, onEvent: onEvent))
                 }
             }
         if let sourceAddress = options.sourceAddress {
@@ -211,7 +218,13 @@ private final class UpgradeRequestHandler: ChannelInboundHandler, RemovableChann
     var received = ByteBuffer()
     var refusedStatus: Int?
 
-    init(request: String, done: EventLoopPromise<Void>, answerPings: Bool, onEvent: @escaping @Sendable (ConnectionEvent) -> Void) {
+    let summariesOnly: Bool
+
+    init(
+        request: String, done: EventLoopPromise<Void>, answerPings: Bool, summariesOnly: Bool,
+        onEvent: @escaping @Sendable (ConnectionEvent) -> Void
+    ) {
+        self.summariesOnly = summariesOnly
         self.request = request
         self.done = done
         self.answerPings = answerPings
@@ -242,7 +255,7 @@ private final class UpgradeRequestHandler: ChannelInboundHandler, RemovableChann
         do {
             try context.pipeline.syncOperations.addHandler(WebSocketFrameEncoder())
             try context.pipeline.syncOperations.addHandler(ByteToMessageHandler(WebSocketFrameDecoder(maxFrameSize: 1 << 24)))
-            try context.pipeline.syncOperations.addHandler(ServerFrameHandler(answerPings: answerPings, onEvent: onEvent))
+            try context.pipeline.syncOperations.addHandler(ServerFrameHandler(answerPings: answerPings, summariesOnly: summariesOnly, onEvent: onEvent))
         } catch {
             done.fail(error)
             return
@@ -283,8 +296,11 @@ private final class ServerFrameHandler: ChannelInboundHandler {
     var closeCode: UInt16?
     var closeReason = ""
 
-    init(answerPings: Bool, onEvent: @escaping @Sendable (ConnectionEvent) -> Void) {
+    let summariesOnly: Bool
+
+    init(answerPings: Bool, summariesOnly: Bool, onEvent: @escaping @Sendable (ConnectionEvent) -> Void) {
         self.answerPings = answerPings
+        self.summariesOnly = summariesOnly
         self.onEvent = onEvent
     }
 
@@ -306,7 +322,9 @@ private final class ServerFrameHandler: ChannelInboundHandler {
                 return
             }
             let now = DispatchTime.now().uptimeNanoseconds
-            if let decoded = try? codec.decodeServerMessage(message.readableBytesView) {
+            if summariesOnly, let summary = MessageSummary(message.readableBytesView) {
+                onEvent(.summary(summary, receivedNs: now))
+            } else if let decoded = try? codec.decodeServerMessage(message.readableBytesView) {
                 onEvent(.message(decoded, receivedNs: now))
             } else {
                 onEvent(.undecodable(String(decoding: message.readableBytesView, as: UTF8.self)))

@@ -10,6 +10,8 @@ public enum DeviceEvent: Sendable {
     case received(ServerMessage, ns: UInt64)
     case pinged(ns: UInt64)
     case closed(code: UInt16?, ns: UInt64)
+    /// A message only summarized (the swarm's light mode): counted, not checked.
+    case summary(MessageSummary, ns: UInt64)
 }
 
 /// Everything one device saw, in order, across its reconnections.
@@ -214,7 +216,7 @@ public struct InvariantChecker: Sendable {
                 case .connected(_, let ns):
                     open = true
                     lastHeard = ns
-                case .pinged(let ns):
+                case .pinged(let ns), .summary(_, let ns):
                     heard(at: ns)
                 case .closed(_, let ns):
                     heard(at: ns)

@@ -210,7 +210,7 @@ public actor SimulatedDevice {
             output.yield(.connection("a compressed message arrived, but this client never offers compression"))
         case .undecodable(let text):
             output.yield(.connection("unknown message from the server: \(text.prefix(200))"))
-        case .pinged:
+        case .pinged, .summary:
             break
         }
     }

@@ -32,6 +32,9 @@ public struct Swarm: Sendable {
         public var reportMs: Int64?
         /// The daemons' lease grace, for invariant 6.
         public var graceMs: Int64 = 10_000
+        /// Summarize messages instead of decoding them, and check no invariant: the generator then
+        /// costs per message what the nchan reference's does (benchmarks side by side).
+        public var light = false
 
         public init(server: ServerAddress) { self.servers = [server] }
 
@@ -90,9 +93,14 @@ public struct Swarm: Sendable {
         let token: String
         let servers: [ServerAddress]
         let source: String?
+        let light: Bool
         let state: Mutex<State>
 
-        init(userName: String, device: String, token: String, servers: [ServerAddress], first server: Int, source: String?) {
+        init(
+            userName: String, device: String, token: String, servers: [ServerAddress], first server: Int, source: String?,
+            light: Bool = false
+        ) {
+            self.light = light
             self.userName = userName
             self.device = device
             self.token = token
@@ -120,6 +128,14 @@ public struct Swarm: Sendable {
                     default: return
                     }
                     state.events.append(.received(message, ns: ns))
+                case .summary(let summary, let ns):
+                    switch summary.type {
+                    case "welcome": if state.welcomedNs == nil { state.welcomedNs = ns }
+                    case "ack", "error": state.answers += 1
+                    case "state": break
+                    default: return
+                    }
+                    state.events.append(.summary(summary, ns: ns))
                 case .pinged(let ns): state.events.append(.pinged(ns: ns))
                 case .closed(let code, _):
                     state.events.append(.closed(code: code, ns: DispatchTime.now().uptimeNanoseconds))
@@ -131,13 +147,19 @@ public struct Swarm: Sendable {
             }
         }
 
+        var connectionOptions: DeviceConnection.Options {
+            var options = DeviceConnection.Options(sourceAddress: source)
+            options.summariesOnly = light
+            return options
+        }
+
         /// Connects to the current server and says hello (with `last_seen` after the first time).
         func connect() async throws -> DeviceConnection {
             let (server, lastSeen) = state.withLock { state in
                 (state.server % servers.count, state.lastState.map { ClientMessage.Hello.LastSeen(epoch: $0.epoch, version: $0.version) })
             }
             let connection = try await DeviceConnection.connect(
-                to: servers[server], token: token, options: .init(sourceAddress: source)
+                to: servers[server], token: token, options: connectionOptions
             ) { [self] event in record(event) }
             let stopping = state.withLock { state in
                 state.events.append(.connected(server: server, ns: DispatchTime.now().uptimeNanoseconds))
@@ -207,7 +229,8 @@ public struct Swarm: Sendable {
                 let index = devices.count
                 devices.append(Device(
                     userName: name, device: "d\(device)", token: token, servers: servers, first: index,
-                    source: options.sourceAddresses.isEmpty ? nil : options.sourceAddresses[index % options.sourceAddresses.count]))
+                    source: options.sourceAddresses.isEmpty ? nil : options.sourceAddresses[index % options.sourceAddresses.count],
+                    light: options.light))
             }
         }
         // Connect with a bounded number of upgrades in flight, then wait for every welcome.

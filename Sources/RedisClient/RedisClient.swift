@@ -59,18 +59,14 @@ public final class RedisClient: Sendable {
         tail.reserveCapacity(1 + keys.count + arguments.count)
         for key in keys { tail.append(.string(key)) }
         tail.append(contentsOf: arguments)
-        let load = { () -> EventLoopFuture<RESPValue> in
-            connection.sendRawFuture(["SCRIPT", "LOAD", .string(script.source)]).flatMapThrowing { reply -> String in
-                guard let sha = reply.string, !sha.isEmpty else {
-                    throw RedisError(.protocolError, "SCRIPT LOAD returned no SHA: \(reply)")
-                }
-                script.remember(sha: sha)
-                return sha
-            }.flatMap { sha in connection.sendRawFuture(["EVALSHA", .string(sha)] + tail) }
-        }
-        guard let sha = script.sha else { return load() }
-        return connection.sendRawFuture(["EVALSHA", .string(sha)] + tail).flatMap { reply in
-            if case .error(let message) = reply, message.hasPrefix("NOSCRIPT") { return load() }
+        let arguments = tail
+        let run: @Sendable (String) -> EventLoopFuture<RESPValue> = { sha in connection.sendRawFuture(["EVALSHA", .string(sha)] + arguments) }
+        guard let sha = script.sha else { return script.load(on: connection).flatMap(run) }
+        return run(sha).flatMap { reply in
+            if case .error(let message) = reply, message.hasPrefix("NOSCRIPT") {
+                script.forget(sha: sha)
+                return script.load(on: connection).flatMap(run)
+            }
             return connection.channel.eventLoop.makeSucceededFuture(reply)
         }
     }
@@ -136,14 +132,46 @@ public final class RedisClient: Sendable {
     }
 }
 
-/// A Lua script, loaded once per Redis and run by SHA.
+/// A Lua script, loaded once per Redis and run by SHA. Callers that find it not loaded share one
+/// `SCRIPT LOAD` (a daemon starting under load would otherwise send one per command in flight).
 public final class RedisScript: Sendable {
     public let source: String
-    private let loadedSHA = Mutex<String?>(nil)
+
+    private struct State {
+        var sha: String?
+        var loading: EventLoopFuture<String>?
+    }
+
+    private let state = Mutex(State())
 
     public init(_ source: String) { self.source = source }
 
-    var sha: String? { loadedSHA.withLock { $0 } }
+    var sha: String? { state.withLock { $0.sha } }
 
-    func remember(sha: String) { loadedSHA.withLock { $0 = sha } }
+    /// Loads the script on `connection`, or joins the load already on its way.
+    func load(on connection: RedisConnection) -> EventLoopFuture<String> {
+        let (future, started) = state.withLock { state -> (EventLoopFuture<String>, Bool) in
+            if let loading = state.loading { return (loading, false) }
+            let loading = connection.sendRawFuture(["SCRIPT", "LOAD", .string(source)]).flatMapThrowing { reply -> String in
+                guard let sha = reply.string, !sha.isEmpty else { throw RedisError(.protocolError, "SCRIPT LOAD returned no SHA: \(reply)") }
+                return sha
+            }
+            state.loading = loading
+            return (loading, true)
+        }
+        if started {
+            future.whenComplete { [self] result in
+                state.withLock { state in
+                    state.loading = nil
+                    if case .success(let sha) = result { state.sha = sha }
+                }
+            }
+        }
+        return future
+    }
+
+    /// Redis lost the script (a restart, `SCRIPT FLUSH`): the next call loads it again.
+    func forget(sha: String) {
+        state.withLock { state in if state.sha == sha { state.sha = nil } }
+    }
 }

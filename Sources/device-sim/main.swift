@@ -445,6 +445,8 @@ struct SwarmCommand: AsyncParsableCommand {
     @Option(help: "Redis for --check. [PLAYBACK_REDIS_URL]") var redisUrl: String?
     @Option(help: "PostgreSQL for --check. [PLAYBACK_POSTGRES_URL]") var postgresUrl: String?
     @Flag(help: "Print the report as JSON.") var json = false
+    @Flag(help: "Read only each message's type and request id (as the nchan reference's client does) instead of decoding it; checks no invariant. For benchmarks side by side.")
+    var light = false
 
     func run() async throws {
         let environment = ProcessInfo.processInfo.environment
@@ -453,6 +455,7 @@ struct SwarmCommand: AsyncParsableCommand {
         options.reconnect = reconnect
         options.reportMs = reportMs
         options.graceMs = graceMs
+        options.light = light
         guard let commandsPerSecond = Double(rate.replacingOccurrences(of: "/s", with: "")), commandsPerSecond >= 0 else {
             throw ValidationError("--rate takes a number, e.g. 500/s (0: idle)")
         }

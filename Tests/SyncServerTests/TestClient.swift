@@ -75,7 +75,7 @@ final class TestClient: Sendable {
                 case .message(let message, _): inbox.push(.message(message))
                 case .undecodable(let text): inbox.push(.undecodable(text))
                 case .compressed(let bytes): inbox.push(.compressedFrame(bytes))
-                case .pinged: break
+                case .pinged, .summary: break
                 case .closed(let code, let reason):
                     if let code { inbox.push(.close(code: code, reason: reason)) }
                     inbox.push(.disconnected)

@@ -105,6 +105,38 @@ if "reference" in results and "latency" in results:
         add("![latency percentiles](bench/latency-percentiles.png)")
     add("")
 
+if "versus" in results:
+    v = results["versus"]["result"]
+    add("## Side by side in one run: the command path against nginx + nchan")
+    add("")
+    add(f"Measured {results['versus']['measured_at']}: {v['users']} users x {v['devices_per_user']} devices, the same "
+        "light client against both (each message scanned for its id, not decoded), `seek` commands against the "
+        "daemon, 620-byte publishes against nchan, Redis behind both, one after the other in one run.")
+    add("")
+    add("| offered/s | server | answered/s | → last device p50 / p90 / p99 / p99.9 / max (ms) | complete deliveries | server CPU % | CPU ms per command | p99 ratio |")
+    add("|---|---|---|---|---|---|---|---|")
+    for row in v["rows"]:
+        ours, theirs = row["daemon"], row["nchan"]
+        if "skipped" in theirs:
+            continue
+        ratio = ours["commandToLastDevice"]["p99"] / max(theirs["commandToLastDevice"]["p99"], 0.001)
+        for name, run in (("playback-syncd", ours), ("nginx + nchan", theirs)):
+            per = run["daemon_cpu_percent"] * 10 / max(run["throughput_per_second"], 1)
+            add(f"| {row['offered_rate']} | {name} | {run['throughput_per_second']} | {pct(run['commandToLastDevice'])} | "
+                f"{run['commandToLastDevice']['count']} of {run['commands_sent']} | {run['daemon_cpu_percent']} | {per:.3f} | "
+                f"{'**%.2f×**' % ratio if name == 'playback-syncd' else ''} |")
+    rc = v.get("redis_commands")
+    if rc:
+        add("")
+        add(f"Redis commands (MONITOR over a whole swarm run of {rc['seconds']} s of commands at {rc['offered_rate']}/s, "
+            f"{rc['users']} users x 4 devices: connecting, the commands, upkeep and the closing of every connection; "
+            f"what Lua runs inside Redis is not counted): **{rc.get('command_path_per_command', '?')} per command on the "
+            f"command path**, {rc['per_command']} per command in all ({rc['redis_commands']} for {rc['commands_answered']} "
+            "answered commands). By purpose: "
+            + ", ".join(f"{k} {n}" for k, n in sorted(rc.get("by_purpose", {}).items(), key=lambda kv: -kv[1]))
+            + "; by name: " + ", ".join(f"{k} {n}" for k, n in sorted(rc["by_name"].items(), key=lambda kv: -kv[1])) + ".")
+    add("")
+
 analysis = root / "docs/bench/analysis.md"
 if analysis.exists():
     add(analysis.read_text().rstrip())

@@ -87,7 +87,8 @@ def stop(process):
         process.kill()
 
 
-def swarm(port, users, rate, duration, devices=4, mix=None, concurrency=16, source=None, reference=None, message_bytes=None):
+def swarm(port, users, rate, duration, devices=4, mix=None, concurrency=16, source=None, reference=None, message_bytes=None,
+          light=False):
     command = [str(sim_bin), "swarm", "--server", f"ws://127.0.0.1:{port}", "--users", str(users),
                "--devices-per-user", str(devices), "--rate", str(rate), "--duration", f"{duration}s", "--json",
                "--connect-concurrency", str(concurrency)]
@@ -97,6 +98,8 @@ def swarm(port, users, rate, duration, devices=4, mix=None, concurrency=16, sour
         command += ["--mix", mix]
     if reference:
         command += ["--reference", reference, "--message-bytes", str(message_bytes or 600)]
+    if light:
+        command += ["--light"]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=raise_nofile)
 
 
@@ -158,12 +161,12 @@ def established(port):
     return count
 
 
-def run_load(users, rate, duration, mix=None, processes=2, extra=()):
+def run_load(users, rate, duration, mix=None, processes=2, extra=(), light=False):
     daemon, port = start_daemon(extra)
     process = Process(daemon.pid)
     try:
         cpu_start, wall_start = process.cpu_seconds(), time.time()
-        runs = [swarm(port, u, r, duration, mix=mix, source=sources[i % len(sources)])
+        runs = [swarm(port, u, r, duration, mix=mix, source=sources[i % len(sources)], light=light)
                 for i, (u, r) in enumerate(zip(split(users, processes), split(rate, processes)))]
         reports = [collect(run) for run in runs]
         cpu = round(100 * (process.cpu_seconds() - cpu_start) / (time.time() - wall_start), 1)
@@ -244,7 +247,7 @@ def reference():
     return result
 
 
-def reference_at(rate):
+def reference_at(rate, users=None, seconds=None, light=False):
     nginx = shutil.which("nginx")
     module = pathlib.Path("/usr/lib/nginx/modules/ngx_nchan_module.so")
     if not nginx or not module.exists():
@@ -276,12 +279,13 @@ http {{
     subprocess.run([nginx, "-p", str(prefix), "-c", str(prefix / "nginx.conf")], check=True, preexec_fn=raise_nofile)
     time.sleep(0.5)
     master = int((prefix / "nginx.pid").read_text())
-    users = 25 if quick else 2500
+    users = users or (25 if quick else 2500)
+    seconds = seconds or (3 if quick else 20)
     try:
         workers = [Process(int(pid)) for pid in subprocess.run(["pgrep", "-P", str(master)], capture_output=True, text=True).stdout.split()]
         cpu_start, wall_start = sum(w.cpu_seconds() for w in workers), time.time()
-        runs = [swarm(port, u, r, 3 if quick else 20, reference="nchan", message_bytes=state_message_bytes,
-                      source=sources[i % len(sources)])
+        runs = [swarm(port, u, r, seconds, reference="nchan", message_bytes=state_message_bytes,
+                      source=sources[i % len(sources)], light=light)
                 for i, (u, r) in enumerate(zip(split(users, 1 if quick else 2), split(rate, 1 if quick else 2)))]
         reports = [collect(run) for run in runs]
         cpu = round(100 * (sum(w.cpu_seconds() for w in workers) - cpu_start) / (time.time() - wall_start), 1)
@@ -291,11 +295,72 @@ http {{
     return {"offered_rate": rate, "message_bytes": state_message_bytes, **merge(reports, cpu, rss)}
 
 
+def versus():
+    """The issue's comparison, in one run: the daemon and nginx+nchan loaded by the same light client
+    (each message scanned for its id, not decoded), 250 users x 4 devices, `seek` commands against the
+    daemon and state-sized publishes against nchan, at 1,000, 2,500 and 5,000 per second; then the
+    Redis commands per command, counted with MONITOR."""
+    rates = [100] if quick else [1000, 2500, 5000]
+    users = 25 if quick else 250
+    seconds = 3 if quick else 15
+    rows = []
+    for rate in rates:
+        ours = run_load(users, rate, seconds, mix="seek:1", processes=1 if quick else 2, light=True)
+        theirs = reference_at(rate, users=users, seconds=seconds, light=True)
+        rows.append({"offered_rate": rate, "daemon": ours, "nchan": theirs})
+        print(f"bench: versus {rate}/s daemon p99 {ours['commandToLastDevice']['p99']} ms, "
+              f"nchan p99 {theirs.get('commandToLastDevice', {}).get('p99')} ms", file=sys.stderr)
+    return {"users": users, "devices_per_user": 4, "rows": rows,
+            "redis_commands": redis_commands(users, 100 if quick else 1000, 3 if quick else 10)}
+
+
+def redis_commands(users, rate, seconds):
+    """Redis commands the daemon sends per command, from MONITOR over a whole run (upkeep included):
+    every line but the ones scripts run inside Redis ([0 lua])."""
+    daemon, port = start_daemon()
+    log = pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / f"playback-bench-monitor-{port}.log"
+    try:
+        with open(log, "w") as out:
+            monitor = subprocess.Popen(["redis-cli", "-p", str(redis_port), "monitor"], stdout=out, stderr=subprocess.DEVNULL)
+            time.sleep(0.3)
+            report = collect(swarm(port, users, rate, seconds, mix="seek:1", source=sources[0], light=True))
+            monitor.terminate()
+            monitor.wait(timeout=10)
+    finally:
+        stop(daemon)
+    counts, purposes = {}, {}
+    for line in log.read_text(errors="replace").splitlines():
+        if "[0 lua]" in line or '"' not in line:
+            continue
+        words = line.split('"')[1::2]
+        name = words[0].upper()
+        counts[name] = counts.get(name, 0) + 1
+        purpose = command_purpose(name, words)
+        purposes[purpose] = purposes.get(purpose, 0) + 1
+    log.unlink(missing_ok=True)
+    answered = max(1, report["commandsAnswered"])
+    total = sum(counts.values())
+    return {"offered_rate": rate, "seconds": seconds, "users": users, "commands_answered": report["commandsAnswered"],
+            "redis_commands": total, "per_command": round(total / answered, 3),
+            "command_path_per_command": round(purposes.get("command", 0) / answered, 3),
+            "by_name": counts, "by_purpose": purposes}
+
+
+def command_purpose(name, words):
+    """What a daemon's Redis command is for, from its first key (scripts: EVALSHA sha numkeys key...)."""
+    key = words[3] if name == "EVALSHA" and len(words) > 3 else (words[1] if len(words) > 1 else "")
+    prefix = key.split(":", 1)[0]
+    if name in ("SUBSCRIBE", "UNSUBSCRIBE", "SCRIPT", "CLIENT", "PING", "SELECT", "AUTH"):
+        return "connection"
+    return {"pb": "command", "dev": "device joined or left", "lock": "lease upkeep", "online": "presence upkeep"}.get(
+        prefix, "reads (connect, REST, recovery)")
+
+
 # A state event with a four-entry-context player state is about this long on the wire.
 state_message_bytes = 620
 
 scenarios = {"connections": connections, "throughput": throughput, "latency": latency, "transfer": transfer,
-             "reconnect": reconnect, "reference": reference}
+             "reconnect": reconnect, "reference": reference, "versus": versus}
 chosen = args or list(scenarios)
 unknown = [name for name in chosen if name not in scenarios]
 if unknown:
@@ -324,7 +389,10 @@ else:
     problems = []
     for name in chosen:
         result = results[name]["result"]
-        for run in (result if isinstance(result, list) else [result]):
+        runs = result if isinstance(result, list) else [result]
+        if name == "versus":
+            runs = [row["daemon"] for row in result["rows"]] + [row["nchan"] for row in result["rows"]]
+        for run in runs:
             if run.get("skipped"):
                 continue
             if run.get("invariant_violations", 0) or run.get("commands_answered", 1) == 0 or run.get("welcomed", 1) == 0:

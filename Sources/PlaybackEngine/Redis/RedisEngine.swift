@@ -39,6 +39,36 @@ public final class RedisEngine: PlaybackEngine {
     var presenceTTLMs: Int64 { max(15_000, 3 * tickMs + 2_000) }
     /// Users kept up at once by the upkeep loop.
     static let upkeepConcurrency = 64
+    /// Parts of a tick the users' upkeep is spread over.
+    static let upkeepSlots = 10
+    /// How often a local holder's lease is renewed: three times per TTL, so two renewals may fail.
+    var renewMs: Int64 { leaseTTLMs / 3 }
+
+    /// Keeps `users` up concurrently (their round trips overlap on the pipelined connection), a
+    /// bounded number at a time; forgets the ones with no device here and nothing running.
+    private func keepUp(_ all: [RedisUser]) async {
+        await withTaskGroup(of: Void.self) { group in
+            var next = 0
+            func add(_ user: RedisUser) {
+                group.addTask {
+                    if self.registry.fanout(for: user.userID) != nil {
+                        await user.maintain()
+                    } else if user.isIdle {
+                        // Recreated on demand.
+                        self.users.withLock { users in if users[user.userID] === user { users[user.userID] = nil } }
+                    }
+                }
+            }
+            while next < min(Self.upkeepConcurrency, all.count) {
+                add(all[next])
+                next += 1
+            }
+            while await group.next() != nil, next < all.count {
+                add(all[next])
+                next += 1
+            }
+        }
+    }
 
     public init(
         redis redisConfiguration: RedisConfiguration, catalog: any TrackCatalog = DemoCatalog.shared,
@@ -72,42 +102,27 @@ public final class RedisEngine: PlaybackEngine {
     public func start() async {
         let subscriber = self.subscriber
         let loop = Task { [weak self] in
+            var slot = 0
             while !Task.isCancelled {
                 guard let self else { return }
-                let tick = self.tickMs
+                // Each user is kept up once per tick, in one of `upkeepSlots` slots spread over the
+                // tick, so the renewals of thousands of users do not all land in one burst (which
+                // showed as a spike of command latency once a second).
+                let pause = max(1, tickMs / Int64(Self.upkeepSlots))
                 let started = ContinuousClock.now
-                // Users are kept up concurrently (their round trips overlap on the pipelined
-                // connection), a bounded number at a time: sequentially, thousands of users take
-                // longer than a presence TTL and their devices would look offline.
-                let all = self.users.withLock { Array($0.values) }
-                await withTaskGroup(of: Void.self) { group in
-                    var next = 0
-                    func add(_ user: RedisUser) {
-                        group.addTask {
-                            if self.registry.fanout(for: user.userID) != nil {
-                                await user.maintain()
-                            } else if user.isIdle {
-                                // No device here and nothing running: forget it (it is recreated on demand).
-                                self.users.withLock { users in if users[user.userID] === user { users[user.userID] = nil } }
-                            }
-                        }
-                    }
-                    while next < min(Self.upkeepConcurrency, all.count) {
-                        add(all[next])
-                        next += 1
-                    }
-                    while await group.next() != nil, next < all.count {
-                        add(all[next])
-                        next += 1
-                    }
+                let due = self.users.withLock { users in
+                    users.values.filter { UInt(bitPattern: $0.userID.hashValue) % UInt(Self.upkeepSlots) == UInt(slot) }
                 }
+                await keepUp(due)
                 let spent = ContinuousClock.now - started
-                if spent > .milliseconds(tick) {
+                if spent > .milliseconds(pause) {
                     self.logger.warning("lease upkeep slower than its tick", metadata: [
-                        "users": .stringConvertible(all.count), "upkeep.ms": .stringConvertible(spent.components.seconds * 1_000 + spent.components.attoseconds / 1_000_000_000_000_000),
+                        "users": .stringConvertible(due.count),
+                        "upkeep.ms": .stringConvertible(spent.components.seconds * 1_000 + spent.components.attoseconds / 1_000_000_000_000_000),
                     ])
                 }
-                try? await Task.sleep(for: .milliseconds(tick))
+                slot = (slot + 1) % Self.upkeepSlots
+                try? await Task.sleep(for: .milliseconds(pause))
             }
         }
         background.withLock { $0 = [Task { await subscriber.run() }, loop] }

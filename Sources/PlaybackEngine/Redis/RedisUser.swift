@@ -26,6 +26,8 @@ final class RedisUser: Sendable {
         var identities: [String: ClientMessage.Hello.Device] = [:]
         /// When the upkeep last refreshed the presence of the local devices (server ms).
         var presenceRefreshedAt: Int64?
+        /// The lease this node last renewed for a local holder, and when (server ms).
+        var renewed: (lock: String, at: Int64)?
     }
 
     private let local = Mutex(Local())
@@ -360,9 +362,16 @@ final class RedisUser: Sendable {
             }
             guard let active = playback.activeDevice else { return }
             if fanout.hasDevice(active) {
+                let lock = lockValue(playback)
+                let due = self.local.withLock { state in
+                    state.renewed.map { $0.lock != lock || now - $0.at >= engine.renewMs } ?? true
+                }
+                guard due else { return }
+                self.local.withLock { $0.renewed = (lock, now) }
                 let renewed = try await redis.evaluate(
                     engine.renewScript, keys: [keys.lock], arguments: [.string(lockValue(playback)), .integer(engine.leaseTTLMs)])
                 if renewed.int == 0 {
+                    self.local.withLock { $0.renewed = nil }
                     // The lock is gone or not ours: take it again only if the state, read afresh, still names this holder.
                     let fresh = try await loadPlayback()
                     fanout.remember(fresh)
