@@ -59,6 +59,20 @@ public enum ServerMessageJSON {
         }
         return out.bytes
     }
+
+    /// A JSON string, escaped as everywhere else.
+    public static func encode(string: String) -> [UInt8] {
+        var out = JSONWriter(capacity: string.utf8.count + 2)
+        out.string(string)
+        return out.bytes
+    }
+
+    /// A device list as the `devices` message carries it (a JSON array).
+    public static func encode(deviceList devices: [DeviceInfo]) -> [UInt8] {
+        var out = JSONWriter(capacity: 64 + 128 * devices.count)
+        out.devices(devices)
+        return out.bytes
+    }
 }
 
 extension JSONWriter {

@@ -91,7 +91,7 @@ final class RedisUser: Sendable {
                 engine.joinScript, keys: [keys.devices, keys.online],
                 arguments: [
                     .string(device), .bytes(try Self.json(stored)), .integer(now + engine.presenceTTLMs), .string(keys.channel),
-                    .bytes(try frame.encoded()),
+                    .bytes(frame.encoded()),
                 ])
             if playback.activeDevice == device {
                 // Back within the grace period (or moved nodes): this node holds the lease now.
@@ -135,7 +135,7 @@ final class RedisUser: Sendable {
                 let frame = BusMessage(devices: directory.list(activeDevice: playback.activeDevice))
                 let left = try await redis.evaluate(
                     engine.leaveScript, keys: [keys.devices, keys.online],
-                    arguments: [.string(device), .string(sessionID), .bytes(try Self.json(offline)), .string(keys.channel), .bytes(try frame.encoded())])
+                    arguments: [.string(device), .string(sessionID), .bytes(try Self.json(offline)), .string(keys.channel), .bytes(frame.encoded())])
                 if left.int == 1 {
                     fanout.remember(directory: directory)
                     engine.durability.deviceSeen(user: userID, id: device, name: identity.name, kind: identity.kind, at: now)
@@ -241,13 +241,7 @@ final class RedisUser: Sendable {
             let json = Self.json(next)
             let devices = transition.lease == nil ? nil : directory.list(activeDevice: next.activeDevice)
             let frame = BusMessage(event: PlaybackEvent(transition, cause: cause).prepared, devices: devices)
-            let head: ByteBuffer
-            do {
-                head = try frame.encodedHead(storedLength: json.readableBytes)
-            } catch {
-                finish(.failure(PlaybackError(.internal, "the change could not be encoded")))
-                return
-            }
+            let head = frame.encodedHead(storedLength: json.readableBytes)
             let leaseOp = transition.lease == nil ? "keep" : (next.activeDevice == nil ? "del" : "set")
             arguments += [
                 "commit", .integer(next.version), .integer(next.epoch), .bytes(json), .string(leaseOp), .string(lockValue(next)),
@@ -521,7 +515,7 @@ final class RedisUser: Sendable {
             let event = PlaybackEvent(
                 state: playback.playerState(includeQueue: true), queueChanged: true, lease: lease,
                 cause: .init(op: "restored", device: nil, request: nil))
-            message = try BusMessage(event: event.prepared).encoded()
+            message = BusMessage(event: event.prepared).encoded()
         }
         _ = try await redis.evaluate(
             engine.restoreScript, keys: [keys.playback, keys.lock],
@@ -574,9 +568,20 @@ final class RedisUser: Sendable {
         ByteBuffer(bytes: try JSONEncoder().encode(value))
     }
 
+    /// A success is written by hand (it is on every command with an id); errors are rare.
     private static func answerJSON(_ answer: Result<Receipt, PlaybackError>) -> ByteBuffer {
+        if case .success(let receipt) = answer {
+            var buffer = ByteBuffer(string: #"{"version":"#)
+            buffer.writeString(String(receipt.version))
+            if let entry = receipt.entry {
+                buffer.writeString(#","entry":"#)
+                buffer.writeBytes(ServerMessageJSON.encode(string: entry))
+            }
+            buffer.writeString("}")
+            return buffer
+        }
         // A StoredAnswer is plain strings and numbers: encoding it cannot fail.
-        (try? json(StoredAnswer(answer))) ?? ByteBuffer(string: "{}")
+        return (try? json(StoredAnswer(answer))) ?? ByteBuffer(string: "{}")
     }
 
     /// Clients learn that storage is down; the details go to the log, not to them.

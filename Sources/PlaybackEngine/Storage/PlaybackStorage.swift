@@ -1,0 +1,94 @@
+import NIOCore
+
+/// Where users' playback, leases and devices live, and how the nodes that have devices of a user
+/// hear of its changes (the bus). `UserPlayback`, the per-user logic both engines share, runs
+/// on it: `MemoryStorage` keeps everything in this process, `RedisStorage` in Redis, with one
+/// script per operation and pub/sub as the bus.
+///
+/// Every operation is about one user's keys, so a storage can shard users (Redis Cluster).
+public protocol PlaybackStorage: Sendable {
+    /// Starts delivering the frames of the users this node subscribes to, and reports when
+    /// frames may have been lost (the bus reconnected).
+    func start(onFrame: @escaping @Sendable (_ user: String, BusMessage) -> Void, onResubscribed: @escaping @Sendable () -> Void) async
+
+    func subscribe(user: String) async throws
+    func unsubscribe(user: String) async
+
+    /// The stored playback; nil when there is none (a new user, or the storage lost it).
+    func loadPlayback(user: String) async throws -> Playback?
+    /// The user's devices with their presence at `now`; offline ones last seen more than
+    /// `retentionMs` ago are left out.
+    func loadDirectory(user: String, now: Int64, retentionMs: Int64) async throws -> DeviceDirectory
+
+    /// The one call of a command: see `CommandCall`.
+    func command(user: String, _ call: CommandCall, completion: @escaping @Sendable (Result<CommandReply, any Error>) -> Void)
+
+    /// A device connected: its entry, its presence until `presenceUntil`, and `frame` on the bus.
+    func join(user: String, device: String, entry: StoredDevice, presenceUntil: Int64, frame: BusMessage) async throws
+    /// A device's connection ended: offline if the entry still names `session`; false otherwise.
+    func leave(user: String, device: String, session: String, entry: StoredDevice, frame: BusMessage) async throws -> Bool
+    /// Writes entries and presence again (the storage lost them while the devices stayed connected).
+    func register(user: String, entries: [(device: String, entry: StoredDevice)], presenceUntil: Int64) async throws
+    /// Extends the presence of `devices`; answers how many were missing and who is online.
+    func refreshPresence(user: String, devices: [String], now: Int64, until: Int64) async throws -> (missing: Int, online: Set<String>)
+
+    /// Sets the lease to `holder` for `ttlMs` (its holder reconnected to this node).
+    func takeLease(user: String, holder: String, ttlMs: Int64) async throws
+    /// Sets the TTL of the lease if it still names `holder`; false when it does not.
+    func renewLease(user: String, holder: String, ttlMs: Int64) async throws -> Bool
+    /// Sets the lease to `holder` only if nobody holds it.
+    func retakeLease(user: String, holder: String, ttlMs: Int64) async throws
+    /// Whether anybody holds the lease (a lapsed one is gone).
+    func leaseExists(user: String) async throws -> Bool
+
+    /// Puts a restored playback in place if the user still has none, the lease to `holder`, and
+    /// `frame` on the bus; false when some node restored or committed first.
+    func restore(user: String, playback: Playback, holder: String?, ttlMs: Int64, frame: BusMessage?) async throws -> Bool
+
+    /// Whether commands can be served; with what is wrong when not.
+    func readiness() async -> (ready: Bool, condition: String)
+    func shutdown() async
+}
+
+/// One command's call to the storage: answer a remembered request id; check that the playback is
+/// still at `expectedVersion` (else answer with the current one, so the retry needs no read); then
+/// commit `change` (write the playback, move or clear the lease, remember the answer, publish the
+/// frame) or, for a command that changed nothing, just remember the answer.
+public struct CommandCall: Sendable {
+    public struct Change: Sendable {
+        public var playback: Playback
+        /// The playback as stored (`PlaybackJSON`), also appended to the frame for other nodes.
+        public var json: ByteBuffer
+        public var lease: LeaseOperation
+        public var frame: BusMessage
+    }
+
+    public enum LeaseOperation: Sendable, Equatable {
+        case keep
+        /// The lease to this holder for `ttlMs`.
+        case set(holder: String, ttlMs: Int64)
+        case clear
+    }
+
+    public var expectedVersion: Int64
+    /// The request id to remember the answer under, when it is remembered.
+    public var requestID: String?
+    public var answer: Result<Receipt, PlaybackError>
+    public var answerTTLMs: Int64
+    public var change: Change?
+}
+
+/// What the storage answered to a `CommandCall`.
+public enum CommandReply: Sendable {
+    /// Committed, or confirmed at the expected version.
+    case done
+    /// The request id was answered before: this is that answer.
+    case known(Result<Receipt, PlaybackError>)
+    /// The playback moved on: here it is (nil when the storage has none: it lost it).
+    case conflict(Playback?, json: ByteBuffer?)
+}
+
+/// The lease's value in storage: the holder and the epoch it holds it at.
+public enum LeaseHolder {
+    public static func value(of playback: Playback) -> String { "\(playback.activeDevice ?? "")|\(playback.epoch)" }
+}
