@@ -11,6 +11,16 @@ public struct DeviceDirectory: Sendable {
 
     public init() {}
 
+    /// The directory stored entries and their presence (device → online until, ms) make at `now`;
+    /// offline devices last seen more than `retentionMs` ago are left out.
+    public init(entries: [String: StoredDevice], presence: [String: Int64], now: Int64, retentionMs: Int64) {
+        for (id, device) in entries {
+            let online = (presence[id] ?? 0) > now
+            if !online, now - device.lastSeen > retentionMs { continue }
+            records[id] = Record(name: device.name, kind: device.kind, online: online, lastSeen: device.lastSeen)
+        }
+    }
+
     /// The directory a device list shows.
     public init(_ list: [DeviceInfo]) {
         for device in list {

@@ -7,8 +7,9 @@ import NIOCore
 ///
 /// Every operation is about one user's keys, so a storage can shard users (Redis Cluster).
 public protocol PlaybackStorage: Sendable {
-    /// Starts delivering the frames of the users this node subscribes to, and reports when
-    /// frames may have been lost (the bus reconnected).
+    /// Starts delivering the frames of the users this node subscribes to, and reporting when
+    /// frames may have been lost (the bus reconnected); returns once the bus is up, or after a few
+    /// seconds without it (`readiness` says so until it is).
     func start(onFrame: @escaping @Sendable (_ user: String, BusMessage) -> Void, onResubscribed: @escaping @Sendable () -> Void) async
 
     func subscribe(user: String) async throws
@@ -45,8 +46,8 @@ public protocol PlaybackStorage: Sendable {
     /// `frame` on the bus; false when some node restored or committed first.
     func restore(user: String, playback: Playback, holder: String?, ttlMs: Int64, frame: BusMessage?) async throws -> Bool
 
-    /// Whether commands can be served; with what is wrong when not.
-    func readiness() async -> (ready: Bool, condition: String)
+    /// Whether commands can be served, and the condition of each dependency (for `/readyz`).
+    func readiness() async -> (ready: Bool, checks: [String: String])
     func shutdown() async
 }
 

@@ -1,0 +1,269 @@
+import Foundation
+import Logging
+import NIOCore
+import RedisClient
+import Synchronization
+
+/// The storage of the multi-node engine: each user's keys in Redis (`RedisKeys`, one hash tag per
+/// user), one Lua script per operation (`RedisScripts`), the user's pub/sub channel as the bus.
+public final class RedisStorage: PlaybackStorage {
+    let redis: RedisClient
+    let subscriber: RedisSubscriber
+    private let logger: Logger
+    private let handlers = FrameHandlers()
+    private let subscription = Mutex<Task<Void, Never>?>(nil)
+
+    private let commandScript = RedisScript(RedisScripts.command)
+    private let renewScript = RedisScript(RedisScripts.renew)
+    private let restoreScript = RedisScript(RedisScripts.restore)
+    private let joinScript = RedisScript(RedisScripts.join)
+    private let leaveScript = RedisScript(RedisScripts.leave)
+    private let presenceScript = RedisScript(RedisScripts.presence)
+
+    /// Where frames go once `start` was called (the subscriber is made before it).
+    private final class FrameHandlers: Sendable {
+        private let handlers = Mutex<(frame: @Sendable (String, BusMessage) -> Void, resubscribed: @Sendable () -> Void)?>(nil)
+
+        func set(frame: @escaping @Sendable (String, BusMessage) -> Void, resubscribed: @escaping @Sendable () -> Void) {
+            handlers.withLock { $0 = (frame, resubscribed) }
+        }
+
+        var current: (frame: @Sendable (String, BusMessage) -> Void, resubscribed: @Sendable () -> Void)? { handlers.withLock { $0 } }
+    }
+
+    init(configuration: RedisConfiguration, nodeID: String, logger: Logger) {
+        var commands = configuration
+        commands.clientName = "playback-syncd:\(nodeID)"
+        var pubsub = configuration
+        pubsub.clientName = "playback-syncd:\(nodeID):pubsub"
+        self.logger = logger
+        self.redis = RedisClient(configuration: commands, logger: logger)
+        let handlers = self.handlers
+        self.subscriber = RedisSubscriber(
+            configuration: pubsub, logger: logger, onResubscribed: { handlers.current?.resubscribed() },
+            onMessage: { channel, payload in
+                guard let user = RedisKeys.user(ofChannel: channel) else { return }
+                do {
+                    let frame = try BusMessage(decoding: payload)
+                    handlers.current?.frame(user, frame)
+                } catch {
+                    logger.error("undecodable bus message", metadata: ["user.id": .string(user), "error": .string("\(error)")])
+                }
+            })
+    }
+
+    /// Runs the pub/sub connection (until `shutdown`); returns once subscribed, or after a few
+    /// seconds when Redis is unreachable (then `readiness` says so until it connects).
+    public func start(onFrame: @escaping @Sendable (String, BusMessage) -> Void, onResubscribed: @escaping @Sendable () -> Void) async {
+        handlers.set(frame: onFrame, resubscribed: onResubscribed)
+        let subscriber = self.subscriber
+        subscription.withLock { $0 = Task { await subscriber.run() } }
+        if await subscriber.waitUntilConnected(timeout: .seconds(5)) {
+            logger.info("redis engine started", metadata: ["redis.host": .string(redis.configuration.host)])
+        } else {
+            logger.error("redis unreachable at start; serving and retrying", metadata: ["redis.host": .string(redis.configuration.host)])
+        }
+    }
+
+    public func subscribe(user: String) async throws {
+        try await subscriber.subscribe(RedisKeys(user: user).channel)
+    }
+
+    public func unsubscribe(user: String) async {
+        try? await subscriber.unsubscribe(RedisKeys(user: user).channel)
+    }
+
+    public func loadPlayback(user: String) async throws -> Playback? {
+        guard case .bulkString(let stored) = try await redis.send(["HGET", .string(RedisKeys(user: user).playback), "state"]) else { return nil }
+        return try JSONDecoder().decode(Playback.self, from: Data(stored.readableBytesView))
+    }
+
+    public func loadDirectory(user: String, now: Int64, retentionMs: Int64) async throws -> DeviceDirectory {
+        let keys = RedisKeys(user: user)
+        async let storedReply = redis.send(["HGETALL", .string(keys.devices)])
+        async let onlineReply = redis.send(["ZRANGE", .string(keys.online), "0", "-1", "WITHSCORES"])
+        let (stored, online) = try await (storedReply, onlineReply)
+        var presence: [String: Int64] = [:]
+        let onlineParts = online.array ?? []
+        for index in stride(from: 0, to: onlineParts.count - 1, by: 2) {
+            if let id = onlineParts[index].string, let expiry = onlineParts[index + 1].string.flatMap(Double.init) { presence[id] = Int64(expiry) }
+        }
+        var entries: [String: StoredDevice] = [:]
+        let storedParts = stored.array ?? []
+        for index in stride(from: 0, to: storedParts.count - 1, by: 2) {
+            guard let id = storedParts[index].string, case .bulkString(let json) = storedParts[index + 1],
+                let device = try? JSONDecoder().decode(StoredDevice.self, from: Data(json.readableBytesView))
+            else { continue }
+            entries[id] = device
+        }
+        return DeviceDirectory(entries: entries, presence: presence, now: now, retentionMs: retentionMs)
+    }
+
+    public func command(user: String, _ call: CommandCall, completion: @escaping @Sendable (Result<CommandReply, any Error>) -> Void) {
+        let keys = RedisKeys(user: user)
+        let remember = call.requestID != nil
+        var arguments: [RedisArgument] = [
+            .integer(call.expectedVersion), .string(remember ? "1" : "0"), remember ? .bytes(StoredAnswer.json(call.answer)) : .string(""),
+            .integer(call.answerTTLMs),
+        ]
+        if let change = call.change {
+            let (leaseOp, lock, ttl): (String, String, Int64) =
+                switch change.lease {
+                case .keep: ("keep", "", 0)
+                case .set(let holder, let ttlMs): ("set", holder, ttlMs)
+                case .clear: ("del", "", 0)
+                }
+            arguments += [
+                "commit", .integer(change.playback.version), .integer(change.playback.epoch), .bytes(change.json), .string(leaseOp),
+                .string(lock), .integer(ttl), .string(keys.channel), .bytes(change.frame.encodedHead(storedLength: change.json.readableBytes)),
+            ]
+        } else {
+            arguments.append("confirm")
+        }
+        redis.evaluateFuture(commandScript, keys: [keys.playback, keys.lock, keys.request(call.requestID ?? "-")], arguments: arguments)
+            .whenComplete { result in completion(result.flatMap(Self.commandReply)) }
+    }
+
+    private static func commandReply(_ reply: RESPValue) -> Result<CommandReply, any Error> {
+        guard case .array(let parts) = reply, let status = parts.first?.int else {
+            return .failure(RedisError(.protocolError, "unexpected command reply \(reply)"))
+        }
+        switch (status, parts.count > 1 ? parts[1] : .null) {
+        case (1, _):
+            return .success(.done)
+        case (2, .bulkString(let stored)):
+            guard let answer = try? StoredAnswer.decode(stored) else { return .failure(RedisError(.protocolError, "unreadable remembered answer")) }
+            return .success(.known(answer))
+        case (0, _):
+            guard parts.count > 2, case .bulkString(let json) = parts[2] else { return .success(.conflict(nil, json: nil)) }
+            guard let playback = try? JSONDecoder().decode(Playback.self, from: Data(json.readableBytesView)) else {
+                return .failure(RedisError(.protocolError, "unreadable stored playback"))
+            }
+            return .success(.conflict(playback, json: json))
+        default:
+            return .failure(RedisError(.protocolError, "unexpected command reply \(reply)"))
+        }
+    }
+
+    public func join(user: String, device: String, entry: StoredDevice, presenceUntil: Int64, frame: BusMessage) async throws {
+        let keys = RedisKeys(user: user)
+        _ = try await redis.evaluate(
+            joinScript, keys: [keys.devices, keys.online],
+            arguments: [.string(device), .bytes(try Self.json(entry)), .integer(presenceUntil), .string(keys.channel), .bytes(frame.encoded())])
+    }
+
+    public func leave(user: String, device: String, session: String, entry: StoredDevice, frame: BusMessage) async throws -> Bool {
+        let keys = RedisKeys(user: user)
+        let reply = try await redis.evaluate(
+            leaveScript, keys: [keys.devices, keys.online],
+            arguments: [.string(device), .string(session), .bytes(try Self.json(entry)), .string(keys.channel), .bytes(frame.encoded())])
+        return reply.int == 1
+    }
+
+    public func register(user: String, entries: [(device: String, entry: StoredDevice)], presenceUntil: Int64) async throws {
+        guard !entries.isEmpty else { return }
+        let keys = RedisKeys(user: user)
+        var fields: [RedisArgument] = ["HSET", .string(keys.devices)]
+        var online: [RedisArgument] = ["ZADD", .string(keys.online)]
+        for (device, entry) in entries {
+            fields += [.string(device), .bytes(try Self.json(entry))]
+            online += [.integer(presenceUntil), .string(device)]
+        }
+        _ = try await redis.send(fields)
+        _ = try await redis.send(online)
+    }
+
+    public func refreshPresence(user: String, devices: [String], now: Int64, until: Int64) async throws -> (missing: Int, online: Set<String>) {
+        let reply = try await redis.evaluate(
+            presenceScript, keys: [RedisKeys(user: user).online], arguments: [.integer(now), .integer(until)] + devices.map { .string($0) })
+        guard case .array(let parts) = reply, parts.count == 2, let added = parts[0].int else {
+            throw RedisError(.protocolError, "unexpected presence reply \(reply)")
+        }
+        return (Int(added), Set((parts[1].array ?? []).compactMap(\.string)))
+    }
+
+    public func takeLease(user: String, holder: String, ttlMs: Int64) async throws {
+        _ = try await redis.send(["SET", .string(RedisKeys(user: user).lock), .string(holder), "PX", .integer(ttlMs)])
+    }
+
+    public func renewLease(user: String, holder: String, ttlMs: Int64) async throws -> Bool {
+        try await redis.evaluate(renewScript, keys: [RedisKeys(user: user).lock], arguments: [.string(holder), .integer(ttlMs)]).int == 1
+    }
+
+    public func retakeLease(user: String, holder: String, ttlMs: Int64) async throws {
+        _ = try await redis.send(["SET", .string(RedisKeys(user: user).lock), .string(holder), "NX", "PX", .integer(ttlMs)])
+    }
+
+    public func leaseExists(user: String) async throws -> Bool {
+        try await redis.send(["EXISTS", .string(RedisKeys(user: user).lock)]).int == 1
+    }
+
+    public func restore(user: String, playback: Playback, holder: String?, ttlMs: Int64, frame: BusMessage?) async throws -> Bool {
+        let keys = RedisKeys(user: user)
+        let reply = try await redis.evaluate(
+            restoreScript, keys: [keys.playback, keys.lock],
+            arguments: [
+                .integer(playback.version), .integer(playback.epoch), .bytes(ByteBuffer(bytes: PlaybackJSON.encode(playback))),
+                .string(holder ?? ""), .integer(ttlMs), .string(keys.channel), frame.map { .bytes($0.encoded()) } ?? .string(""),
+            ])
+        return reply.int == 1
+    }
+
+    public func readiness() async -> (ready: Bool, checks: [String: String]) {
+        let ping = subscriber.isConnected ? try? await redis.send(["PING"]) : nil
+        let up = ping == .simpleString("PONG")
+        return (up, ["redis": up ? "up" : (subscriber.isConnected ? "down" : "down (pub/sub disconnected)")])
+    }
+
+    public func shutdown() async {
+        subscription.withLock { $0 }?.cancel()
+        await subscriber.stop()
+        await redis.shutdown()
+    }
+
+    private static func json(_ value: some Encodable) throws -> ByteBuffer {
+        ByteBuffer(bytes: try JSONEncoder().encode(value))
+    }
+}
+
+/// A request's final answer as stored under `req:{u:ID}:<id>`.
+struct StoredAnswer: Codable {
+    var version: Int64?
+    var entry: String?
+    var error: ServerMessage.ErrorReply?
+
+    init(_ answer: Result<Receipt, PlaybackError>) {
+        switch answer {
+        case .success(let receipt):
+            version = receipt.version
+            entry = receipt.entry
+        case .failure(let error):
+            self.error = ServerMessage.ErrorReply(id: nil, error: error)
+        }
+    }
+
+    var result: Result<Receipt, PlaybackError> {
+        if let error { return .failure(error.error) }
+        return .success(Receipt(version: version ?? 0, entry: entry, changed: false))
+    }
+
+    static func decode(_ stored: ByteBuffer) throws -> Result<Receipt, PlaybackError> {
+        try JSONDecoder().decode(StoredAnswer.self, from: Data(stored.readableBytesView)).result
+    }
+
+    /// A success is written by hand (it is on every command with an id); errors are rare.
+    static func json(_ answer: Result<Receipt, PlaybackError>) -> ByteBuffer {
+        if case .success(let receipt) = answer {
+            var buffer = ByteBuffer(string: #"{"version":"#)
+            buffer.writeString(String(receipt.version))
+            if let entry = receipt.entry {
+                buffer.writeString(#","entry":"#)
+                buffer.writeBytes(ServerMessageJSON.encode(string: entry))
+            }
+            buffer.writeString("}")
+            return buffer
+        }
+        // A StoredAnswer is plain strings and numbers: encoding it cannot fail.
+        return (try? ByteBuffer(bytes: JSONEncoder().encode(StoredAnswer(answer)))) ?? ByteBuffer(string: "{}")
+    }
+}

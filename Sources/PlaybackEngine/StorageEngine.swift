@@ -1,0 +1,193 @@
+import Logging
+import NIOCore
+import Synchronization
+
+/// The engine: users' playback served by `UserPlayback` over a storage. `MemoryEngine` is it on
+/// `MemoryStorage` (one process, nothing else to run), `RedisEngine` on `RedisStorage` (several
+/// daemons sharing one Redis). Everything a session sees is the same code for both.
+public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
+    /// This daemon among the ones sharing the storage (in logs and in Redis's client names).
+    public let nodeID: String
+    let storage: Storage
+    private let environment: UserEnvironment<Storage>
+    private let users = Mutex<[String: UserPlayback<Storage>]>([:])
+    private let upkeep = Mutex<(started: Bool, task: Task<Void, Never>?)>((false, nil))
+
+    /// Users kept up at once by the upkeep loop.
+    static var upkeepConcurrency: Int { 64 }
+    /// Parts of a tick the users' upkeep is spread over, so that the renewals of thousands of
+    /// users do not all land in one burst (which showed as a spike of command latency once a second).
+    static var upkeepSlots: Int { 10 }
+
+    init(
+        storage: Storage, nodeID: String, catalog: any TrackCatalog, configuration: EngineConfiguration, durability: Durability?,
+        clock: @escaping @Sendable () -> Int64, logger: Logger
+    ) {
+        var logger = logger
+        logger[metadataKey: "node.id"] = .string(nodeID)
+        self.nodeID = nodeID
+        self.storage = storage
+        let fanouts = FanoutRegistry()
+        self.environment = UserEnvironment(
+            storage: storage, fanouts: fanouts, configuration: configuration, timing: LeaseTiming(graceMs: configuration.graceMs),
+            reducer: PlaybackReducer(catalog: catalog, limits: configuration.limits), durability: durability ?? .none(logger: logger),
+            clock: clock, logger: logger, nodeID: nodeID)
+    }
+
+    /// Connects the storage's bus and starts the lease upkeep; returns once the bus is up, or
+    /// after a few seconds without it (then `/readyz` says so until it is).
+    public func start() async {
+        guard upkeep.withLock({ state in
+            defer { state.started = true }
+            return !state.started
+        }) else { return }
+        await storage.start(
+            onFrame: { [weak self] user, frame in self?.route(frame, to: user) },
+            onResubscribed: { [weak self] in self?.resubscribed() })
+        let loop = Task { [weak self] () async -> Void in await self?.keepUp() }
+        upkeep.withLock { $0.task = loop }
+    }
+
+    private var durability: Durability { environment.durability }
+
+    func user(_ id: String) -> UserPlayback<Storage> {
+        users.withLock { users in
+            if let user = users[id] { return user }
+            let user = UserPlayback(userID: id, environment: environment)
+            users[id] = user
+            return user
+        }
+    }
+
+    public func connect(user: UserIdentity, hello: ClientMessage.Hello, sink: any DeviceSink, welcome: WelcomeParameters) async throws(ConnectRefusal) {
+        await start()
+        try await self.user(user.userID).connect(hello: hello, sink: sink, welcome: welcome)
+        durability.sawDevice(user: user, device: hello.device, at: environment.clock())
+    }
+
+    public func disconnect(user: UserIdentity, device: String, sessionID: String, kind: DisconnectKind) async {
+        await self.user(user.userID).disconnect(device: device, sessionID: sessionID, kind: kind)
+    }
+
+    public func submit(_ submission: Submission, completion: @escaping @Sendable (Result<Receipt, PlaybackError>) -> Void) {
+        var submission = submission
+        if let country = durability.knownCountry(of: submission.user) {
+            submission.user.country = country
+            user(submission.user.userID).submit(submission, completion: completion)
+            return
+        }
+        // The country is not cached: look it up first (once per user every few minutes).
+        Task {
+            submission.user.country = await durability.country(of: submission.user)
+            user(submission.user.userID).submit(submission, completion: completion)
+        }
+    }
+
+    public func snapshot(user: UserIdentity) async throws(PlaybackError) -> (state: PlayerState, devices: [DeviceInfo]) {
+        try await self.user(user.userID).snapshot()
+    }
+
+    public func recentlyPlayed(user: UserIdentity, limit: Int) async throws(PlaybackError) -> [PlayedItem] {
+        try await durability.recentPlays(user: user.userID, limit: limit, catalog: environment.reducer.catalog)
+    }
+
+    public var catalog: any TrackCatalog { environment.reducer.catalog }
+
+    public func readiness() async -> Readiness {
+        let (ready, storageChecks) = await storage.readiness()
+        return Readiness(ready: ready, checks: durability.check.merging(storageChecks) { $1 })
+    }
+
+    public func shutdown() async {
+        upkeep.withLock { $0.task }?.cancel()
+        // The users with devices here: their latest state goes to PostgreSQL now, not a second later.
+        if durability.writer != nil {
+            for user in users.withLock({ Array($0.values) }) { await user.writeSnapshot() }
+        }
+        await storage.shutdown()
+    }
+
+    // MARK: The bus
+
+    /// A frame from the user's channel, for the local devices.
+    private func route(_ frame: BusMessage, to user: String) {
+        guard let fanout = environment.fanouts.fanout(for: user), let device = fanout.receive(frame) else { return }
+        // A local holder that missed its grant while the bus was down.
+        Task { await self.user(user).regrant(device) }
+    }
+
+    /// After the bus came back, frames may have been lost: every local user re-reads its state and
+    /// sends it to its devices when it is newer than what they saw.
+    private func resubscribed() {
+        for user in environment.fanouts.users {
+            Task { await self.user(user).recover() }
+        }
+    }
+
+    // MARK: Upkeep
+
+    /// Each user once per tick, in one of `upkeepSlots` slots spread over the tick.
+    private func keepUp() async {
+        var slot = 0
+        while !Task.isCancelled {
+            let pause = max(1, environment.timing.tickMs / Int64(Self.upkeepSlots))
+            let started = ContinuousClock.now
+            let due = users.withLock { users in
+                users.values.filter { UInt(bitPattern: $0.userID.hashValue) % UInt(Self.upkeepSlots) == UInt(slot) }
+            }
+            await keepUp(due)
+            let spent = ContinuousClock.now - started
+            if spent > .milliseconds(pause) {
+                environment.logger.warning("lease upkeep slower than its tick", metadata: [
+                    "users": .stringConvertible(due.count),
+                    "upkeep.ms": .stringConvertible(spent.components.seconds * 1_000 + spent.components.attoseconds / 1_000_000_000_000_000),
+                ])
+            }
+            slot = (slot + 1) % Self.upkeepSlots
+            try? await Task.sleep(for: .milliseconds(pause))
+        }
+    }
+
+    /// Keeps `users` up concurrently (their round trips overlap on the pipelined connection), a
+    /// bounded number at a time; forgets the ones with no device here and nothing running.
+    private func keepUp(_ all: [UserPlayback<Storage>]) async {
+        await withTaskGroup(of: Void.self) { group in
+            var next = 0
+            func add(_ user: UserPlayback<Storage>) {
+                group.addTask {
+                    if self.environment.fanouts.fanout(for: user.userID) != nil {
+                        await user.maintain()
+                    } else if user.isIdle {
+                        // Recreated on demand.
+                        self.users.withLock { users in if users[user.userID] === user { users[user.userID] = nil } }
+                    }
+                }
+            }
+            while next < min(Self.upkeepConcurrency, all.count) {
+                add(all[next])
+                next += 1
+            }
+            while await group.next() != nil, next < all.count {
+                add(all[next])
+                next += 1
+            }
+        }
+    }
+}
+
+/// The embedded engine: everything in this process (`MemoryStorage`). With PostgreSQL configured
+/// (`Durability`) a user's playback is restored from its snapshot when first needed after a
+/// restart; otherwise it is lost with the process.
+public typealias MemoryEngine = StorageEngine<MemoryStorage>
+
+extension StorageEngine where Storage == MemoryStorage {
+    public convenience init(
+        catalog: any TrackCatalog = DemoCatalog.shared, configuration: EngineConfiguration = EngineConfiguration(),
+        durability: Durability? = nil, clock: @escaping @Sendable () -> Int64 = ServerClock.nowMs,
+        logger: Logger = Logger(label: "playback.engine.memory")
+    ) {
+        self.init(
+            storage: MemoryStorage(configuration: configuration, clock: clock), nodeID: "memory", catalog: catalog,
+            configuration: configuration, durability: durability, clock: clock, logger: logger)
+    }
+}

@@ -1,0 +1,509 @@
+import Foundation
+import Logging
+import Metrics
+import NIOCore
+import Synchronization
+
+/// What every user's playback on this node shares: the storage, the local devices, the rules.
+struct UserEnvironment<Storage: PlaybackStorage>: Sendable {
+    let storage: Storage
+    let fanouts: FanoutRegistry
+    let configuration: EngineConfiguration
+    let timing: LeaseTiming
+    let reducer: PlaybackReducer
+    let durability: Durability
+    let clock: @Sendable () -> Int64
+    let logger: Logger
+    let nodeID: String
+}
+
+/// The lease's clock: how long it lives, how often it is renewed and checked, how long presence lasts.
+struct LeaseTiming: Sendable {
+    /// How long an active device that vanished keeps the lease.
+    let graceMs: Int64
+    /// The lease's TTL while its holder is connected (renewed three times per TTL, so two
+    /// renewals may fail before it lapses); a lease whose node died expires after it.
+    var leaseTTLMs: Int64 { max(graceMs, 2_000) }
+    /// How often a local holder's lease is renewed.
+    var renewMs: Int64 { leaseTTLMs / 3 }
+    /// How often each user is kept up: lapsed leases expired, presence refreshed.
+    var tickMs: Int64 { max(50, min(1_000, leaseTTLMs / 4)) }
+    /// How long a device stays online without a refresh; refreshed every third of it. A node that
+    /// dies leaves its devices listed online (not active: that is the lease) for at most this long.
+    var presenceTTLMs: Int64 { max(15_000, 3 * tickMs + 2_000) }
+}
+
+/// One user's playback as this node serves it, the same for both engines: connects and the
+/// welcome, disconnects and what they do to the lease, commands through the reducer, delivery
+/// to the local devices, the lease's upkeep, the durability hooks. Its work is serialized by a
+/// `UserGate`; what it stores goes through a `PlaybackStorage`.
+///
+/// A command costs one storage call in the common case: the reducer runs on the state this node
+/// keeps while it has devices of the user (`UserFanout`'s cache), and `PlaybackStorage.command`
+/// answers a remembered request id, checks the version, and commits or confirms in one go. A
+/// conflict reply carries the current state, so the retry needs no read. Commands run without a
+/// task: the storage's callback finishes them and starts the next job.
+final class UserPlayback<Storage: PlaybackStorage>: Sendable {
+    let userID: String
+    private let environment: UserEnvironment<Storage>
+    private let logger: Logger
+    private static var maxAttempts: Int { 8 }
+    private let gate = UserGate()
+
+    private struct Local {
+        /// Who this node's connected devices of the user are, to register them again if the storage loses them.
+        var identities: [String: ClientMessage.Hello.Device] = [:]
+        /// When the upkeep last refreshed the presence of the local devices (server ms).
+        var presenceRefreshedAt: Int64?
+        /// The lease this node last renewed for a local holder, and when (server ms).
+        var renewed: (lock: String, at: Int64)?
+    }
+
+    private let local = Mutex(Local())
+
+    /// Nothing running or waiting.
+    var isIdle: Bool { gate.isIdle }
+
+    init(userID: String, environment: UserEnvironment<Storage>) {
+        self.userID = userID
+        self.environment = environment
+        var logger = environment.logger
+        logger[metadataKey: "user.id"] = .string(userID)
+        self.logger = logger
+    }
+
+    private var storage: Storage { environment.storage }
+    private var configuration: EngineConfiguration { environment.configuration }
+    private var timing: LeaseTiming { environment.timing }
+    private var now: Int64 { environment.clock() }
+    private var fanout: UserFanout? { environment.fanouts.fanout(for: userID) }
+
+    // MARK: Connections
+
+    func connect(hello: ClientMessage.Hello, sink: any DeviceSink, welcome: WelcomeParameters) async throws(ConnectRefusal) {
+        let outcome: Result<Void, ConnectRefusal> = await gate.run {
+            do throws(ConnectRefusal) {
+                try await connectNow(hello: hello, sink: sink, welcome: welcome)
+                return .success(())
+            } catch {
+                return .failure(error)
+            }
+        }
+        try outcome.get()
+    }
+
+    private func connectNow(hello: ClientMessage.Hello, sink: any DeviceSink, welcome: WelcomeParameters) async throws(ConnectRefusal) {
+        let device = hello.device.id
+        let (fanout, created) = environment.fanouts.fanoutCreating(for: userID)
+        do {
+            if created { try await storage.subscribe(user: userID) }
+            if let replaced = fanout.beginWelcome(sink, device: device) {
+                replaced.close(.replaced, reason: "replaced by a newer connection of this device")
+            }
+            // The cache is loaded once while this node is subscribed; later devices are welcomed from it.
+            let (playback, before) = try await cachedOrLoaded(fanout)
+            if !before.isOnline(device), before.onlineCount >= configuration.maxDevicesPerUser {
+                _ = fanout.detach(device: device, sessionID: sink.sessionID)
+                await unsubscribeIfUnused()
+                throw ConnectRefusal(code: .policyViolation, reason: "too many devices connected (at most \(configuration.maxDevicesPerUser))")
+            }
+            local.withLock { $0.identities[device] = hello.device }
+            let now = self.now
+            var directory = before
+            directory.markOnline(id: device, name: hello.device.name, kind: hello.device.kind, now: now)
+            directory.prune(now: now, retentionMs: configuration.deviceRetentionMs)
+            fanout.remember(directory: directory)
+            let devices = directory.list(activeDevice: playback.activeDevice)
+            try await storage.join(
+                user: userID, device: device,
+                entry: StoredDevice(name: hello.device.name, kind: hello.device.kind, lastSeen: now, session: sink.sessionID, node: environment.nodeID),
+                presenceUntil: now + timing.presenceTTLMs,
+                frame: BusMessage(devices: devices, except: device, replace: .init(device: device, session: sink.sessionID)))
+            if playback.activeDevice == device {
+                // Back within the grace period (or moved nodes): this node holds the lease now.
+                try await storage.takeLease(user: userID, holder: LeaseHolder.value(of: playback), ttlMs: timing.leaseTTLMs)
+            }
+            let changed = hello.lastSeen.map { $0.epoch != playback.epoch || $0.version != playback.version } ?? true
+            let message = EncodedMessage(.welcome(.init(
+                session: sink.sessionID, serverTime: now, heartbeatMs: welcome.heartbeatMs, limits: welcome.limits,
+                devices: devices, state: playback.playerState(includeQueue: true), changed: changed)))
+            fanout.finishWelcome(
+                device: device, sessionID: sink.sessionID, welcome: message, version: playback.version, epoch: playback.epoch,
+                active: playback.activeDevice == device)
+        } catch let refusal as ConnectRefusal {
+            throw refusal
+        } catch {
+            _ = fanout.detach(device: device, sessionID: sink.sessionID)
+            await unsubscribeIfUnused()
+            logger.warning("connect failed: storage unavailable", metadata: ["error": .string("\(error)")])
+            throw ConnectRefusal(code: .tryAgainLater, reason: "storage unavailable, try again later")
+        }
+    }
+
+    func disconnect(device: String, sessionID: String, kind: DisconnectKind) async {
+        await gate.run { await disconnectNow(device: device, sessionID: sessionID, kind: kind) }
+    }
+
+    private func disconnectNow(device: String, sessionID: String, kind: DisconnectKind) async {
+        guard let fanout, fanout.detach(device: device, sessionID: sessionID) else { return }
+        let identity = local.withLock { local in
+            let identity = local.identities[device]
+            if !fanout.hasDevice(device) { local.identities[device] = nil }
+            return identity
+        }
+        do {
+            let (playback, before) = try await cachedOrLoaded(fanout)
+            let now = self.now
+            var directory = before
+            directory.markOffline(id: device, now: now)
+            if let identity {
+                let left = try await storage.leave(
+                    user: userID, device: device, session: sessionID,
+                    entry: StoredDevice(name: identity.name, kind: identity.kind, lastSeen: now, session: nil, node: nil),
+                    frame: BusMessage(devices: directory.list(activeDevice: playback.activeDevice)))
+                if left {
+                    fanout.remember(directory: directory)
+                    environment.durability.deviceSeen(user: userID, id: device, name: identity.name, kind: identity.kind, at: now)
+                }
+            }
+            await unsubscribeIfUnused()
+            if playback.activeDevice == device {
+                switch kind {
+                case .released:
+                    _ = await apply(
+                        Submission(user: UserIdentity(userID: userID), input: .release, device: device),
+                        cause: .init(op: "released", device: device, request: nil))
+                case .lost:
+                    // The grace period: the lease lives on for graceMs unless the device comes back.
+                    _ = try await storage.renewLease(user: userID, holder: LeaseHolder.value(of: playback), ttlMs: timing.graceMs)
+                case .replaced:
+                    break
+                }
+            }
+        } catch {
+            await unsubscribeIfUnused()
+            logger.warning("disconnect bookkeeping failed", metadata: ["device.id": .string(device), "error": .string("\(error)")])
+        }
+    }
+
+    private func unsubscribeIfUnused() async {
+        if environment.fanouts.removeIfEmpty(userID) { await storage.unsubscribe(user: userID) }
+    }
+
+    // MARK: Commands
+
+    /// Applies a submission and calls `completion` with the answer, after the commit (the change
+    /// reaches the devices through the bus).
+    func submit(_ submission: Submission, completion: @escaping @Sendable (Result<Receipt, PlaybackError>) -> Void) {
+        let cause = ServerMessage.Cause(op: submission.input.causeOp, device: submission.device, request: submission.requestID)
+        gate.enqueue { [self] done in
+            attempt(submission, cause: cause, number: 0) { result in
+                completion(result)
+                done()
+            }
+        }
+    }
+
+    /// Applies an input while holding the gate (disconnects, upkeep).
+    private func apply(_ submission: Submission, cause: ServerMessage.Cause) async -> Result<Receipt, PlaybackError> {
+        await withCheckedContinuation { continuation in
+            attempt(submission, cause: cause, number: 0) { continuation.resume(returning: $0) }
+        }
+    }
+
+    private typealias Finish = @Sendable (Result<Receipt, PlaybackError>) -> Void
+
+    /// One try: the reducer on the cached state (loaded first when there is none), then one call.
+    private func attempt(_ submission: Submission, cause: ServerMessage.Cause, number: Int, finish: @escaping Finish) {
+        if let fanout, let (playback, directory) = fanout.cached() {
+            run(submission, on: playback, directory: directory, cause: cause, number: number, finish: finish)
+            return
+        }
+        // Not cached (no device of the user here, or the cache was dropped): read it first.
+        Task {
+            do {
+                let (playback, directory) = try await loadBoth()
+                fanout?.remember(playback)
+                run(submission, on: playback, directory: directory, cause: cause, number: number, finish: finish)
+            } catch {
+                finish(.failure(unavailable(error)))
+            }
+        }
+    }
+
+    private func run(
+        _ submission: Submission, on playback: Playback, directory: DeviceDirectory, cause: ServerMessage.Cause, number: Int,
+        finish: @escaping Finish
+    ) {
+        guard number < Self.maxAttempts else {
+            finish(.failure(PlaybackError(.unavailable, "too many concurrent changes; try again")))
+            return
+        }
+        let reducerEnvironment = ReducerEnvironment(
+            now: now, sender: submission.device, country: submission.user.country, devices: directory.presence,
+            randomSeed: UInt64.random(in: 0...UInt64.max))
+        let outcome = Result { () throws(PlaybackError) -> Transition in
+            try environment.reducer.apply(submission.input, to: playback, environment: reducerEnvironment, ifVersion: submission.ifVersion)
+        }
+        let answer: Result<Receipt, PlaybackError> = outcome.map {
+            Receipt(version: $0.playback.version, entry: $0.entry, changed: $0.changed)
+        }
+        var requestID = submission.rememberedRequestID
+        if case .failure(let error) = answer, error.code.isTransient { requestID = nil }
+        var proposed: CommandCall.Change?
+        if case .success(let transition) = outcome, transition.changed {
+            let next = transition.playback
+            let lease: CommandCall.LeaseOperation =
+                transition.lease == nil ? .keep
+                : next.activeDevice == nil ? .clear : .set(holder: LeaseHolder.value(of: next), ttlMs: timing.leaseTTLMs)
+            proposed = CommandCall.Change(
+                playback: next, json: ByteBuffer(bytes: PlaybackJSON.encode(next)), lease: lease,
+                frame: BusMessage(
+                    event: PlaybackEvent(transition, cause: cause).prepared,
+                    devices: transition.lease == nil ? nil : directory.list(activeDevice: next.activeDevice)))
+        }
+        let change = proposed
+        let call = CommandCall(
+            expectedVersion: playback.version, requestID: requestID, answer: answer, answerTTLMs: configuration.idempotencyWindowMs,
+            change: change)
+        storage.command(user: userID, call) { [self] reply in
+            switch reply {
+            case .success(.done):
+                if case .success(let transition) = outcome, let change { didCommit(transition, json: change.json, directory: directory) }
+                finish(answer)
+            case .success(.known(let known)):
+                finish(known)
+            case .success(.conflict(let current, let json)):
+                Counter(label: "playback_commit_conflicts_total").increment()
+                if let current {
+                    fanout?.remember(current, json: json)
+                    let latest = fanout?.cached()?.directory ?? directory
+                    run(submission, on: current, directory: latest, cause: cause, number: number + 1, finish: finish)
+                } else {
+                    // The storage has no state (it lost it): the next try loads, and restores, it.
+                    fanout?.forgetCache()
+                    attempt(submission, cause: cause, number: number + 1, finish: finish)
+                }
+            case .failure(let error):
+                finish(.failure(unavailable(error)))
+            }
+        }
+    }
+
+    private func didCommit(_ transition: Transition, json: ByteBuffer, directory: DeviceDirectory) {
+        fanout?.remember(transition.playback, json: json)
+        environment.durability.committed(user: userID, transition: transition) { directory.records[$0]?.kind.rawValue }
+        if let lease = transition.lease {
+            Counter(label: "playback_lease_changes_total", dimensions: [("reason", lease.reason.rawValue)]).increment()
+            logger.info("lease moved", metadata: [
+                "lease.epoch": .stringConvertible(lease.epoch), "lease.reason": .string(lease.reason.rawValue),
+                "lease.from": .string(lease.revoked ?? "-"), "lease.to": .string(lease.granted ?? "-"),
+            ])
+        }
+    }
+
+    func snapshot() async throws(PlaybackError) -> (state: PlayerState, devices: [DeviceInfo]) {
+        do {
+            let (playback, directory) = try await gate.run { try await loadBoth() }
+            return (playback.playerState(includeQueue: true), directory.list(activeDevice: playback.activeDevice))
+        } catch {
+            throw unavailable(error)
+        }
+    }
+
+    // MARK: Upkeep
+
+    /// Renews the lease of a local holder, refreshes presence, and expires a lease whose lock is
+    /// gone (its node died, or its device did not come back within the grace period).
+    func maintain() async {
+        await gate.run { await maintainNow() }
+    }
+
+    private func maintainNow() async {
+        guard let fanout else { return }
+        do {
+            let localDevices = fanout.connectedDevices
+            let now = self.now
+            let refresh = local.withLock { state -> Bool in
+                guard !localDevices.isEmpty, state.presenceRefreshedAt.map({ now - $0 >= timing.presenceTTLMs / 3 }) ?? true else { return false }
+                state.presenceRefreshedAt = now
+                return true
+            }
+            if refresh { try await refreshPresence(of: localDevices, now: now, fanout: fanout) }
+            let playback: Playback
+            if let cached = fanout.cachedPlayback ?? fanout.cached()?.playback {
+                playback = cached
+            } else {
+                playback = try await loadPlayback()
+                fanout.remember(playback)
+            }
+            guard let active = playback.activeDevice else { return }
+            if fanout.hasDevice(active) {
+                try await renew(playback, now: now, fanout: fanout)
+            } else if try await !storage.leaseExists(user: userID) {
+                logger.info("lease expired", metadata: ["device.id": .string(active), "lease.epoch": .stringConvertible(playback.epoch)])
+                _ = await apply(
+                    Submission(user: UserIdentity(userID: userID), input: .expire(device: active), device: nil),
+                    cause: .init(op: "expired", device: active, request: nil))
+            }
+        } catch {
+            logger.debug("lease upkeep failed", metadata: ["error": .string("\(error)")])
+        }
+    }
+
+    /// Renews a local holder's lease (three times per TTL); a lease found gone or not ours is taken
+    /// again only if the state, read afresh, still names this holder.
+    private func renew(_ playback: Playback, now: Int64, fanout: UserFanout) async throws {
+        let lock = LeaseHolder.value(of: playback)
+        let due = local.withLock { state in state.renewed.map { $0.lock != lock || now - $0.at >= timing.renewMs } ?? true }
+        guard due else { return }
+        local.withLock { $0.renewed = (lock, now) }
+        guard try await !storage.renewLease(user: userID, holder: lock, ttlMs: timing.leaseTTLMs) else { return }
+        local.withLock { $0.renewed = nil }
+        let fresh = try await loadPlayback()
+        fanout.remember(fresh)
+        if fresh.activeDevice == playback.activeDevice, LeaseHolder.value(of: fresh) == lock {
+            try await storage.retakeLease(user: userID, holder: lock, ttlMs: timing.leaseTTLMs)
+        }
+    }
+
+    /// Extends the presence of the local devices and checks the cached directory against who is
+    /// online (a node that died leaves its devices to expire).
+    private func refreshPresence(of devices: [String], now: Int64, fanout: UserFanout) async throws {
+        let (missing, online) = try await storage.refreshPresence(user: userID, devices: devices, now: now, until: now + timing.presenceTTLMs)
+        if missing > 0 {
+            // A local device new to the online set: the storage lost the user's keys (a Redis
+            // restart without persistence, a flush), so its directory entry is gone too and is
+            // written again, and the state is read (and restored) again.
+            try await registerLocalDevices()
+            fanout.forgetCache()
+            _ = try await cachedOrLoaded(fanout)
+        } else if let directory = fanout.cached()?.directory, Set(directory.records.filter(\.value.online).keys) != online {
+            fanout.remember(directory: try await loadDirectory())
+        }
+    }
+
+    /// After a bus outage: send the current state to local devices if they may have missed it.
+    /// The storage may still be reconnecting, so it tries for a while, without holding the
+    /// user's gate between attempts.
+    func recover() async {
+        for attempt in 0..<20 {
+            if await gate.run({ await recoverNow() }) { return }
+            try? await Task.sleep(for: .milliseconds(100 * min(attempt + 1, 5)))
+        }
+    }
+
+    /// False when the state could not be read.
+    private func recoverNow() async -> Bool {
+        guard let fanout else { return true }
+        fanout.forgetCache()
+        guard let (playback, _) = try? await cachedOrLoaded(fanout) else { return false }
+        guard playback.version > fanout.latestVersion else { return true }
+        // The active device may have missed its grant too (a restored playback has a new epoch); a
+        // revoke that was missed is sent by the fan-out, which knows which local device it told.
+        let lease = playback.activeDevice.flatMap { active in
+            fanout.needsGrant(active, epoch: playback.epoch)
+                ? LeaseChange(epoch: playback.epoch, revoked: nil, granted: active, reason: .transferred) : nil
+        }
+        fanout.receive(BusMessage(event: PlaybackEvent(
+            state: playback.playerState(includeQueue: true), queueChanged: true, lease: lease,
+            cause: .init(op: "recovered", device: nil, request: nil)).prepared))
+        return true
+    }
+
+    /// Tells a local device that holds the lease its current epoch, with the full state (its
+    /// grant was lost while the bus was down).
+    func regrant(_ device: String) async {
+        await gate.run {
+            guard let fanout, let playback = try? await loadPlayback(), playback.activeDevice == device else { return }
+            fanout.remember(playback)
+            fanout.grant(
+                EncodedMessage(.leaseGranted(.init(epoch: playback.epoch, state: playback.playerState(includeQueue: true)))), to: device,
+                epoch: playback.epoch)
+        }
+    }
+
+    /// Writes this node's connected devices of the user into the directory again (after the storage lost it).
+    private func registerLocalDevices() async throws {
+        guard let fanout else { return }
+        let now = self.now
+        let identities = local.withLock { $0.identities }
+        let entries = fanout.connectedDevices.compactMap { device -> (device: String, entry: StoredDevice)? in
+            guard let identity = identities[device], let session = fanout.sessionID(of: device) else { return nil }
+            return (device, StoredDevice(name: identity.name, kind: identity.kind, lastSeen: now, session: session, node: environment.nodeID))
+        }
+        try await storage.register(user: userID, entries: entries, presenceUntil: now + timing.presenceTTLMs)
+    }
+
+    /// Queues the current state for PostgreSQL now (shutdown).
+    func writeSnapshot() async {
+        guard let writer = environment.durability.writer else { return }
+        var playback = fanout?.cached()?.playback
+        if playback == nil { playback = try? await loadPlayback() }
+        guard let playback, playback.version > 0 else { return }
+        writer.snapshot(user: userID, playback: playback, urgent: true)
+    }
+
+    // MARK: Storage
+
+    /// The cached playback and directory, loaded (and cached) when there are none.
+    private func cachedOrLoaded(_ fanout: UserFanout) async throws -> (Playback, DeviceDirectory) {
+        if let cached = fanout.cached() { return cached }
+        let (playback, directory) = try await loadBoth()
+        fanout.remember(playback)
+        fanout.remember(directory: directory)
+        return (fanout.cached()?.playback ?? playback, directory)
+    }
+
+    private func loadBoth() async throws -> (Playback, DeviceDirectory) {
+        async let playback = loadPlayback()
+        async let directory = loadDirectory()
+        return try await (playback, directory)
+    }
+
+    private func loadDirectory() async throws -> DeviceDirectory {
+        try await storage.loadDirectory(user: userID, now: now, retentionMs: configuration.deviceRetentionMs)
+    }
+
+    private func loadPlayback() async throws -> Playback {
+        if let playback = try await storage.loadPlayback(user: userID) { return playback }
+        return try await restorePlayback()
+    }
+
+    /// The storage has no state for the user: a new user, or it lost it (a Redis restart without
+    /// persistence, a flush, eviction; a new process of the memory engine). Puts back the snapshot
+    /// from PostgreSQL with a raised epoch and version (see `Durability.restore`), tells the
+    /// user's devices, and reads again.
+    private func restorePlayback() async throws -> Playback {
+        try await registerLocalDevices()
+        let restored: Playback
+        var frame: BusMessage?
+        switch await environment.durability.restore(user: userID, now: now) {
+        case .fresh:
+            // The empty state is stored, so that the next read finds it instead of coming here again.
+            restored = .initial
+        case .snapshot(let playback), .unknown(let playback):
+            restored = playback
+            let lease = playback.activeDevice.map { LeaseChange(epoch: playback.epoch, revoked: nil, granted: $0, reason: .transferred) }
+            frame = BusMessage(event: PlaybackEvent(
+                state: playback.playerState(includeQueue: true), queueChanged: true, lease: lease,
+                cause: .init(op: "restored", device: nil, request: nil)).prepared)
+        }
+        _ = try await storage.restore(
+            user: userID, playback: restored, holder: restored.activeDevice == nil ? nil : LeaseHolder.value(of: restored),
+            ttlMs: timing.leaseTTLMs, frame: frame)
+        guard let playback = try await storage.loadPlayback(user: userID) else {
+            throw PlaybackError(.internal, "playback of \(userID) vanished right after it was restored")
+        }
+        // The snapshot is of what the storage holds now: another node may have restored first, and
+        // a restore that lost must not leave its own (never used) state in PostgreSQL.
+        if playback.version > 0 { environment.durability.writer?.snapshot(user: userID, playback: playback, urgent: true) }
+        return playback
+    }
+
+    /// Clients learn that storage is down; the details go to the log, not to them.
+    private func unavailable(_ error: any Error) -> PlaybackError {
+        logger.warning("storage unavailable", metadata: ["error": .string("\(error)")])
+        return PlaybackError(.unavailable, "storage unavailable; try again")
+    }
+}
