@@ -66,6 +66,7 @@ let package = Package(
             dependencies: [
                 "PlaybackCore", "RedisClient", "PlaybackStore",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "DequeModule", package: "swift-collections"),

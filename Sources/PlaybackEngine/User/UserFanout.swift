@@ -1,5 +1,6 @@
 import Foundation
 import NIOCore
+import NIOPosix
 import PlaybackCore
 import Synchronization
 
@@ -33,6 +34,10 @@ final class UserFanout: Sendable {
         var undecoded: (version: Int64, json: ByteBuffer)?
         /// The user's devices; nil until loaded.
         var directory: DeviceDirectory?
+        /// A device list to send at the end of this event-loop turn, and the device that does not
+        /// need it (its welcome has it): several lists in one turn (devices connecting together,
+        /// a reconnect storm) go out as one, the newest.
+        var pendingDevices: (list: [DeviceInfo], except: String?)?
 
         mutating func remember(_ playback: Playback, json: ByteBuffer?) {
             if let known = self.playback, known.value.version > playback.version { return }
@@ -154,43 +159,67 @@ final class UserFanout: Sendable {
     /// epoch it was never told about is returned: the caller grants it again with the full state.
     @discardableResult
     func receive(_ message: BusMessage) -> String? {
-        state.withLock { state in
-            var regrant: String?
-            for device in state.waiting.keys { state.waiting[device]?.buffer.append(message) }
-            if let event = message.event, let json = message.stored,
-                event.version > max(state.playback?.value.version ?? -1, state.undecoded?.version ?? -1)
-            {
-                state.undecoded = (event.version, json)
-            }
-            if let devices = message.devices, state.directory != nil {
-                state.directory = DeviceDirectory(devices)
-            }
-            // A version already delivered comes again only from a recovery racing the channel: dropped.
-            if let event = message.event, event.version > state.latestVersion {
-                if let holder = state.holder, holder.device != event.activeDevice, event.revoked?.device != holder.device {
-                    let reason: LeaseReason = event.activeDevice == nil ? .expired : .transferred
-                    state.devices.send(
-                        EncodedMessage(.leaseRevoked(.init(epoch: event.epoch, reason: reason, by: event.activeDevice))), to: holder.device)
-                    state.holder = nil
-                }
-                if event.granted == nil, let active = event.activeDevice, state.needsGrant(active, epoch: event.epoch) {
-                    regrant = active
-                }
-                state.latestVersion = max(state.latestVersion, event.version)
-                state.latestEpoch = max(state.latestEpoch, event.epoch)
-                state.devices.deliver(event)
-                state.track(event)
-            }
-            if let devices = message.devices {
-                state.devices.broadcast(EncodedMessage(.devices(devices)), except: message.except)
-            }
-            if let replacement = message.replace, let sink = state.devices.sink(for: replacement.device),
-                sink.sessionID != replacement.session
-            {
-                sink.close(.replaced, reason: "replaced by a newer connection of this device")
-            }
-            return regrant
+        let (regrant, flushLater) = state.withLock { state -> (String?, Bool) in
+            let flushLater = message.devices != nil && state.pendingDevices == nil
+            let regrant = receive(message, into: &state)
+            return (regrant, flushLater)
         }
+        if flushLater {
+            if let loop = MultiThreadedEventLoopGroup.currentEventLoop {
+                loop.execute { self.flushDevices() }
+            } else {
+                flushDevices()
+            }
+        }
+        return regrant
+    }
+
+    /// Sends the device list that came in this turn.
+    private func flushDevices() {
+        state.withLock { state in
+            guard let pending = state.pendingDevices else { return }
+            state.pendingDevices = nil
+            state.devices.broadcast(EncodedMessage(.devices(pending.list)), except: pending.except)
+        }
+    }
+
+    private func receive(_ message: BusMessage, into state: inout State) -> String? {
+        var regrant: String?
+        for device in state.waiting.keys { state.waiting[device]?.buffer.append(message) }
+        if let event = message.event, let json = message.stored,
+            event.version > max(state.playback?.value.version ?? -1, state.undecoded?.version ?? -1)
+        {
+            state.undecoded = (event.version, json)
+        }
+        if let devices = message.devices, state.directory != nil {
+            state.directory = DeviceDirectory(devices)
+        }
+        // A version already delivered comes again only from a recovery racing the channel: dropped.
+        if let event = message.event, event.version > state.latestVersion {
+            if let holder = state.holder, holder.device != event.activeDevice, event.revoked?.device != holder.device {
+                let reason: LeaseReason = event.activeDevice == nil ? .expired : .transferred
+                state.devices.send(
+                    EncodedMessage(.leaseRevoked(.init(epoch: event.epoch, reason: reason, by: event.activeDevice))), to: holder.device)
+                state.holder = nil
+            }
+            if event.granted == nil, let active = event.activeDevice, state.needsGrant(active, epoch: event.epoch) {
+                regrant = active
+            }
+            state.latestVersion = max(state.latestVersion, event.version)
+            state.latestEpoch = max(state.latestEpoch, event.epoch)
+            state.devices.deliver(event)
+            state.track(event)
+        }
+        if let devices = message.devices {
+            // A later list in the same turn replaces it; the device its welcome gave the newest list skips it.
+            state.pendingDevices = (devices, message.except)
+        }
+        if let replacement = message.replace, let sink = state.devices.sink(for: replacement.device),
+            sink.sessionID != replacement.session
+        {
+            sink.close(.replaced, reason: "replaced by a newer connection of this device")
+        }
+        return regrant
     }
 
     /// Sends a message to one local device.
