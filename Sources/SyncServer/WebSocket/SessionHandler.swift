@@ -395,6 +395,9 @@ final class SessionSink: DeviceSink {
         self.eventLoop = eventLoop
     }
 
+    /// Always through the loop's queue, even from the loop itself: messages for one connection come
+    /// from several threads (the bus, a welcome, a regrant), and writing one at once could overtake
+    /// one queued before it (a version 4 after a version 6).
     func send(_ message: EncodedMessage) {
         let handler = self.handler
         eventLoop.execute { handler.value.deliver(message) }
