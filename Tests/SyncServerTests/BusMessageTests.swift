@@ -1,4 +1,5 @@
 import NIOCore
+import Synchronization
 @testable import PlaybackEngine
 import Testing
 
@@ -70,5 +71,18 @@ struct BusMessageTests {
         for length in stride(from: 0, to: full.readableBytes - 1, by: 7) {
             #expect(throws: (any Error).self) { try BusMessage(decoding: full.getSlice(at: full.readerIndex, length: length)!) }
         }
+    }
+}
+
+/// Handlers read once per frame stay one call deep (a closure kept in a Mutex grew a thunk per read).
+@Suite("bus handlers")
+struct BusHandlersTests {
+    @Test func handlersReadAMillionTimesStillCallStraightThrough() {
+        let slot = BusHandlers.Slot()
+        let calls = Mutex(0)
+        slot.current = BusHandlers(frame: { _, _ in calls.withLock { $0 += 1 } }, resubscribed: {})
+        for _ in 0..<1_000_000 { _ = slot.current }
+        slot.current?.frame("u", BusMessage(devices: []))
+        #expect(calls.withLock { $0 } == 1)
     }
 }

@@ -24,7 +24,7 @@ public final class MemoryStorage: PlaybackStorage {
     }
 
     private let slots = Mutex<[String: Slot]>([:])
-    private let bus = Mutex<(@Sendable (String, BusMessage) -> Void)?>(nil)
+    private let bus = BusHandlers.Slot()
     private let clock: @Sendable () -> Int64
     private let requestWindowMs: Int64
     private let requestCapacity: Int
@@ -51,11 +51,11 @@ public final class MemoryStorage: PlaybackStorage {
     }
 
     private func publish(_ user: String, _ frame: BusMessage) {
-        bus.withLock { $0 }?(user, frame)
+        bus.current?.frame(user, frame)
     }
 
     public func start(onFrame: @escaping @Sendable (String, BusMessage) -> Void, onResubscribed: @escaping @Sendable () -> Void) async {
-        bus.withLock { $0 = onFrame }
+        bus.current = BusHandlers(frame: onFrame, resubscribed: onResubscribed)
     }
 
     public func subscribe(user: String) async throws {}

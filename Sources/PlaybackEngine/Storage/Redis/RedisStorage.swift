@@ -10,7 +10,7 @@ public final class RedisStorage: PlaybackStorage {
     let redis: RedisClient
     let subscriber: RedisSubscriber
     private let logger: Logger
-    private let handlers = FrameHandlers()
+    private let handlers: BusHandlers.Slot
     private let subscription = Mutex<Task<Void, Never>?>(nil)
 
     private let commandScript = RedisScript(RedisScripts.command)
@@ -20,17 +20,6 @@ public final class RedisStorage: PlaybackStorage {
     private let leaveScript = RedisScript(RedisScripts.leave)
     private let presenceScript = RedisScript(RedisScripts.presence)
 
-    /// Where frames go once `start` was called (the subscriber is made before it).
-    private final class FrameHandlers: Sendable {
-        private let handlers = Mutex<(frame: @Sendable (String, BusMessage) -> Void, resubscribed: @Sendable () -> Void)?>(nil)
-
-        func set(frame: @escaping @Sendable (String, BusMessage) -> Void, resubscribed: @escaping @Sendable () -> Void) {
-            handlers.withLock { $0 = (frame, resubscribed) }
-        }
-
-        var current: (frame: @Sendable (String, BusMessage) -> Void, resubscribed: @Sendable () -> Void)? { handlers.withLock { $0 } }
-    }
-
     init(configuration: RedisConfiguration, nodeID: String, logger: Logger) {
         var commands = configuration
         commands.clientName = "playback-syncd:\(nodeID)"
@@ -38,7 +27,9 @@ public final class RedisStorage: PlaybackStorage {
         pubsub.clientName = "playback-syncd:\(nodeID):pubsub"
         self.logger = logger
         self.redis = RedisClient(configuration: commands, logger: logger)
-        let handlers = self.handlers
+        // Frames go where `start` says (the subscriber is made before it).
+        let handlers = BusHandlers.Slot()
+        self.handlers = handlers
         self.subscriber = RedisSubscriber(
             configuration: pubsub, logger: logger, onResubscribed: { handlers.current?.resubscribed() },
             onMessage: { channel, payload in
@@ -55,7 +46,7 @@ public final class RedisStorage: PlaybackStorage {
     /// Runs the pub/sub connection (until `shutdown`); returns once subscribed, or after a few
     /// seconds when Redis is unreachable (then `readiness` says so until it connects).
     public func start(onFrame: @escaping @Sendable (String, BusMessage) -> Void, onResubscribed: @escaping @Sendable () -> Void) async {
-        handlers.set(frame: onFrame, resubscribed: onResubscribed)
+        handlers.current = BusHandlers(frame: onFrame, resubscribed: onResubscribed)
         let subscriber = self.subscriber
         subscription.withLock { $0 = Task { await subscriber.run() } }
         if await subscriber.waitUntilConnected(timeout: .seconds(5)) {
