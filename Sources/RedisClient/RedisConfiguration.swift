@@ -18,7 +18,7 @@ public struct RedisConfiguration: Sendable, Equatable {
 
     public init(url: String) throws {
         guard let components = URLComponents(string: url), components.scheme == "redis", let host = components.host, !host.isEmpty else {
-            throw RedisError(.invalidURL, "expected redis://[user:password@]host[:port][/db], got \(url)")
+            throw RedisError(.invalidURL, "expected redis://[user:password@]host[:port][/db], got \(Self.redacted(url))")
         }
         self.host = host
         port = components.port ?? 6379
@@ -29,5 +29,19 @@ public struct RedisConfiguration: Sendable, Equatable {
             guard let database = Int(path), database >= 0 else { throw RedisError(.invalidURL, "database must be a number: \(path)") }
             self.database = database
         }
+    }
+
+    /// Where it connects, for logs: no password.
+    public var redacted: String {
+        let user = username.map { "\($0)\(password == nil ? "" : ":***")@" } ?? (password == nil ? "" : ":***@")
+        return "redis://\(user)\(host):\(port)/\(database)"
+    }
+
+    /// A Redis URL with any password replaced by `***`, for logs and error messages.
+    public static func redacted(_ url: String) -> String {
+        guard let schemeEnd = url.range(of: "://"), let at = url.range(of: "@", range: schemeEnd.upperBound..<url.endIndex) else { return url }
+        let userInfo = url[schemeEnd.upperBound..<at.lowerBound]
+        guard let colon = userInfo.firstIndex(of: ":") else { return url }
+        return String(url[..<url.index(after: colon)]) + "***" + String(url[at.lowerBound...])
     }
 }

@@ -11,6 +11,8 @@ import Prometheus
 /// A configuration the daemon refuses to start with.
 public struct ConfigurationError: Error, CustomStringConvertible {
     public var description: String
+
+    public init(description: String) { self.description = description }
 }
 
 /// Builds the daemon: the engine, the WebSocket endpoint, the HTTP routes, on one port.
@@ -27,9 +29,7 @@ public func buildApplication(
     logger: Logger = Logger(label: "playback-syncd"),
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
 ) async throws -> some ApplicationProtocol {
-    guard configuration.jwtSecret.utf8.count >= 32 else {
-        throw ConfigurationError(description: "the JWT secret must be at least 32 bytes (HS256)")
-    }
+    try configuration.validate()
     let engine = engine ?? MemoryEngine(configuration: configuration.engine, logger: logger)
     let authenticator = await Authenticator(secret: configuration.jwtSecret, allowedOrigins: configuration.allowedOrigins)
     let services = SessionServices(engine: engine, authenticator: authenticator, configuration: configuration, logger: logger)
@@ -40,7 +40,7 @@ public func buildApplication(
     WebRoutes(authenticator: authenticator, developmentTokens: configuration.usesDevelopmentSecret).register(on: router)
     PlayerRoutes(
         engine: engine, authenticator: authenticator,
-        limiter: UserRateLimiter(rate: configuration.messagesPerSecond, burst: configuration.messageBurst)
+        limiter: UserRateLimiter(rate: configuration.messagesPerSecond, burst: configuration.messageBurst), logger: logger
     ).register(on: router)
 
     let tls = try configuration.tls.map(tlsConfiguration)

@@ -131,8 +131,10 @@ struct Serve: AsyncParsableCommand {
     var host: String?
     @Option(help: "Port to listen on (0 picks one). [PLAYBACK_PORT, default 8080]")
     var port: Int?
-    @Option(help: "HS256 secret for access tokens, at least 32 bytes. [PLAYBACK_JWT_SECRET, default: a development secret]")
+    @Option(help: "HS256 secret for access tokens, at least 32 bytes. [PLAYBACK_JWT_SECRET, default: the public development secret, on loopback only]")
     var jwtSecret: String?
+    @Flag(help: "Serve with the public development secret on an address other than loopback: anyone who can reach it can mint tokens. For demos only.")
+    var insecureDevelopmentSecretOnNetwork = false
     @Option(help: "Where playback lives: memory (this process only) or redis (shared by several daemons). [PLAYBACK_ENGINE, default memory]")
     var engine: String?
     @Option(help: "Redis for --engine redis: redis://[user:password@]host[:port][/db]. [PLAYBACK_REDIS_URL, default redis://127.0.0.1:6379/0]")
@@ -145,6 +147,8 @@ struct Serve: AsyncParsableCommand {
     var heartbeatMs: Int64?
     @Option(help: "Time allowed for hello after the upgrade, ms. [PLAYBACK_HELLO_TIMEOUT_MS, default 10000]")
     var helloTimeoutMs: Int64?
+    @Option(help: "Time allowed for a new connection's TLS handshake and request head, and the longest an HTTP connection may stay idle, ms. [PLAYBACK_REQUEST_TIMEOUT_MS, default 10000]")
+    var requestTimeoutMs: Int64?
     @Option(help: "Largest frame and message, bytes. [PLAYBACK_MAX_MESSAGE_BYTES, default 65536]")
     var maxMessageBytes: Int?
     @Option(help: "Messages per second per connection (burst twice that). [PLAYBACK_MESSAGES_PER_SECOND, default 100]")
@@ -180,10 +184,19 @@ struct Serve: AsyncParsableCommand {
         var config = ServerConfiguration()
         config.host = setting(host, "PLAYBACK_HOST") ?? config.host
         config.port = try number(port, "PLAYBACK_PORT") ?? config.port
+        // An empty secret is a mistake (an unfilled template, a missing variable), not a request for
+        // the development secret.
+        if jwtSecret == "" || (jwtSecret == nil && ProcessInfo.processInfo.environment["PLAYBACK_JWT_SECRET"] == "") {
+            throw ValidationError(
+                "the JWT secret is set but empty: give --jwt-secret or PLAYBACK_JWT_SECRET at least 32 bytes, or leave both unset to use the development secret on loopback")
+        }
         if let secret = setting(jwtSecret, "PLAYBACK_JWT_SECRET") { config.jwtSecret = secret }
+        config.insecureDevelopmentSecretOnNetwork = insecureDevelopmentSecretOnNetwork
         config.engine.graceMs = try number(graceMs, "PLAYBACK_GRACE_MS") ?? config.engine.graceMs
         config.heartbeatMs = try number(heartbeatMs, "PLAYBACK_HEARTBEAT_MS") ?? config.heartbeatMs
         config.helloTimeoutMs = try number(helloTimeoutMs, "PLAYBACK_HELLO_TIMEOUT_MS") ?? config.helloTimeoutMs
+        config.requestTimeoutMs = try number(requestTimeoutMs, "PLAYBACK_REQUEST_TIMEOUT_MS") ?? config.requestTimeoutMs
+        guard config.requestTimeoutMs > 0 else { throw ValidationError("--request-timeout-ms must be positive") }
         config.maxMessageBytes = try number(maxMessageBytes, "PLAYBACK_MAX_MESSAGE_BYTES") ?? config.maxMessageBytes
         if let rate = try number(messagesPerSecond, "PLAYBACK_MESSAGES_PER_SECOND") {
             config.messagesPerSecond = rate
@@ -200,6 +213,11 @@ struct Serve: AsyncParsableCommand {
         case (let cert?, let key?): config.tls = .init(certificatePath: cert, keyPath: key)
         case (nil, nil): break
         default: throw ValidationError("--tls-cert and --tls-key go together")
+        }
+        do {
+            try config.validate()
+        } catch {
+            throw ValidationError(error.description)
         }
         if diagnosticsEcho { logger.warning("the diagnostics echo is enabled: /v1/diagnostics/echo is open to anyone (test only)") }
         let engineName = setting(engine, "PLAYBACK_ENGINE") ?? "memory"
@@ -249,7 +267,7 @@ struct Serve: AsyncParsableCommand {
             let redis = RedisEngine(
                 redis: redisConfiguration, catalog: trackCatalog, configuration: config.engine,
                 durability: durability, logger: logger)
-            logger.info("connecting to redis", metadata: ["redis.url": .string(url), "node.id": .string(redis.nodeID)])
+            logger.info("connecting to redis", metadata: ["redis.url": .string(redisConfiguration.redacted), "node.id": .string(redis.nodeID)])
             await redis.start()
             playbackEngine = redis
         default:

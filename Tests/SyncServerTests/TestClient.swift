@@ -107,6 +107,13 @@ final class TestClient: Sendable {
         try await connection.writeRaw(buffer)
     }
 
+    /// Writes `count` copies of one frame in one write.
+    func sendFrames(opcode: UInt8, payload: [UInt8], count: Int) async throws {
+        var buffer = ByteBuffer()
+        for _ in 0..<count { Self.writeFrame(into: &buffer, opcode: opcode, payload: payload) }
+        try await connection.writeRaw(buffer)
+    }
+
     /// Writes many text messages in one write: they arrive together, however slow this client is.
     func sendTexts(_ texts: [String]) async throws {
         var buffer = ByteBuffer()
@@ -175,6 +182,14 @@ final class TestClient: Sendable {
             if case .close = event { throw TestTimeout(waitingFor: "\(type), got \(event)") }
             if case .disconnected = event { throw TestTimeout(waitingFor: "\(type), got \(event)") }
         }
+    }
+
+    /// Starts reading again (a client made with `autoRead: false`), reads everything the server
+    /// sent, and returns the code of its close frame.
+    func closeAfterReadingEverything() async -> UInt16? {
+        try? await channel.setOption(ChannelOptions.autoRead, value: true).get()
+        channel.read()
+        return await expectClose()
     }
 
     /// Waits for the server's close frame (skipping messages) and returns its code.

@@ -27,6 +27,14 @@ enum TestMetrics {
         registry.emit(into: &bytes)
         return String(decoding: bytes, as: UTF8.self)
     }
+
+    /// The value of one series, e.g. `playback_ws_closes_total{code="4008"}` (0 when absent).
+    static func value(_ series: String) -> Double {
+        for line in text().split(separator: "\n") where line.hasPrefix(series + " ") {
+            return Double(line.dropFirst(series.count + 1)) ?? 0
+        }
+        return 0
+    }
 }
 
 /// Which engine a test server runs.
@@ -126,6 +134,12 @@ final class TestServer: Sendable {
     func token(_ user: String, ttl: TimeInterval = 3_600, country: String? = nil, secret: String? = nil) async throws -> String {
         let authenticator = await Authenticator(secret: secret ?? configuration.jwtSecret, allowedOrigins: [])
         return try await authenticator.sign(AccessToken(user: "\(user).\(namespace)", expires: Date().addingTimeInterval(ttl), country: country))
+    }
+
+    /// A token for alice that expires at `expiry`, however absurd.
+    func token(expiringAt expiry: Date) async throws -> String {
+        let authenticator = await Authenticator(secret: configuration.jwtSecret, allowedOrigins: [])
+        return try await authenticator.sign(AccessToken(user: "alice.\(namespace)", expires: expiry))
     }
 
     /// Shuts down gracefully, as on SIGTERM: sessions are closed with 1001.

@@ -149,28 +149,42 @@ extension ClientMessage: Codable {
             }
             self = .hello(hello)
         case "command":
-            let id = try c.decode(String.self, forKey: .id)
+            let id = try Self.requestID(c.decode(String.self, forKey: .id))
             let opName = try c.decode(String.self, forKey: .op)
             guard let op = Command.Op(rawValue: opName) else {
                 throw MessageDecodingError(.unknownOp, "unknown op \(opName)")
             }
             let command = try Command(op: op, args: c, key: .args)
             self = .command(CommandRequest(id: id, command: command, ifVersion: try c.decodeIfPresent(Int64.self, forKey: .ifVersion)))
-        case "report": self = .report(try Report(from: decoder))
-        case "track_ended": self = .trackEnded(try TrackEnded(from: decoder))
+        case "report":
+            let report = try Report(from: decoder)
+            _ = try report.id.map(Self.requestID)
+            self = .report(report)
+        case "track_ended":
+            let ended = try TrackEnded(from: decoder)
+            _ = try ended.id.map(Self.requestID)
+            self = .trackEnded(ended)
         case "clock": self = .clock(t0: try c.decode(JSONNumber.self, forKey: .t0))
-        case "release": self = .release(id: try c.decodeIfPresent(String.self, forKey: .id))
+        case "release": self = .release(id: try c.decodeIfPresent(String.self, forKey: .id).map(Self.requestID))
         case "auth":
-            self = .auth(token: try c.decode(String.self, forKey: .token), id: try c.decodeIfPresent(String.self, forKey: .id))
+            self = .auth(token: try c.decode(String.self, forKey: .token), id: try c.decodeIfPresent(String.self, forKey: .id).map(Self.requestID))
         case "history":
             let limit = try c.decodeIfPresent(Int.self, forKey: .limit) ?? PlayedItem.defaultLimit
             guard (1...PlayedItem.maxLimit).contains(limit) else {
                 throw MessageDecodingError(.badRequest, "limit must be an integer from 1 to \(PlayedItem.maxLimit)")
             }
-            self = .history(id: try c.decodeIfPresent(String.self, forKey: .id), limit: limit)
+            self = .history(id: try c.decodeIfPresent(String.self, forKey: .id).map(Self.requestID), limit: limit)
         default:
             throw MessageDecodingError(.badRequest, "unknown message type \(type)")
         }
+    }
+
+    /// A request id within `ProtocolInfo.maxRequestIDBytes`.
+    private static func requestID(_ id: String) throws -> String {
+        guard ProtocolInfo.isValidRequestID(id) else {
+            throw MessageDecodingError(.badRequest, "id must be at most \(ProtocolInfo.maxRequestIDBytes) bytes")
+        }
+        return id
     }
 
     public func encode(to encoder: any Encoder) throws {

@@ -54,8 +54,10 @@ public struct MessageCodec: Sendable {
         enum CodingKeys: String, CodingKey { case id }
     }
 
+    /// An over-long id is not echoed: the error says it was too long.
     private static func requestID(in data: Data) -> String? {
-        (try? JSONDecoder().decode(IDProbe.self, from: data))?.id ?? nil
+        guard let id = (try? JSONDecoder().decode(IDProbe.self, from: data))?.id ?? nil, ProtocolInfo.isValidRequestID(id) else { return nil }
+        return id
     }
 
     /// The string `id` of a JSON object, if it has one; for answering messages that are not decoded.

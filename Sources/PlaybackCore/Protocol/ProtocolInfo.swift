@@ -11,6 +11,12 @@ public enum ProtocolInfo {
     public static let helloTimeoutMs: Int64 = 10_000
     public static let graceMs: Int64 = 10_000
     public static let idempotencyWindowMs: Int64 = 600_000
+    /// The longest request id (a message's `id`, REST's `Idempotency-Key`), in UTF-8 bytes: each
+    /// is remembered for `idempotencyWindowMs`, so their size is bounded.
+    public static let maxRequestIDBytes = 128
+
+    /// Whether `id` may be used as a request id.
+    public static func isValidRequestID(_ id: String) -> Bool { id.utf8.count <= maxRequestIDBytes }
     /// The HS256 secret the daemon and `device-sim` use when none is configured. Public on
     /// purpose: fine on a laptop, never in production (the daemon warns loudly).
     public static let developmentJWTSecret = "playback-sync-development-secret-do-not-use-in-production"

@@ -17,7 +17,13 @@ public struct AccessToken: JWTPayload, Equatable {
         self.tier = tier
     }
 
+    /// The latest `exp` accepted: the end of the year 9999 (seconds since the epoch). Later ones,
+    /// and ones that are no number of seconds at all, are refused rather than turned into a time.
+    public static let latestExpiry: TimeInterval = 253_402_300_799
+
     public func verify(using algorithm: some JWTAlgorithm) async throws {
+        let expiry = exp.value.timeIntervalSince1970
+        guard expiry.isFinite, expiry <= Self.latestExpiry else { throw AuthError.invalidExpiry }
         try exp.verifyNotExpired()
         guard Self.isValidUserID(sub.value) else { throw AuthError.invalidSubject }
         if let country, country.count != 2 { throw AuthError.invalidCountry }
@@ -39,7 +45,12 @@ public struct AccessToken: JWTPayload, Equatable {
     }
 
     public var identity: UserIdentity { UserIdentity(userID: sub.value, country: country?.uppercased(), tier: tier) }
-    public var expiresAtMs: Int64 { Int64(exp.value.timeIntervalSince1970 * 1_000) }
+    /// When the token expires, server ms; verified tokens are within `latestExpiry`, others clamp.
+    public var expiresAtMs: Int64 {
+        let ms = exp.value.timeIntervalSince1970 * 1_000
+        guard ms.isFinite else { return ms < 0 ? 0 : .max }
+        return Int64(min(max(ms, 0), Self.latestExpiry * 1_000))
+    }
 }
 
 /// Why a request was not authenticated.
@@ -48,6 +59,7 @@ public enum AuthError: Error, Equatable, Sendable {
     case invalidToken
     case invalidSubject
     case invalidCountry
+    case invalidExpiry
     case expired
     case foreignOrigin
 
@@ -57,6 +69,7 @@ public enum AuthError: Error, Equatable, Sendable {
         case .invalidToken: "the access token is malformed or badly signed"
         case .invalidSubject: "the token's sub must be 1–128 characters of A-Z a-z 0-9 . _ : @ -"
         case .invalidCountry: "the token's country must be a two-letter code"
+        case .invalidExpiry: "the token's exp is not a time before the year 10000"
         case .expired: "the access token has expired"
         case .foreignOrigin: "this Origin is not allowed"
         }

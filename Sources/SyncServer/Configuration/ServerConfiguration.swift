@@ -23,6 +23,9 @@ public struct ServerConfiguration: Sendable {
     public var malformedLimit = ProtocolInfo.malformedLimit
     /// Outbound bytes buffered for one connection before it is closed with 4008.
     public var sendBufferBytes = 1 << 20
+    /// Time for a new connection's TLS handshake and request head, and the longest an HTTP
+    /// connection may stay idle.
+    public var requestTimeoutMs: Int64 = 10_000
     /// How long to wait for the peer's close frame after sending ours.
     public var closeTimeoutMs: Int64 = 1_000
     /// Messages decoded but not yet handled before the connection stops reading.
@@ -35,6 +38,9 @@ public struct ServerConfiguration: Sendable {
     public var permessageDeflate = false
     /// PEM certificate chain and private key: serve wss:// and https:// on the same port.
     public var tls: TLSFiles?
+    /// Serve with the public development secret on an address other than loopback. Anyone can mint
+    /// tokens then: for a demo on a private network, never in production.
+    public var insecureDevelopmentSecretOnNetwork = false
 
     /// Where the TLS certificate chain and key are (PEM).
     public struct TLSFiles: Sendable, Equatable {
@@ -50,4 +56,23 @@ public struct ServerConfiguration: Sendable {
     public init() {}
 
     public var usesDevelopmentSecret: Bool { jwtSecret == Self.developmentJWTSecret }
+
+    /// Whether `host` only accepts connections from this machine.
+    public var listensOnLoopbackOnly: Bool {
+        host == "localhost" || host == "::1" || host.hasPrefix("127.")
+    }
+
+    /// The settings the daemon refuses to start with, each with what to do instead.
+    public func validate() throws(ConfigurationError) {
+        guard jwtSecret.utf8.count >= 32 else {
+            throw ConfigurationError(description: "the JWT secret must be at least 32 bytes (HS256)")
+        }
+        if usesDevelopmentSecret, !listensOnLoopbackOnly, !insecureDevelopmentSecretOnNetwork {
+            throw ConfigurationError(description: """
+                no JWT secret is configured and --host \(host) is reachable from other machines: with the public \
+                development secret anyone could mint tokens. Set --jwt-secret or PLAYBACK_JWT_SECRET (at least 32 bytes), \
+                or pass --insecure-development-secret-on-network for a demo
+                """)
+        }
+    }
 }

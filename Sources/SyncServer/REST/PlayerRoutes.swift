@@ -1,6 +1,7 @@
 import Foundation
 import HTTPTypes
 import Hummingbird
+import Logging
 import PlaybackEngine
 import Synchronization
 
@@ -11,6 +12,7 @@ struct PlayerRoutes {
     let engine: any PlaybackEngine
     let authenticator: Authenticator
     let limiter: UserRateLimiter
+    let logger: Logger
 
     static let idempotencyKey = HTTPField.Name("Idempotency-Key")!
 
@@ -133,13 +135,18 @@ struct PlayerRoutes {
         } catch let error as PlaybackError {
             return RESTResponse.error(error)
         } catch {
-            return RESTResponse.error(PlaybackError(.internal, "\(error)"))
+            // The details are for the log; clients learn that it failed, not how.
+            logger.error("request failed", metadata: ["http.path": .string(request.uri.path), "error": .string("\(error)")])
+            return RESTResponse.error(PlaybackError(.internal, "internal error"))
         }
     }
 
     private func submit(_ command: Command, user: UserIdentity, request: Request) async throws -> Response {
         let ifVersion = try Self.ifMatch(request.headers[.ifMatch])
         let key = request.headers[Self.idempotencyKey]
+        if let key, !ProtocolInfo.isValidRequestID(key) {
+            throw PlaybackError.badRequest("Idempotency-Key must be at most \(ProtocolInfo.maxRequestIDBytes) bytes")
+        }
         let started = ContinuousClock.now
         let result = await engine.submit(Submission(user: user, input: .command(command), device: nil, requestID: key, ifVersion: ifVersion))
         ServerMetrics.commandDuration.record(ContinuousClock.now - started)

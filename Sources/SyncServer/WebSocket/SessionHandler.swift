@@ -150,11 +150,16 @@ final class SessionHandler: ChannelDuplexHandler {
         lastHeard = .now()
         guard phase != .closed else { return }
         switch assembler.receive(frame) {
-        case .none, .pong:
+        case .none:
             return
+        case .pong:
+            // Control frames count toward the rate limit too: a pong flood costs like any other.
+            _ = admit()
         case .ping(let payload):
-            guard !closeSent else { return }
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: payload)), promise: nil)
+            // A ping is answered like any message is: within the rate limit and the send buffer
+            // (a client that pings and never reads ends with 4008, one that floods with 4029).
+            guard !closeSent, admit() == nil else { return }
+            writeFrame(WebSocketFrame(fin: true, opcode: .pong, data: payload))
         case .text(let text):
             guard !closeSent else { return }
             receive(text)
@@ -167,25 +172,29 @@ final class SessionHandler: ChannelDuplexHandler {
         }
     }
 
-    private func receive(_ text: ByteBuffer) {
+    /// Takes a token for one incoming message or control frame: nil when admitted, else how long
+    /// to wait. Sustained abuse (more than `rateLimitStrikes` refused within one second) closes
+    /// the connection with 4029.
+    private func admit() -> Int64? {
         let nowNs = NIODeadline.now().uptimeNanoseconds
         let decision = bucket.take(nowNs: nowNs)
-        guard decision.allowed else {
-            // Sustained abuse: more than `rateLimitStrikes` refused messages within one second.
-            if nowNs - rateStrikeWindowNs > 1_000_000_000 {
-                rateStrikeWindowNs = nowNs
-                rateStrikes = 0
-            }
-            rateStrikes += 1
-            ServerMetrics.message("any", result: "rate_limited")
-            if rateStrikes > configuration.rateLimitStrikes {
-                close(.rateLimited, "message rate limit exceeded")
-            } else {
-                let error = PlaybackError(
-                    .rateLimited, "more than \(configuration.messagesPerSecond) messages per second",
-                    retryAfterMs: decision.retryAfterMs)
-                write(.error(.init(id: codec.requestID(in: text.readableBytesView), error: error)))
-            }
+        if decision.allowed { return nil }
+        if nowNs - rateStrikeWindowNs > 1_000_000_000 {
+            rateStrikeWindowNs = nowNs
+            rateStrikes = 0
+        }
+        rateStrikes += 1
+        ServerMetrics.message("any", result: "rate_limited")
+        if rateStrikes > configuration.rateLimitStrikes { close(.rateLimited, "message rate limit exceeded") }
+        return decision.retryAfterMs
+    }
+
+    private func receive(_ text: ByteBuffer) {
+        if let retryAfterMs = admit() {
+            guard !closeSent else { return }
+            let error = PlaybackError(
+                .rateLimited, "more than \(configuration.messagesPerSecond) messages per second", retryAfterMs: retryAfterMs)
+            write(.error(.init(id: codec.requestID(in: text.readableBytesView), error: error)))
             return
         }
         let decoded = codec.decodeClientMessage(text.readableBytesView)
@@ -321,9 +330,16 @@ final class SessionHandler: ChannelDuplexHandler {
     /// so that a burst for one connection (a lease change and its state, an ack and its state, a
     /// backlog under load) costs one syscall instead of one per message.
     func deliver(_ message: EncodedMessage) {
-        guard !closeSent, phase != .closed, let context else { return }
+        guard !closeSent, phase != .closed else { return }
         let (payload, compressed) = message.payload(for: deflate)
-        context.write(wrapOutboundOut(WebSocketFrame(fin: true, rsv1: compressed, opcode: .text, data: payload)), promise: nil)
+        writeFrame(WebSocketFrame(fin: true, rsv1: compressed, opcode: .text, data: payload))
+    }
+
+    /// Writes a frame, flushed at the end of the loop's turn; past the send buffer the client is
+    /// too slow and the connection is closed with 4008.
+    private func writeFrame(_ frame: WebSocketFrame) {
+        guard let context else { return }
+        context.write(wrapOutboundOut(frame), promise: nil)
         if !flushQueued {
             flushQueued = true
             let handler = NIOLoopBound(self, eventLoop: context.eventLoop)

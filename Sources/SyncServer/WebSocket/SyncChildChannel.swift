@@ -31,10 +31,16 @@ struct SyncChildChannel: ServerChildChannel, HTTPChannelHandler {
 
     let responder: HTTPChannelHandler.Responder
     let services: SessionServices
-    let http = HTTP1Channel.Configuration()
+    var http: HTTP1Channel.Configuration {
+        HTTP1Channel.Configuration(idleTimeout: .milliseconds(services.configuration.requestTimeoutMs))
+    }
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<Value> {
         channel.eventLoop.makeCompletedFuture {
+            // Before anything else: the TLS handshake (added before this) and the request head must
+            // be done within the request timeout.
+            try channel.pipeline.syncOperations.addHandler(
+                RequestDeadlineHandler(timeoutMs: services.configuration.requestTimeoutMs), name: RequestDeadlineHandler.name)
             let accepted = NIOLoopBoundBox<AccessToken?>(nil, eventLoop: channel.eventLoop)
             let refusal = NIOLoopBoundBox<AuthError?>(nil, eventLoop: channel.eventLoop)
             let echo = NIOLoopBoundBox(false, eventLoop: channel.eventLoop)
@@ -112,16 +118,21 @@ struct SyncChildChannel: ServerChildChannel, HTTPChannelHandler {
                 })
             var configuration = NIOUpgradableHTTPServerPipelineConfiguration<Negotiated>(upgradeConfiguration: upgrade)
             configuration.enablePipelining = false
-            configuration.enableErrorHandling = false
+            // A request that is not HTTP gets 400 and the connection is closed.
+            configuration.enableErrorHandling = true
             configuration.enableResponseHeaderValidation = false
             let negotiated = try channel.pipeline.syncOperations.configureUpgradableHTTPServerPipeline(configuration: configuration)
+            try channel.pipeline.syncOperations.addHandler(BadRequestCloseHandler())
             return Value(negotiated: negotiated, channel: channel)
         }
     }
 
     func handle(value: Value, logger: Logger) async {
         do {
-            switch try await value.negotiated.get() {
+            let negotiated = try await value.negotiated.get()
+            // The request is under way: the hello timeout or the HTTP idle timeout take over.
+            try? await value.channel.pipeline.removeHandler(name: RequestDeadlineHandler.name).get()
+            switch negotiated {
             case .webSocket:
                 return  // the SessionHandler owns the connection from here on
             case .http(let http):
@@ -136,7 +147,9 @@ struct SyncChildChannel: ServerChildChannel, HTTPChannelHandler {
                 }
             }
         } catch {
+            // Not HTTP (NIO's error handler has answered 400), or the connection broke: close it.
             logger.debug("connection ended during negotiation", metadata: ["error": .string("\(error)")])
+            try? await value.channel.close()
         }
     }
 }
