@@ -40,11 +40,15 @@ public struct SentCommand: Sendable {
     public var user: String
     public var effect: Effect?
     public var sentNs: UInt64
+    /// Part of the timed load (latency and throughput); false for the last command per user the
+    /// swarm sends in one burst after the load, for the convergence check only.
+    public var timed: Bool
 
-    public init(id: String, user: String, effect: Effect?, sentNs: UInt64) {
+    public init(id: String, user: String, effect: Effect?, sentNs: UInt64, timed: Bool = true) {
         self.id = id
         self.user = user
         self.effect = effect
+        self.timed = timed
         self.sentNs = sentNs
     }
 

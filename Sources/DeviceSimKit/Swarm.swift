@@ -286,10 +286,21 @@ public struct Swarm: Sendable {
         }
         defer { reporter?.cancel() }
         try await Task.sleep(for: .milliseconds(500))
-        // Something to play for every user, on its first device.
+        // Something to play for every user, on its first device; the timed load starts once they are
+        // answered (thousands of them are a burst of their own, which the first commands would wait behind).
+        let answersReceived = { devices.reduce(0) { $0 + $1.state.withLock { $0.answers } } }
+        let answeredBefore = answersReceived()
+        var initSent = 0
         for user in 0..<options.users {
-            _ = devices[user * options.devicesPerUser].send(.command(.init(
+            if devices[user * options.devicesPerUser].send(.command(.init(
                 id: "init-\(user)", command: .play(.init(context: .init(kind: "playlist", id: "p\(user % 5 + 1)"), device: "d0")))))
+            {
+                initSent += 1
+            }
+        }
+        let initDeadline = ContinuousClock.now + .seconds(30)
+        while answersReceived() - answeredBefore < initSent, ContinuousClock.now < initDeadline {
+            try await Task.sleep(for: .milliseconds(20))
         }
         try await Task.sleep(for: .milliseconds(500))
 
@@ -333,17 +344,17 @@ public struct Swarm: Sendable {
             let first = devices[user * options.devicesPerUser]
             let id = "final-\(user)"
             if first.send(.command(.init(id: id, command: .volume(percent: 77)))) {
-                sent.append(SentCommand(id: id, user: first.userName, effect: .volume(77), sentNs: DispatchTime.now().uptimeNanoseconds))
+                sent.append(SentCommand(
+                    id: id, user: first.userName, effect: .volume(77), sentNs: DispatchTime.now().uptimeNanoseconds, timed: false))
             }
         }
         try await Task.sleep(for: .milliseconds(Int64(max(options.settleSeconds, 1) * 1_000)))
         // Answers still on their way (a loaded machine): wait while they keep coming, up to 15 s
         // more; a command sent into a connection that was lost is never answered.
-        let answersReceived = { devices.reduce(0) { $0 + $1.state.withLock { $0.answers } } }
         var answers = answersReceived()
         var lastProgress = ContinuousClock.now
         let giveUp = ContinuousClock.now + .seconds(15)
-        while answers < sent.count, ContinuousClock.now - lastProgress < .seconds(1), ContinuousClock.now < giveUp {
+        while answers < answeredBefore + initSent + sent.count, ContinuousClock.now - lastProgress < .seconds(1), ContinuousClock.now < giveUp {
             try await Task.sleep(for: .milliseconds(100))
             let now = answersReceived()
             if now > answers { lastProgress = ContinuousClock.now }

@@ -110,11 +110,18 @@ public struct SwarmReport: Codable, Sendable {
                 }
             }
         }
+        var answeredTimed = 0
         for command in sent {
-            if let answer = answers[command.id] {
+            let answer = answers[command.id]
+            if let answer {
                 answered += 1
-                _ = ackHistogram.record(answer.ns > command.sentNs ? (answer.ns - command.sentNs) / 1_000 : 0)
                 if let code = answer.code { errors[code, default: 0] += 1 }
+            }
+            // The last burst (one command per user after the load) is for the convergence check, not timed.
+            guard command.timed else { continue }
+            if let answer {
+                answeredTimed += 1
+                _ = ackHistogram.record(answer.ns > command.sentNs ? (answer.ns - command.sentNs) / 1_000 : 0)
             }
             if let times = arrivals[command.user]?[command.id], times.count == options.devicesPerUser, let last = times.max() {
                 _ = fanoutHistogram.record(last > command.sentNs ? (last - command.sentNs) / 1_000 : 0)
@@ -123,7 +130,7 @@ public struct SwarmReport: Codable, Sendable {
         var report = SwarmReport(
             users: options.users, devicesPerUser: options.devicesPerUser, commandsSent: sent.count, commandsAnswered: answered,
             durationSeconds: (elapsedSeconds * 1_000).rounded() / 1_000,
-            throughputPerSecond: elapsedSeconds > 0 ? (Double(answered) / elapsedSeconds * 10).rounded() / 10 : 0,
+            throughputPerSecond: elapsedSeconds > 0 ? (Double(answeredTimed) / elapsedSeconds * 10).rounded() / 10 : 0,
             stateDeliveries: deliveries, commandToAck: Percentiles(ackHistogram), commandToLastDevice: Percentiles(fanoutHistogram),
             errors: errors, invariants: invariants)
         report.disconnections = disconnections
