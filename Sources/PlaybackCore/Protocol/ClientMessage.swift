@@ -182,7 +182,7 @@ extension ClientMessage: Codable {
     /// A request id within `ProtocolInfo.maxRequestIDBytes`.
     private static func requestID(_ id: String) throws -> String {
         guard ProtocolInfo.isValidRequestID(id) else {
-            throw MessageDecodingError(.badRequest, "id must be at most \(ProtocolInfo.maxRequestIDBytes) bytes")
+            throw MessageDecodingError(.badRequest, "id must be 1 to \(ProtocolInfo.maxRequestIDBytes) bytes")
         }
         return id
     }

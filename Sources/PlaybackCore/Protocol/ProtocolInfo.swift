@@ -15,8 +15,8 @@ public enum ProtocolInfo {
     /// is remembered for `idempotencyWindowMs`, so their size is bounded.
     public static let maxRequestIDBytes = 128
 
-    /// Whether `id` may be used as a request id.
-    public static func isValidRequestID(_ id: String) -> Bool { id.utf8.count <= maxRequestIDBytes }
+    /// Whether `id` may be used as a request id: 1–128 bytes.
+    public static func isValidRequestID(_ id: String) -> Bool { !id.isEmpty && id.utf8.count <= maxRequestIDBytes }
     /// The HS256 secret the daemon and `device-sim` use when none is configured. Public on
     /// purpose: fine on a laptop, never in production (the daemon warns loudly).
     public static let developmentJWTSecret = "playback-sync-development-secret-do-not-use-in-production"

@@ -145,7 +145,7 @@ struct PlayerRoutes {
         let ifVersion = try Self.ifMatch(request.headers[.ifMatch])
         let key = request.headers[Self.idempotencyKey]
         if let key, !ProtocolInfo.isValidRequestID(key) {
-            throw PlaybackError.badRequest("Idempotency-Key must be at most \(ProtocolInfo.maxRequestIDBytes) bytes")
+            throw PlaybackError.badRequest("Idempotency-Key must be 1 to \(ProtocolInfo.maxRequestIDBytes) bytes")
         }
         let started = ContinuousClock.now
         let result = await engine.submit(Submission(user: user, input: .command(command), device: nil, requestID: key, ifVersion: ifVersion))
