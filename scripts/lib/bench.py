@@ -191,6 +191,8 @@ def merge(reports, cpu, rss):
     for key in ("commandToAck", "commandToLastDevice"):
         worst = max(reports, key=lambda r: r[key]["p99"])[key]
         merged[key] = worst
+    # Timed commands whose state reached every device of the user, over all the generators.
+    merged["complete_deliveries"] = sum(r["commandToLastDevice"]["count"] for r in reports)
     for r in reports:
         for code, count in r["errors"].items():
             merged["errors"][code] = merged["errors"].get(code, 0) + count
