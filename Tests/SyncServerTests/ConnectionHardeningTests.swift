@@ -55,8 +55,9 @@ struct ConnectionHardeningTests {
 
     @Test func aSilentConnectionIsClosedAfterTheRequestTimeout() async throws {
         try await TestServer.with({ $0.requestTimeoutMs = 300 }) { server in
-            let raw = try await RawConnection.open(port: server.port)
+            // The server's deadline starts when it accepts, after this stopwatch and before `open` returns.
             let started = ContinuousClock.now
+            let raw = try await RawConnection.open(port: server.port)
             let (closed, received) = await raw.waitForClose(within: .seconds(10))
             #expect(closed && received.isEmpty)
             #expect(ContinuousClock.now - started >= .milliseconds(250))
