@@ -46,7 +46,8 @@ final class SessionHandler: ChannelDuplexHandler {
     private var helloTimer: Scheduled<Void>?
     private var expiryTimer: Scheduled<Void>?
     private var closeTimer: Scheduled<Void>?
-    private var heartbeat: RepeatedTask?
+    /// The event loop's heartbeat, which ticks this session once per interval.
+    private var heartbeat: HeartbeatSweep?
     /// A flush is queued on the event loop: messages written until it runs go out in one syscall.
     private var flushQueued = false
 
@@ -81,10 +82,9 @@ final class SessionHandler: ChannelDuplexHandler {
         helloTimer = context.eventLoop.scheduleTask(in: .milliseconds(configuration.helloTimeoutMs)) {
             loopBound.value.close(.policyViolation, "no hello within \(loopBound.value.configuration.helloTimeoutMs) ms")
         }
-        let beat = TimeAmount.milliseconds(configuration.heartbeatMs)
-        heartbeat = context.eventLoop.scheduleRepeatedTask(initialDelay: beat, delay: beat) { _ in
-            loopBound.value.heartbeatTick()
-        }
+        let sweep = services.heartbeats.sweep(on: context.eventLoop)
+        sweep.add(self)
+        heartbeat = sweep
         scheduleExpiry()
         ServerMetrics.connections.increment()
         ServerMetrics.upgrades.increment()
@@ -96,7 +96,8 @@ final class SessionHandler: ChannelDuplexHandler {
         phase = .closed
         pending.removeAll()
         for timer in [helloTimer, expiryTimer, closeTimer] { timer?.cancel() }
-        heartbeat?.cancel()
+        heartbeat?.remove(self)
+        heartbeat = nil
         ServerMetrics.connections.decrement()
         if !closeSent { ServerMetrics.closed(1006) }
         if wasConnected { notifyDisconnect() }
@@ -105,6 +106,8 @@ final class SessionHandler: ChannelDuplexHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        heartbeat?.remove(self)
+        heartbeat = nil
         self.context = nil
         sink = nil  // breaks the handler ↔ sink cycle once the engine has let go of the sink
     }
@@ -376,7 +379,9 @@ final class SessionHandler: ChannelDuplexHandler {
 
     // MARK: Timers
 
-    private func heartbeatTick() {
+    /// Called by the loop's `HeartbeatSweep` once per heartbeat interval: drops a client silent for
+    /// two intervals, pings the others.
+    func heartbeatTick() {
         guard let context, phase != .closed else { return }
         let silence = NIODeadline.now() - lastHeard
         if silence > .milliseconds(2 * configuration.heartbeatMs) {

@@ -8,12 +8,15 @@ final class SessionServices: Sendable {
     let authenticator: Authenticator
     let configuration: ServerConfiguration
     let logger: Logger
+    /// The sessions' heartbeat, one timer per event loop.
+    let heartbeats: HeartbeatSweep.Registry
 
     init(engine: any PlaybackEngine, authenticator: Authenticator, configuration: ServerConfiguration, logger: Logger) {
         self.engine = engine
         self.authenticator = authenticator
         self.configuration = configuration
         self.logger = logger
+        self.heartbeats = HeartbeatSweep.Registry(intervalMs: configuration.heartbeatMs)
     }
 
     var welcome: WelcomeParameters {
