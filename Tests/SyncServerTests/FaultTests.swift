@@ -63,7 +63,9 @@ struct FaultTests {
     }
 
     @Test func postgresStoppedThenStarted() async throws {
-        try await FaultCluster.run("PostgreSQL stopped for \(Int(Self.postgresDownSeconds)) s", settleSeconds: 6) { cluster in
+        // The write-behind retries with a backoff of up to 5 s while PostgreSQL is down, and PostgreSQL
+        // takes a moment to start: the snapshots may need more than 6 s to catch up on a loaded machine.
+        try await FaultCluster.run("PostgreSQL stopped for \(Int(Self.postgresDownSeconds)) s", settleSeconds: 10) { cluster in
             try await Task.sleep(for: .seconds(Self.loadSeconds / 4))
             try await offloaded { try cluster.postgres.stop() }
             try await Task.sleep(for: .seconds(Self.postgresDownSeconds))
