@@ -75,8 +75,11 @@ sim = None
 pages = []
 try:
     server = f"ws://127.0.0.1:{port}"
+    # Its stdin is a pipe kept open: `device-sim connect` stops at the end of its input, and CI
+    # runs with /dev/null there.
     sim = subprocess.Popen([str(device_sim), "connect", "--server", server, "--user", user, "--name", "Kitchen",
-                            "--kind", "speaker", "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            "--kind", "speaker", "--json"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL, text=True)
     a, b = browser(), browser()
     pages = [a, b]
     sign_in(a, port, user, "page-a", "Page A")
