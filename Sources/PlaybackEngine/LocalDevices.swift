@@ -41,8 +41,4 @@ public struct LocalDevices: Sendable {
             broadcast(event.state)
         }
     }
-
-    public func closeAll(_ code: CloseCode, reason: String) {
-        for sink in sinks.values { sink.close(code, reason: reason) }
-    }
 }

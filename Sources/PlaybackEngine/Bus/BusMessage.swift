@@ -42,7 +42,6 @@ public struct BusMessage: Sendable {
         self.replace = replace
     }
 
-    init(replace: Replacement) { self.replace = replace }
 
     struct Malformed: Error {}
 

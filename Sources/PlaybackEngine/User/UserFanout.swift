@@ -24,8 +24,6 @@ final class UserFanout: Sendable {
         var waiting: [String: Waiting] = [:]
         /// The newest version seen on the channel (to tell a cached state is stale).
         var latestVersion: Int64 = -1
-        /// The newest epoch seen here (in a welcome or on the channel).
-        var latestEpoch: Int64 = -1
         /// The local device this node last told that it holds the lease, and at which epoch.
         var holder: (device: String, epoch: Int64)?
         /// The newest playback known here, decoded; nil until loaded.
@@ -123,7 +121,6 @@ final class UserFanout: Sendable {
     /// `active`: the welcome shows the device holding the lease.
     func finishWelcome(device: String, sessionID: String, welcome: EncodedMessage, version: Int64, epoch: Int64, active: Bool) {
         state.withLock { state in
-            state.latestEpoch = max(state.latestEpoch, epoch)
             guard let waiting = state.waiting[device], waiting.sink.sessionID == sessionID else { return }
             state.waiting[device] = nil
             waiting.sink.send(welcome)
@@ -206,7 +203,6 @@ final class UserFanout: Sendable {
                 regrant = active
             }
             state.latestVersion = max(state.latestVersion, event.version)
-            state.latestEpoch = max(state.latestEpoch, event.epoch)
             state.devices.deliver(event)
             state.track(event)
         }
@@ -220,11 +216,6 @@ final class UserFanout: Sendable {
             sink.close(.replaced, reason: "replaced by a newer connection of this device")
         }
         return regrant
-    }
-
-    /// Sends a message to one local device.
-    func send(_ message: EncodedMessage, to device: String) {
-        state.withLock { $0.devices.send(message, to: device) }
     }
 
     /// Whether the local `device` has not been told it holds the lease at `epoch`.
@@ -241,7 +232,4 @@ final class UserFanout: Sendable {
         }
     }
 
-    func closeAll(_ code: CloseCode, reason: String) {
-        state.withLock { $0.devices.closeAll(code, reason: reason) }
-    }
 }
