@@ -217,10 +217,10 @@ def latency():
 
 
 def transfer():
-    """Transfers only: command → old device revoked, new device granted, state on every device."""
+    """Transfers only: command → the state on every device (after the revoke and the grant), light client."""
     rate = 50 if quick else 1000
     return {"offered_rate": rate, **run_load(25 if quick else 1000, rate, 3 if quick else 20, mix="transfer:1",
-                                             processes=1 if quick else 2)}
+                                             processes=1 if quick else 2, light=True)}
 
 
 def reconnect():

@@ -2,7 +2,6 @@ import Foundation
 import Logging
 import Metrics
 import NIOCore
-import Synchronization
 
 /// What every user's playback on this node shares: the storage, the local devices, the rules.
 struct UserEnvironment<Storage: PlaybackStorage>: Sendable {
@@ -50,16 +49,8 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
     private static var maxAttempts: Int { 8 }
     private let gate = UserGate()
 
-    private struct Local {
-        /// Who this node's connected devices of the user are, to register them again if the storage loses them.
-        var identities: [String: ClientMessage.Hello.Device] = [:]
-        /// When the upkeep last refreshed the presence of the local devices (server ms).
-        var presenceRefreshedAt: Int64?
-        /// The lease this node last renewed for a local holder, and when (server ms).
-        var renewed: (lock: String, at: Int64)?
-    }
-
-    private let local = Mutex(Local())
+    private let lease: LeaseKeeper<Storage>
+    private let presence: UserPresence<Storage>
 
     /// Nothing running or waiting.
     var isIdle: Bool { gate.isIdle }
@@ -70,6 +61,8 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
         var logger = environment.logger
         logger[metadataKey: "user.id"] = .string(userID)
         self.logger = logger
+        lease = LeaseKeeper(user: userID, storage: environment.storage, timing: environment.timing)
+        presence = UserPresence(user: userID, storage: environment.storage, timing: environment.timing, nodeID: environment.nodeID)
     }
 
     private var storage: Storage { environment.storage }
@@ -107,7 +100,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
                 await unsubscribeIfUnused()
                 throw ConnectRefusal(code: .policyViolation, reason: "too many devices connected (at most \(configuration.maxDevicesPerUser))")
             }
-            local.withLock { $0.identities[device] = hello.device }
+            presence.connected(hello.device)
             let now = self.now
             var directory = before
             directory.markOnline(id: device, name: hello.device.name, kind: hello.device.kind, now: now)
@@ -116,12 +109,12 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
             let devices = directory.list(activeDevice: playback.activeDevice)
             try await storage.join(
                 user: userID, device: device,
-                entry: StoredDevice(name: hello.device.name, kind: hello.device.kind, lastSeen: now, session: sink.sessionID, node: environment.nodeID),
-                presenceUntil: now + timing.presenceTTLMs,
+                entry: presence.entry(of: hello.device, session: sink.sessionID, now: now),
+                presenceUntil: presence.presenceUntil(now: now),
                 frame: BusMessage(devices: devices, except: device, replace: .init(device: device, session: sink.sessionID)))
             if playback.activeDevice == device {
                 // Back within the grace period (or moved nodes): this node holds the lease now.
-                try await storage.takeLease(user: userID, holder: LeaseHolder.value(of: playback), ttlMs: timing.leaseTTLMs)
+                try await lease.take(for: playback)
             }
             let changed = hello.lastSeen.map { $0.epoch != playback.epoch || $0.version != playback.version } ?? true
             let message = EncodedMessage(.welcome(.init(
@@ -146,11 +139,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
 
     private func disconnectNow(device: String, sessionID: String, kind: DisconnectKind) async {
         guard let fanout, fanout.detach(device: device, sessionID: sessionID) else { return }
-        let identity = local.withLock { local in
-            let identity = local.identities[device]
-            if !fanout.hasDevice(device) { local.identities[device] = nil }
-            return identity
-        }
+        let identity = presence.leaving(device, stillHere: fanout.hasDevice(device))
         do {
             let (playback, before) = try await cachedOrLoaded(fanout)
             let now = self.now
@@ -175,7 +164,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
                         cause: .init(op: "released", device: device, request: nil))
                 case .lost:
                     // The grace period: the lease lives on for graceMs unless the device comes back.
-                    _ = try await storage.renewLease(user: userID, holder: LeaseHolder.value(of: playback), ttlMs: timing.graceMs)
+                    try await lease.startGrace(for: playback)
                 case .replaced:
                     break
                 }
@@ -253,11 +242,11 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
         var proposed: CommandCall.Change?
         if case .success(let transition) = outcome, transition.changed {
             let next = transition.playback
-            let lease: CommandCall.LeaseOperation =
+            let leaseOperation: CommandCall.LeaseOperation =
                 transition.lease == nil ? .keep
                 : next.activeDevice == nil ? .clear : .set(holder: LeaseHolder.value(of: next), ttlMs: timing.leaseTTLMs)
             proposed = CommandCall.Change(
-                playback: next, json: ByteBuffer(bytes: PlaybackJSON.encode(next)), lease: lease,
+                playback: next, json: ByteBuffer(bytes: PlaybackJSON.encode(next)), lease: leaseOperation,
                 frame: BusMessage(
                     event: PlaybackEvent(transition, cause: cause).prepared,
                     devices: transition.lease == nil ? nil : directory.list(activeDevice: next.activeDevice)))
@@ -323,14 +312,22 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
     func maintain() async {
         guard let fanout else { return }
         do {
-            let localDevices = fanout.connectedDevices
             let now = self.now
-            let refresh = local.withLock { state -> Bool in
-                guard !localDevices.isEmpty, state.presenceRefreshedAt.map({ now - $0 >= timing.presenceTTLMs / 3 }) ?? true else { return false }
-                state.presenceRefreshedAt = now
-                return true
+            switch try await presence.refreshIfDue(fanout.connectedDevices, now: now) {
+            case .lost?:
+                // The storage lost the user's keys (a Redis restart without persistence, a flush):
+                // the directory entries are written again, and the state is read (and restored) again.
+                try await registerLocalDevices()
+                fanout.forgetCache()
+                _ = try await cachedOrLoaded(fanout)
+            case .online(let online)?:
+                // A node that died leaves its devices to expire from the online set.
+                if let directory = fanout.cached()?.directory, Set(directory.records.filter(\.value.online).keys) != online {
+                    fanout.remember(directory: try await loadDirectory())
+                }
+            case nil:
+                break
             }
-            if refresh { try await refreshPresence(of: localDevices, now: now, fanout: fanout) }
             let playback: Playback
             if let cached = fanout.cachedPlayback ?? fanout.cached()?.playback {
                 playback = cached
@@ -340,8 +337,12 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
             }
             guard let active = playback.activeDevice else { return }
             if fanout.hasDevice(active) {
-                try await renew(playback, now: now, fanout: fanout)
-            } else if try await !storage.leaseExists(user: userID) {
+                try await lease.renew(playback, now: now) {
+                    let fresh = try await loadPlayback()
+                    fanout.remember(fresh)
+                    return fresh
+                }
+            } else if try await lease.hasLapsed() {
                 try await expire(active, epoch: playback.epoch)
             }
         } catch {
@@ -353,43 +354,11 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
     /// have come back to this node meanwhile, which takes the lease under the gate).
     private func expire(_ device: String, epoch: Int64) async throws {
         try await gate.run {
-            guard try await !storage.leaseExists(user: userID) else { return }
+            guard try await lease.hasLapsed() else { return }
             logger.info("lease expired", metadata: ["device.id": .string(device), "lease.epoch": .stringConvertible(epoch)])
             _ = await apply(
                 Submission(user: UserIdentity(userID: userID), input: .expire(device: device), device: nil),
                 cause: .init(op: "expired", device: device, request: nil))
-        }
-    }
-
-    /// Renews a local holder's lease (three times per TTL); a lease found gone or not ours is taken
-    /// again only if the state, read afresh, still names this holder.
-    private func renew(_ playback: Playback, now: Int64, fanout: UserFanout) async throws {
-        let lock = LeaseHolder.value(of: playback)
-        let due = local.withLock { state in state.renewed.map { $0.lock != lock || now - $0.at >= timing.renewMs } ?? true }
-        guard due else { return }
-        local.withLock { $0.renewed = (lock, now) }
-        guard try await !storage.renewLease(user: userID, holder: lock, ttlMs: timing.leaseTTLMs) else { return }
-        local.withLock { $0.renewed = nil }
-        let fresh = try await loadPlayback()
-        fanout.remember(fresh)
-        if fresh.activeDevice == playback.activeDevice, LeaseHolder.value(of: fresh) == lock {
-            try await storage.retakeLease(user: userID, holder: lock, ttlMs: timing.leaseTTLMs)
-        }
-    }
-
-    /// Extends the presence of the local devices and checks the cached directory against who is
-    /// online (a node that died leaves its devices to expire).
-    private func refreshPresence(of devices: [String], now: Int64, fanout: UserFanout) async throws {
-        let (missing, online) = try await storage.refreshPresence(user: userID, devices: devices, now: now, until: now + timing.presenceTTLMs)
-        if missing > 0 {
-            // A local device new to the online set: the storage lost the user's keys (a Redis
-            // restart without persistence, a flush), so its directory entry is gone too and is
-            // written again, and the state is read (and restored) again.
-            try await registerLocalDevices()
-            fanout.forgetCache()
-            _ = try await cachedOrLoaded(fanout)
-        } else if let directory = fanout.cached()?.directory, Set(directory.records.filter(\.value.online).keys) != online {
-            fanout.remember(directory: try await loadDirectory())
         }
     }
 
@@ -436,13 +405,8 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
     /// Writes this node's connected devices of the user into the directory again (after the storage lost it).
     private func registerLocalDevices() async throws {
         guard let fanout else { return }
-        let now = self.now
-        let identities = local.withLock { $0.identities }
-        let entries = fanout.connectedDevices.compactMap { device -> (device: String, entry: StoredDevice)? in
-            guard let identity = identities[device], let session = fanout.sessionID(of: device) else { return nil }
-            return (device, StoredDevice(name: identity.name, kind: identity.kind, lastSeen: now, session: session, node: environment.nodeID))
-        }
-        try await storage.register(user: userID, entries: entries, presenceUntil: now + timing.presenceTTLMs)
+        let sessions = fanout.connectedDevices.compactMap { device in fanout.sessionID(of: device).map { (device, $0) } }
+        try await presence.register(sessions, now: now)
     }
 
     /// Queues the current state for PostgreSQL now (shutdown).

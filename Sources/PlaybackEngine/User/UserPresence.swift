@@ -1,0 +1,80 @@
+import Synchronization
+
+/// Keeps one user's devices on this node present in the storage: who they are (to write them
+/// again if the storage loses them), their presence refreshed every third of its TTL, and what the
+/// storage says about who is online. Like `LeaseKeeper`, it knows the storage and nothing of the
+/// engine.
+final class UserPresence<Storage: PlaybackStorage>: Sendable {
+    private let user: String
+    private let storage: Storage
+    private let timing: LeaseTiming
+    private let nodeID: String
+    private let local = Mutex(Local())
+
+    private struct Local {
+        /// Who this node's connected devices of the user are.
+        var identities: [String: ClientMessage.Hello.Device] = [:]
+        /// When the presence of the local devices was last refreshed (server ms).
+        var refreshedAt: Int64?
+    }
+
+    /// What a refresh found.
+    enum Check {
+        /// The storage lost the user's keys (a local device was missing from the online set).
+        case lost
+        /// Who is online now.
+        case online(Set<String>)
+    }
+
+    init(user: String, storage: Storage, timing: LeaseTiming, nodeID: String) {
+        self.user = user
+        self.storage = storage
+        self.timing = timing
+        self.nodeID = nodeID
+    }
+
+    /// Until when a device joining now is present.
+    func presenceUntil(now: Int64) -> Int64 { now + timing.presenceTTLMs }
+
+    /// The directory entry of a device connected to this node.
+    func entry(of device: ClientMessage.Hello.Device, session: String, now: Int64) -> StoredDevice {
+        StoredDevice(name: device.name, kind: device.kind, lastSeen: now, session: session, node: nodeID)
+    }
+
+    func connected(_ device: ClientMessage.Hello.Device) {
+        local.withLock { $0.identities[device.id] = device }
+    }
+
+    /// Who a device that is leaving was; forgotten unless it is still connected here (`stillHere`).
+    func leaving(_ device: String, stillHere: Bool) -> ClientMessage.Hello.Device? {
+        local.withLock { local in
+            let identity = local.identities[device]
+            if !stillHere { local.identities[device] = nil }
+            return identity
+        }
+    }
+
+    /// Extends the presence of `devices` (this node's, connected) if a third of its TTL has passed
+    /// since the last time; nil when it was not due.
+    func refreshIfDue(_ devices: [String], now: Int64) async throws -> Check? {
+        let due = local.withLock { local -> Bool in
+            guard !devices.isEmpty, local.refreshedAt.map({ now - $0 >= timing.presenceTTLMs / 3 }) ?? true else { return false }
+            local.refreshedAt = now
+            return true
+        }
+        guard due else { return nil }
+        let (missing, online) = try await storage.refreshPresence(user: user, devices: devices, now: now, until: presenceUntil(now: now))
+        return missing > 0 ? .lost : .online(online)
+    }
+
+    /// Writes the entries and presence of this node's connected devices (`sessions`: device →
+    /// session) again, after the storage lost them.
+    func register(_ sessions: [(device: String, session: String)], now: Int64) async throws {
+        let identities = local.withLock { $0.identities }
+        let entries = sessions.compactMap { device, session -> (device: String, entry: StoredDevice)? in
+            guard let identity = identities[device] else { return nil }
+            return (device, entry(of: identity, session: session, now: now))
+        }
+        try await storage.register(user: user, entries: entries, presenceUntil: presenceUntil(now: now))
+    }
+}
