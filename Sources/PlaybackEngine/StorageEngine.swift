@@ -1,4 +1,5 @@
 import Logging
+import Metrics
 import NIOCore
 import Synchronization
 
@@ -139,6 +140,10 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
             let started = ContinuousClock.now
             let due = users.withLock { Array($0[slot].values) }
             await keepUp(due)
+            if slot % (Self.upkeepSlots / 2) == 0 {
+                try? await storage.markAlive(node: nodeID, ttlMs: environment.timing.nodeTTLMs)
+                await sweepLapsedLeases()
+            }
             let spent = ContinuousClock.now - started
             if spent > .milliseconds(pause) {
                 environment.logger.warning("lease upkeep slower than its tick", metadata: [
@@ -148,6 +153,28 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
             }
             slot = (slot + 1) % Self.upkeepSlots
             try? await Task.sleep(for: .milliseconds(pause))
+        }
+    }
+
+    /// Users whose leases a sweep takes at once, and how long a node's claim on one keeps the
+    /// other nodes off it (another node takes over if this one dies mid-sweep).
+    static var sweepBatch: Int { 256 }
+    static var sweepClaimMs: Int64 { 5_000 }
+
+    /// Expires the leases that lapsed, wherever their devices were (their node may be dead): every
+    /// node sweeps twice per tick, and the storage lets one node claim each lease.
+    private func sweepLapsedLeases() async {
+        let due: [String]
+        do {
+            due = try await storage.lapsedLeases(limit: Self.sweepBatch, claimMs: Self.sweepClaimMs)
+        } catch {
+            environment.logger.debug("lease sweep failed", metadata: ["error": .string("\(error)")])
+            return
+        }
+        guard !due.isEmpty else { return }
+        Counter(label: "playback_lease_sweeps_total").increment(by: due.count)
+        await withTaskGroup(of: Void.self) { group in
+            for user in due { group.addTask { await self.user(user).sweep() } }
         }
     }
 

@@ -120,6 +120,19 @@ struct ReducerLeaseTests {
         #expect(player.state.epoch == 2)
     }
 
+    @Test func expiryFreezesThePositionAtTheMomentOfLoss() throws {
+        var player = try playing()
+        // Lost at 11,500 (1.5 s of play after 10,000), expired after a 10 s grace.
+        let t = try player.apply(.expire(device: "phone", lostAt: 11_500), at: 21_500, from: nil)
+        #expect(t.lease?.reason == .expired && !player.state.isPlaying)
+        #expect(player.state.positionMs == 1_500 && player.state.positionAt == 21_500, "\(player.state.positionMs)")
+        // A loss recorded before the last change counts from that change.
+        var other = try playing()
+        _ = try other.apply(.command(.seek(positionMs: 60_000)), at: 15_000, from: "phone")
+        _ = try other.apply(.expire(device: "phone", lostAt: 12_000), at: 25_000, from: nil)
+        #expect(other.state.positionMs == 60_000)
+    }
+
     @Test func causeOpsNameTheInput() {
         #expect(Input.command(.seek(positionMs: 1)).causeOp == "seek")
         #expect(Input.command(.queueAdd(trackID: "t1", at: .end)).causeOp == "queue_add")

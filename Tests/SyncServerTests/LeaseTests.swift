@@ -95,6 +95,23 @@ struct LeaseTests {
         }
     }
 
+    /// PROTOCOL.md §5: the expired state pauses where the track was when the holder was lost,
+    /// not where it got to by the end of the grace period.
+    @Test(arguments: EngineKind.allCases)
+    func anExpiryPausesAtThePositionOfTheMomentOfLoss(engine: EngineKind) async throws {
+        try await TestServer.with(engine: engine, { $0.engine.graceMs = 3_000 }) { server in
+            let (phone, _) = try await server.device("phone")
+            let (laptop, _) = try await server.device("laptop")
+            try await phone.command("p", .play(.init(trackID: "t0001", device: "phone")))
+            _ = try await laptop.state { $0.activeDevice == "phone" }
+            try await Task.sleep(for: .milliseconds(1_000))
+            await phone.drop()
+            let expired = try await laptop.state(where: { $0.activeDevice == nil }, timeout: .seconds(10))
+            #expect(expired.cause.op == "expired")
+            #expect((900...2_000).contains(expired.state.positionMs), "about 1 s of play, not 4 s: \(expired.state.positionMs)")
+        }
+    }
+
     @Test(arguments: EngineKind.allCases)
     func aHolderBackWithinTheGraceKeepsItsLeaseAndEpoch(engine: EngineKind) async throws {
         try await TestServer.with(engine: engine, { $0.engine.graceMs = 1_500 }) { server in

@@ -125,6 +125,30 @@ struct MultiNodeTests {
         }
     }
 
+    /// All of the user's devices were on the node that went away: another node, with none of them,
+    /// still expires the lease within the grace period and a second (its sweep of lapsed leases).
+    @Test func aLeaseIsExpiredByANodeWithNoDeviceOfTheUser() async throws {
+        let namespace = String(UInt32.random(in: 0...UInt32.max), radix: 36)
+        let doomed = try await TestServer.start(engine: .redis, namespace: namespace) { $0.engine.graceMs = 2_000 }
+        let survivor = try await TestServer.start(engine: .redis, namespace: namespace) { $0.engine.graceMs = 2_000 }
+        let (holder, _) = try await doomed.device("holder")
+        try await holder.command("p", .play(.init(trackID: "t0001", device: "holder")))
+        let user = UserIdentity(userID: "alice.\(namespace)")
+        #expect(try await survivor.engine.snapshot(user: user).state.activeDevice == "holder")
+        await doomed.stop()
+        let stopped = ContinuousClock.now
+        let expired = try await eventually(timeout: .seconds(8)) {
+            try await survivor.engine.snapshot(user: user).state.activeDevice == nil
+        }
+        let elapsed = milliseconds(since: stopped)
+        #expect(expired, "the survivor expired the lease")
+        // Grace + 1 s, plus a second for a loaded test machine.
+        #expect(elapsed <= 4_000, "expired \(elapsed) ms after the node went away")
+        let state = try await survivor.engine.snapshot(user: user).state
+        #expect(!state.isPlaying && state.epoch == 2 && state.positionMs < 1_500, "\(state)")
+        await survivor.stop()
+    }
+
     @Test func aLeaseWhoseNodeWentAwayExpiresAndTheOthersLearnIt() async throws {
         let namespace = String(UInt32.random(in: 0...UInt32.max), radix: 36)
         let doomed = try await TestServer.start(engine: .redis, namespace: namespace)

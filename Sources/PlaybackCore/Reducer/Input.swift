@@ -8,8 +8,10 @@ public enum Input: Sendable, Equatable {
     case trackEnded(epoch: Int64, trackID: String)
     /// The sender gives up the lease (clean close or `release`).
     case release
-    /// The server ends `device`'s lease after its grace period.
-    case expire(device: String)
+    /// The server ends `device`'s lease after its grace period. `lostAt` is when the holder was
+    /// last known connected: the position is frozen where it was then (not where the track got to
+    /// by the end of the grace period); nil means now.
+    case expire(device: String, lostAt: Int64? = nil)
 
     /// The `cause.op` of the state this input produces.
     public var causeOp: String {

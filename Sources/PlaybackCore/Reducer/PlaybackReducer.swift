@@ -25,7 +25,7 @@ public struct PlaybackReducer: Sendable {
             try step.report(epoch: epoch, positionMs: position, isPlaying: isPlaying, trackID: trackID)
         case .trackEnded(let epoch, let trackID): try step.trackEnded(epoch: epoch, trackID: trackID)
         case .release: try step.release()
-        case .expire(let device): step.expire(device: device)
+        case .expire(let device, let lostAt): step.expire(device: device, lostAt: lostAt)
         }
         return step.finish(from: state)
     }
@@ -276,8 +276,15 @@ private struct Step {
         endLease(reason: .released)
     }
 
-    mutating func expire(device: String) {
+    mutating func expire(device: String, lostAt: Int64?) {
         guard device == state.activeDevice else { return }
+        if let lostAt, state.isPlaying, state.current != nil {
+            // Frozen where it was at the moment of loss, or at the last change made after it.
+            let moment = min(now, max(lostAt, state.positionAt))
+            state.positionMs = state.position(at: moment)
+            state.positionAt = now
+            state.isPlaying = false
+        }
         endLease(reason: .expired)
     }
 

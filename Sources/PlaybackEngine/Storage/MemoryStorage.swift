@@ -8,6 +8,10 @@ public final class MemoryStorage: PlaybackStorage {
     private struct Record {
         var playback: Playback?
         var lease: (holder: String, until: Int64)?
+        /// When the lease's holder was last known connected, at its epoch.
+        var seen: (epoch: Int64, at: Int64)?
+        /// Until when a sweep claimed the lapsed lease.
+        var sweepClaimedUntil: Int64 = 0
         var devices: [String: StoredDevice] = [:]
         var online: [String: Int64] = [:]
         var requests: RequestLog
@@ -127,30 +131,71 @@ public final class MemoryStorage: PlaybackStorage {
         }
     }
 
-    public func takeLease(user: String, holder: String, ttlMs: Int64) async throws {
+    public func takeLease(user: String, holder: String, epoch: Int64, ttlMs: Int64, seen: Int64) async throws -> Bool {
         withRecord(user) { record, now in
+            guard let playback = record.playback, playback.epoch == epoch else { return (false, nil) }
+            if let current = record.holder(at: now), current != holder,
+                current.split(separator: "|").last.flatMap({ Int64($0) }).map({ $0 >= epoch }) ?? true
+            {
+                return (false, nil)
+            }
             record.lease = (holder, now + ttlMs)
-            return ((), nil)
-        }
-    }
-
-    public func renewLease(user: String, holder: String, ttlMs: Int64) async throws -> Bool {
-        withRecord(user) { record, now in
-            guard record.holder(at: now) == holder else { return (false, nil) }
-            record.lease = (holder, now + ttlMs)
+            record.seen = (epoch, seen)
             return (true, nil)
         }
     }
 
-    public func retakeLease(user: String, holder: String, ttlMs: Int64) async throws {
+    public func renewLease(user: String, holder: String, epoch: Int64, ttlMs: Int64, seen: Int64) async throws -> Bool {
         withRecord(user) { record, now in
-            if record.holder(at: now) == nil { record.lease = (holder, now + ttlMs) }
+            guard record.holder(at: now) == holder else { return (false, nil) }
+            record.lease = (holder, now + ttlMs)
+            record.seen = (epoch, seen)
+            return (true, nil)
+        }
+    }
+
+    public func leaseLapse(user: String, epoch: Int64) async throws -> LeaseLapse {
+        withRecord(user) { record, now in
+            if record.holder(at: now) != nil { return (.held, nil) }
+            return (.lapsed(seen: record.seen.flatMap { $0.epoch == epoch ? $0.at : nil }), nil)
+        }
+    }
+
+    public func lapsedLeases(limit: Int, claimMs: Int64) async throws -> [String] {
+        let now = clock()
+        var due: [String] = []
+        for (user, slot) in slots.withLock({ $0 }) where due.count < limit {
+            let claimed = slot.record.withLock { record -> Bool in
+                guard let lease = record.lease, lease.until <= now, record.sweepClaimedUntil <= now else { return false }
+                record.sweepClaimedUntil = now + claimMs
+                return true
+            }
+            if claimed { due.append(user) }
+        }
+        return due
+    }
+
+    public func deferLeaseSweep(user: String, ms: Int64) async throws {
+        withRecord(user) { record, now in
+            record.sweepClaimedUntil = now + ms
             return ((), nil)
         }
     }
 
-    public func leaseExists(user: String) async throws -> Bool {
-        withRecord(user) { record, now in (record.holder(at: now) != nil, nil) }
+    /// One process: the only node is this one, always alive.
+    public func markAlive(node: String, ttlMs: Int64) async throws {}
+
+    public func liveNode(of device: String, user: String) async throws -> String? {
+        withRecord(user) { record, now in
+            (record.devices[device]?.session != nil && (record.online[device] ?? 0) > now ? "memory" : nil, nil)
+        }
+    }
+
+    public func settleLeaseDeadline(user: String) async throws {
+        withRecord(user) { record, now in
+            if record.holder(at: now) == nil { record.lease = nil }
+            return ((), nil)
+        }
     }
 
     public func restore(user: String, playback: Playback, holder: String?, ttlMs: Int64, frame: BusMessage?) async throws -> Bool {

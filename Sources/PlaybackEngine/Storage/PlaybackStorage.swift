@@ -33,14 +33,30 @@ public protocol PlaybackStorage: Sendable {
     /// Extends the presence of `devices`; answers how many were missing and who is online.
     func refreshPresence(user: String, devices: [String], now: Int64, until: Int64) async throws -> (missing: Int, online: Set<String>)
 
-    /// Sets the lease to `holder` for `ttlMs` (its holder reconnected to this node).
-    func takeLease(user: String, holder: String, ttlMs: Int64) async throws
-    /// Sets the TTL of the lease if it still names `holder`; false when it does not.
-    func renewLease(user: String, holder: String, ttlMs: Int64) async throws -> Bool
-    /// Sets the lease to `holder` only if nobody holds it.
-    func retakeLease(user: String, holder: String, ttlMs: Int64) async throws
-    /// Whether anybody holds the lease (a lapsed one is gone).
-    func leaseExists(user: String) async throws -> Bool
+    /// Sets the lease to `holder` (`LeaseHolder.value`, at `epoch`) for `ttlMs`, a compare-and-set:
+    /// only while the stored playback is still at `epoch` and no holder of a later epoch has the
+    /// lease; records `seen` as the moment the holder was last known connected. False when refused.
+    func takeLease(user: String, holder: String, epoch: Int64, ttlMs: Int64, seen: Int64) async throws -> Bool
+    /// Sets the TTL of the lease if it still names `holder` (at `epoch`), recording `seen`; false
+    /// when it does not.
+    func renewLease(user: String, holder: String, epoch: Int64, ttlMs: Int64, seen: Int64) async throws -> Bool
+    /// Whether the lease is held, or lapsed; a lapsed one tells when the holder at `epoch` was last
+    /// known connected (nil when that was not recorded).
+    func leaseLapse(user: String, epoch: Int64) async throws -> LeaseLapse
+    /// Users whose lease deadline has passed, each claimed for `claimMs` so that one node sweeps
+    /// it (whichever nodes their devices were on: the node that kept the lease may be dead).
+    func lapsedLeases(limit: Int, claimMs: Int64) async throws -> [String]
+    /// After a sweep: the user leaves the deadlines unless somebody holds the lease again (then its
+    /// deadline is put right).
+    func settleLeaseDeadline(user: String) async throws
+    /// Sweeps the user again in `ms` (its holder's node is alive and takes the lease back itself).
+    func deferLeaseSweep(user: String, ms: Int64) async throws
+
+    /// This node is alive for `ttlMs` more (refreshed by its upkeep).
+    func markAlive(node: String, ttlMs: Int64) async throws
+    /// The node another node's device is connected to, when the device is connected (its directory
+    /// entry names a session), if that node is alive.
+    func liveNode(of device: String, user: String) async throws -> String?
 
     /// Puts a restored playback in place if the user still has none, the lease to `holder`, and
     /// `frame` on the bus; false when some node restored or committed first.
@@ -89,7 +105,21 @@ public enum CommandReply: Sendable {
     case conflict(Playback?, json: ByteBuffer?)
 }
 
+/// What the storage says of a lease.
+public enum LeaseLapse: Sendable, Equatable {
+    case held
+    /// Nobody holds it; `seen`: when its holder was last known connected.
+    case lapsed(seen: Int64?)
+}
+
 /// The lease's value in storage: the holder and the epoch it holds it at.
 public enum LeaseHolder {
     public static func value(of playback: Playback) -> String { "\(playback.activeDevice ?? "")|\(playback.epoch)" }
+
+    /// The ms of a stored `<epoch>|<ms>` record of when the holder was seen, if it is of `epoch`.
+    static func seen(in record: String, epoch: Int64) -> Int64? {
+        let parts = record.split(separator: "|")
+        guard parts.count == 2, Int64(parts[0]) == epoch else { return nil }
+        return Int64(parts[1])
+    }
 }

@@ -23,26 +23,38 @@ final class LeaseKeeper<Storage: PlaybackStorage>: Sendable {
     }
 
     /// The holder named by `playback` connected to this node (back within the grace period, or
-    /// moved nodes): the lease is this node's to keep from now on.
-    func take(for playback: Playback) async throws {
-        try await storage.takeLease(user: user, holder: LeaseHolder.value(of: playback), ttlMs: timing.leaseTTLMs)
+    /// moved nodes): the lease is this node's to keep from now on. A compare-and-set: refused (false)
+    /// when the lease moved on meanwhile.
+    @discardableResult
+    func take(for playback: Playback, now: Int64) async throws -> Bool {
+        try await storage.takeLease(
+            user: user, holder: LeaseHolder.value(of: playback), epoch: playback.epoch, ttlMs: timing.leaseTTLMs, seen: now)
     }
 
-    /// The holder was lost without releasing: the lease lives on for the grace period unless it
-    /// comes back.
-    func startGrace(for playback: Playback) async throws {
-        _ = try await storage.renewLease(user: user, holder: LeaseHolder.value(of: playback), ttlMs: timing.graceMs)
+    /// The holder was lost at `lostAt` without releasing: the lease lives on for the grace period
+    /// unless it comes back, and an expiry freezes the position where it was at `lostAt`.
+    func startGrace(for playback: Playback, lostAt: Int64) async throws {
+        _ = try await storage.renewLease(
+            user: user, holder: LeaseHolder.value(of: playback), epoch: playback.epoch, ttlMs: timing.graceMs, seen: lostAt)
     }
 
-    /// Whether nobody holds the lease any more (its TTL ran out).
-    func hasLapsed() async throws -> Bool {
-        try await !storage.leaseExists(user: user)
+    /// Whether the lease of `playback`'s holder lapsed, and if so, when the holder was lost: when
+    /// it was last known connected, else a TTL before now (its lock lapsed by now, and lived that
+    /// long after its last renewal).
+    func lapse(of playback: Playback, now: Int64) async throws -> Int64? {
+        guard case .lapsed(let seen) = try await storage.leaseLapse(user: user, epoch: playback.epoch) else { return nil }
+        return seen ?? now - timing.leaseTTLMs
+    }
+
+    /// After a sweep of this user: its deadline follows the lease, or goes.
+    func settleDeadline() async throws {
+        try await storage.settleLeaseDeadline(user: user)
     }
 
     /// Renews the lease of `playback`'s holder, connected to this node, three times per TTL. A
-    /// lease found gone or not ours is taken again only if the state, read afresh by `current`,
-    /// still names this holder.
-    func renew(_ playback: Playback, now: Int64, current: () async throws -> Playback) async throws {
+    /// lease found gone or not ours is taken again only if the stored playback is still at its
+    /// epoch (the compare-and-set of `take`).
+    func renew(_ playback: Playback, now: Int64) async throws {
         let lock = LeaseHolder.value(of: playback)
         let due = renewed.withLock { renewed in
             guard renewed.map({ $0.lock != lock || now - $0.at >= timing.renewMs }) ?? true else { return false }
@@ -50,11 +62,10 @@ final class LeaseKeeper<Storage: PlaybackStorage>: Sendable {
             return true
         }
         guard due else { return }
-        guard try await !storage.renewLease(user: user, holder: lock, ttlMs: timing.leaseTTLMs) else { return }
-        renewed.withLock { $0 = nil }
-        let fresh = try await current()
-        if fresh.activeDevice == playback.activeDevice, LeaseHolder.value(of: fresh) == lock {
-            try await storage.retakeLease(user: user, holder: lock, ttlMs: timing.leaseTTLMs)
+        guard try await !storage.renewLease(user: user, holder: lock, epoch: playback.epoch, ttlMs: timing.leaseTTLMs, seen: now) else {
+            return
         }
+        renewed.withLock { $0 = nil }
+        try await take(for: playback, now: now)
     }
 }

@@ -30,6 +30,9 @@ struct LeaseTiming: Sendable {
     /// How long a device stays online without a refresh; refreshed every third of it. A node that
     /// dies leaves its devices listed online (not active: that is the lease) for at most this long.
     var presenceTTLMs: Int64 { max(15_000, 3 * tickMs + 2_000) }
+    /// How long a node counts as alive after its upkeep last said so (twice per tick): a lease
+    /// whose holder is connected to a live node is that node's to take back, not to expire.
+    var nodeTTLMs: Int64 { 2 * tickMs + 500 }
 }
 
 /// One user's playback as this node serves it, the same for both engines: connects and the
@@ -114,7 +117,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
                 frame: BusMessage(devices: devices, except: device, replace: .init(device: device, session: sink.sessionID)))
             if playback.activeDevice == device {
                 // Back within the grace period (or moved nodes): this node holds the lease now.
-                try await lease.take(for: playback)
+                try await lease.take(for: playback, now: now)
             }
             let changed = hello.lastSeen.map { $0.epoch != playback.epoch || $0.version != playback.version } ?? true
             let message = EncodedMessage(.welcome(.init(
@@ -145,8 +148,11 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
             let now = self.now
             var directory = before
             directory.markOffline(id: device, now: now)
+            // Only the device's current connection, the one its directory entry names, speaks for
+            // it: a newer one (on any node, its replacement notice still on the way) keeps the lease.
+            var left = false
             if let identity {
-                let left = try await storage.leave(
+                left = try await storage.leave(
                     user: userID, device: device, session: sessionID,
                     entry: StoredDevice(name: identity.name, kind: identity.kind, lastSeen: now, session: nil, node: nil),
                     frame: BusMessage(devices: directory.list(activeDevice: playback.activeDevice)))
@@ -156,7 +162,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
                 }
             }
             await unsubscribeIfUnused()
-            if playback.activeDevice == device {
+            if left, playback.activeDevice == device {
                 switch kind {
                 case .released:
                     _ = await apply(
@@ -164,7 +170,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
                         cause: .init(op: "released", device: device, request: nil))
                 case .lost:
                     // The grace period: the lease lives on for graceMs unless the device comes back.
-                    try await lease.startGrace(for: playback)
+                    try await lease.startGrace(for: playback, lostAt: now)
                 case .replaced:
                     break
                 }
@@ -335,30 +341,48 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
                 playback = try await loadPlayback()
                 fanout.remember(playback)
             }
-            guard let active = playback.activeDevice else { return }
-            if fanout.hasDevice(active) {
-                try await lease.renew(playback, now: now) {
-                    let fresh = try await loadPlayback()
-                    fanout.remember(fresh)
-                    return fresh
-                }
-            } else if try await lease.hasLapsed() {
-                try await expire(active, epoch: playback.epoch)
+            // A lapsed lease is the sweep's (`sweep`), wherever its devices are.
+            if let active = playback.activeDevice, fanout.hasDevice(active) {
+                try await lease.renew(playback, now: now)
             }
         } catch {
             logger.debug("lease upkeep failed", metadata: ["error": .string("\(error)")])
         }
     }
 
-    /// Expires `device`'s lease, under the gate and only if it is still gone there (its device may
-    /// have come back to this node meanwhile, which takes the lease under the gate).
-    private func expire(_ device: String, epoch: Int64) async throws {
-        try await gate.run {
-            guard try await lease.hasLapsed() else { return }
-            logger.info("lease expired", metadata: ["device.id": .string(device), "lease.epoch": .stringConvertible(epoch)])
-            _ = await apply(
-                Submission(user: UserIdentity(userID: userID), input: .expire(device: device), device: nil),
-                cause: .init(op: "expired", device: device, request: nil))
+    /// The storage's deadlines say this user's lease lapsed (its holder's node may be dead, and no
+    /// device of the user may be here): under the gate, on the stored state read afresh, expires it
+    /// if it is still gone (its device may have come back meanwhile, which takes the lease under
+    /// the gate), then settles the deadline. A holder still connected to a live node only missed
+    /// its renewals (a starved process): this node takes the lease back if the holder is here,
+    /// else leaves it to the holder's node for a tick.
+    func sweep() async {
+        do {
+            try await gate.run {
+                let playback = try await loadPlayback()
+                fanout?.remember(playback)
+                if let device = playback.activeDevice, let lostAt = try await lease.lapse(of: playback, now: now) {
+                    if fanout?.hasDevice(device) == true {
+                        try await lease.take(for: playback, now: now)
+                        try await lease.settleDeadline()
+                        return
+                    }
+                    if try await storage.liveNode(of: device, user: userID) != nil {
+                        try await storage.deferLeaseSweep(user: userID, ms: timing.tickMs)
+                        return
+                    }
+                    logger.info("lease expired", metadata: [
+                        "device.id": .string(device), "lease.epoch": .stringConvertible(playback.epoch),
+                        "lease.lost_ms_ago": .stringConvertible(now - lostAt),
+                    ])
+                    _ = await apply(
+                        Submission(user: UserIdentity(userID: userID), input: .expire(device: device, lostAt: lostAt), device: nil),
+                        cause: .init(op: "expired", device: device, request: nil))
+                }
+                try await lease.settleDeadline()
+            }
+        } catch {
+            logger.debug("lease sweep failed", metadata: ["error": .string("\(error)")])
         }
     }
 

@@ -5,13 +5,20 @@ import NIOCore
 ///
 /// | key | type | content |
 /// |---|---|---|
-/// | `pb:{u:ID}` | hash | `version`, `epoch`, `state` (the `Playback` as JSON) |
+/// | `pb:{u:ID}` | hash | `version`, `epoch`, `state` (the `Playback` as JSON), `seen` (`<epoch>|<ms>`: when the holder was last known connected) |
 /// | `lock:{u:ID}` | string, PX TTL | `<device>|<epoch>`: the lease, renewed by the node holding the device |
 /// | `dev:{u:ID}` | hash | device id → JSON `{name, kind, last_seen, session, node}` |
 /// | `online:{u:ID}` | sorted set | device id, scored by when its presence expires (ms) |
 /// | `req:{u:ID}:<request id>` | string, PX 10 min | the first final answer to that request |
 /// | channel `ev:{u:ID}` | pub/sub | committed changes, device lists, replacements |
+/// | `lease-deadlines` | sorted set | user id, scored by when its lease lapses (Redis time, ms): every node sweeps it |
+/// | `node:<id>` | string, PX TTL | present while the node is alive (refreshed by its upkeep) |
 struct RedisKeys {
+    static func node(_ id: String) -> String { "node:\(id)" }
+
+    /// The one key shared by all users: when each lease lapses, for the sweep.
+    static let leaseDeadlines = "lease-deadlines"
+
     let user: String
 
     var tag: String { "{u:\(user)}" }
@@ -37,9 +44,9 @@ enum RedisScripts {
     /// either commits (writes the state, moves or clears the lease, remembers the answer, publishes
     /// the change with the stored state appended to the frame) or, for a command that changed
     /// nothing, confirms the version and remembers the answer.
-    /// KEYS: pb, lock, req. ARGV: expected version, remember (0|1), answer JSON, answer TTL ms,
-    /// mode (commit|confirm); for commit also: new version, new epoch, state JSON, lease op
-    /// (keep|set|del), lock value, lock TTL ms, channel, frame head.
+    /// KEYS: pb, lock, req, lease deadlines. ARGV: expected version, remember (0|1), answer JSON,
+    /// answer TTL ms, mode (commit|confirm); for commit also: new version, new epoch, state JSON,
+    /// lease op (keep|set|del), lock value, lock TTL ms, channel, frame head, user.
     /// Returns {1, version} when committed or confirmed, {0, current version, current state or nil}
     /// on a conflict, {2, answer} for a known request.
     static let command = """
@@ -57,8 +64,11 @@ enum RedisScripts {
         redis.call('HSET', KEYS[1], 'version', ARGV[6], 'epoch', ARGV[7], 'state', ARGV[8])
         if ARGV[9] == 'set' then
           redis.call('SET', KEYS[2], ARGV[10], 'PX', ARGV[11])
+          local t = redis.call('TIME')
+          redis.call('ZADD', KEYS[4], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[11]), ARGV[14])
         elseif ARGV[9] == 'del' then
           redis.call('DEL', KEYS[2])
+          redis.call('ZREM', KEYS[4], ARGV[14])
         end
         if ARGV[2] == '1' then redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4]) end
         redis.call('PUBLISH', ARGV[12], ARGV[13] .. ARGV[8])
@@ -67,20 +77,87 @@ enum RedisScripts {
 
     /// Puts a restored playback back into an empty slot (Redis lost it) and announces it; does
     /// nothing if some node restored or committed meanwhile.
-    /// KEYS: pb, lock. ARGV: version, epoch, state JSON, lock value ('' for none), lock TTL ms,
-    /// channel, message JSON ('' for none). Returns 1 when restored, 0 when the slot was taken.
+    /// KEYS: pb, lock, lease deadlines. ARGV: version, epoch, state JSON, lock value ('' for
+    /// none), lock TTL ms, channel, message JSON ('' for none), user. Returns 1 when restored, 0
+    /// when the slot was taken.
     static let restore = """
         if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
         redis.call('HSET', KEYS[1], 'version', ARGV[1], 'epoch', ARGV[2], 'state', ARGV[3])
-        if ARGV[4] ~= '' then redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5]) end
+        if ARGV[4] ~= '' then
+          redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
+          local t = redis.call('TIME')
+          redis.call('ZADD', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[5]), ARGV[8])
+        end
         if ARGV[7] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
         return 1
         """
 
-    /// Sets the lease's TTL if it still names this holder. KEYS: lock. ARGV: value, TTL ms.
+    /// Sets the lease's TTL if it still names this holder, records when the holder was seen, and
+    /// moves its deadline. KEYS: lock, pb, lease deadlines. ARGV: value, TTL ms, epoch, seen ms,
+    /// user. Returns 1 when renewed, 0 when the lease names somebody else or nobody.
     static let renew = """
-        if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-        return 0
+        if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+        redis.call('PEXPIRE', KEYS[1], ARGV[2])
+        if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HSET', KEYS[2], 'seen', ARGV[3] .. '|' .. ARGV[4]) end
+        local t = redis.call('TIME')
+        redis.call('ZADD', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[2]), ARGV[5])
+        return 1
+        """
+
+    /// Takes the lease for a holder whose device connected (again): a compare-and-set, so that a
+    /// late reconnect never overwrites a newer holder's lock. Only while the stored playback is at
+    /// the holder's epoch (every move of the lease raises it) and the lock is free, already this
+    /// holder's, or of an older epoch. KEYS: pb, lock, lease deadlines. ARGV: value, epoch, TTL ms,
+    /// seen ms, user. Returns 1 when taken, 0 when refused.
+    static let take = """
+        local epoch = redis.call('HGET', KEYS[1], 'epoch')
+        if not epoch or tonumber(epoch) ~= tonumber(ARGV[2]) then return 0 end
+        local current = redis.call('GET', KEYS[2])
+        if current and current ~= ARGV[1] then
+          local held = tonumber(string.match(current, '|(%-?%d+)$') or '')
+          if held == nil or held >= tonumber(ARGV[2]) then return 0 end
+        end
+        redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
+        redis.call('HSET', KEYS[1], 'seen', ARGV[2] .. '|' .. ARGV[4])
+        local t = redis.call('TIME')
+        redis.call('ZADD', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[3]), ARGV[5])
+        return 1
+        """
+
+    /// Whether the lease is held, and when its holder was last seen. KEYS: lock, pb.
+    /// Returns {1 when held else 0, seen ('<epoch>|<ms>') or false}.
+    static let lapse = """
+        return {redis.call('EXISTS', KEYS[1]), redis.call('HGET', KEYS[2], 'seen')}
+        """
+
+    /// Claims up to ARGV[2] users whose lease deadline has passed, for ARGV[1] ms (their score moves
+    /// past the claim, so other nodes skip them meanwhile). KEYS: lease deadlines.
+    static let sweep = """
+        local t = redis.call('TIME')
+        local now = t[1] * 1000 + math.floor(t[2] / 1000)
+        local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+        for _, user in ipairs(due) do redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), user) end
+        return due
+        """
+
+    /// Sweeps the user again in ARGV[1] ms. KEYS: lease deadlines. ARGV: ms, user.
+    static let deferSweep = """
+        local t = redis.call('TIME')
+        redis.call('ZADD', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[1]), ARGV[2])
+        return 1
+        """
+
+    /// After a sweep: the user's deadline follows the lock if it is held again, else it is removed.
+    /// KEYS: lock, lease deadlines. ARGV: user.
+    static let settle = """
+        local ttl = redis.call('PTTL', KEYS[1])
+        if ttl > 0 then
+          local t = redis.call('TIME')
+          redis.call('ZADD', KEYS[2], t[1] * 1000 + math.floor(t[2] / 1000) + ttl, ARGV[1])
+        else
+          redis.call('ZREM', KEYS[2], ARGV[1])
+        end
+        return 1
         """
 
     /// A device connected: its directory entry and presence, and the frame that tells the other

@@ -19,6 +19,11 @@ public final class RedisStorage: PlaybackStorage {
     private let joinScript = RedisScript(RedisScripts.join)
     private let leaveScript = RedisScript(RedisScripts.leave)
     private let presenceScript = RedisScript(RedisScripts.presence)
+    private let takeScript = RedisScript(RedisScripts.take)
+    private let lapseScript = RedisScript(RedisScripts.lapse)
+    private let sweepScript = RedisScript(RedisScripts.sweep)
+    private let settleScript = RedisScript(RedisScripts.settle)
+    private let deferScript = RedisScript(RedisScripts.deferSweep)
 
     init(configuration: RedisConfiguration, nodeID: String, logger: Logger) {
         var commands = configuration
@@ -107,11 +112,13 @@ public final class RedisStorage: PlaybackStorage {
             arguments += [
                 "commit", .integer(change.playback.version), .integer(change.playback.epoch), .bytes(change.json), .string(leaseOp),
                 .string(lock), .integer(ttl), .string(keys.channel), .bytes(change.frame.encodedHead(storedLength: change.json.readableBytes)),
+                .string(user),
             ]
         } else {
             arguments.append("confirm")
         }
-        redis.evaluateFuture(commandScript, keys: [keys.playback, keys.lock, keys.request(call.requestID ?? "-")], arguments: arguments)
+        redis.evaluateFuture(
+            commandScript, keys: [keys.playback, keys.lock, keys.request(call.requestID ?? "-"), RedisKeys.leaseDeadlines], arguments: arguments)
             .whenComplete { result in completion(result.flatMap(Self.commandReply)) }
     }
 
@@ -173,29 +180,66 @@ public final class RedisStorage: PlaybackStorage {
         return (Int(added), Set((parts[1].array ?? []).compactMap(\.string)))
     }
 
-    public func takeLease(user: String, holder: String, ttlMs: Int64) async throws {
-        _ = try await redis.send(["SET", .string(RedisKeys(user: user).lock), .string(holder), "PX", .integer(ttlMs)])
+    public func takeLease(user: String, holder: String, epoch: Int64, ttlMs: Int64, seen: Int64) async throws -> Bool {
+        let keys = RedisKeys(user: user)
+        return try await redis.evaluate(
+            takeScript, keys: [keys.playback, keys.lock, RedisKeys.leaseDeadlines],
+            arguments: [.string(holder), .integer(epoch), .integer(ttlMs), .integer(seen), .string(user)]
+        ).int == 1
     }
 
-    public func renewLease(user: String, holder: String, ttlMs: Int64) async throws -> Bool {
-        try await redis.evaluate(renewScript, keys: [RedisKeys(user: user).lock], arguments: [.string(holder), .integer(ttlMs)]).int == 1
+    public func renewLease(user: String, holder: String, epoch: Int64, ttlMs: Int64, seen: Int64) async throws -> Bool {
+        let keys = RedisKeys(user: user)
+        return try await redis.evaluate(
+            renewScript, keys: [keys.lock, keys.playback, RedisKeys.leaseDeadlines],
+            arguments: [.string(holder), .integer(ttlMs), .integer(epoch), .integer(seen), .string(user)]
+        ).int == 1
     }
 
-    public func retakeLease(user: String, holder: String, ttlMs: Int64) async throws {
-        _ = try await redis.send(["SET", .string(RedisKeys(user: user).lock), .string(holder), "NX", "PX", .integer(ttlMs)])
+    public func leaseLapse(user: String, epoch: Int64) async throws -> LeaseLapse {
+        let keys = RedisKeys(user: user)
+        let reply = try await redis.evaluate(lapseScript, keys: [keys.lock, keys.playback], arguments: [])
+        guard case .array(let parts) = reply, parts.count == 2, let held = parts[0].int else {
+            throw RedisError(.protocolError, "unexpected lapse reply \(reply)")
+        }
+        if held == 1 { return .held }
+        return .lapsed(seen: parts[1].string.flatMap { LeaseHolder.seen(in: $0, epoch: epoch) })
     }
 
-    public func leaseExists(user: String) async throws -> Bool {
-        try await redis.send(["EXISTS", .string(RedisKeys(user: user).lock)]).int == 1
+    public func lapsedLeases(limit: Int, claimMs: Int64) async throws -> [String] {
+        let reply = try await redis.evaluate(
+            sweepScript, keys: [RedisKeys.leaseDeadlines], arguments: [.integer(claimMs), .integer(Int64(limit))])
+        return (reply.array ?? []).compactMap(\.string)
+    }
+
+    public func deferLeaseSweep(user: String, ms: Int64) async throws {
+        _ = try await redis.evaluate(deferScript, keys: [RedisKeys.leaseDeadlines], arguments: [.integer(ms), .string(user)])
+    }
+
+    public func markAlive(node: String, ttlMs: Int64) async throws {
+        _ = try await redis.send(["SET", .string(RedisKeys.node(node)), "1", "PX", .integer(ttlMs)])
+    }
+
+    public func liveNode(of device: String, user: String) async throws -> String? {
+        guard case .bulkString(let json) = try await redis.send(["HGET", .string(RedisKeys(user: user).devices), .string(device)]),
+            let entry = try? JSONDecoder().decode(StoredDevice.self, from: Data(json.readableBytesView)), entry.session != nil,
+            let node = entry.node
+        else { return nil }
+        return try await redis.send(["EXISTS", .string(RedisKeys.node(node))]).int == 1 ? node : nil
+    }
+
+    public func settleLeaseDeadline(user: String) async throws {
+        _ = try await redis.evaluate(settleScript, keys: [RedisKeys(user: user).lock, RedisKeys.leaseDeadlines], arguments: [.string(user)])
     }
 
     public func restore(user: String, playback: Playback, holder: String?, ttlMs: Int64, frame: BusMessage?) async throws -> Bool {
         let keys = RedisKeys(user: user)
         let reply = try await redis.evaluate(
-            restoreScript, keys: [keys.playback, keys.lock],
+            restoreScript, keys: [keys.playback, keys.lock, RedisKeys.leaseDeadlines],
             arguments: [
                 .integer(playback.version), .integer(playback.epoch), .bytes(ByteBuffer(bytes: PlaybackJSON.encode(playback))),
                 .string(holder ?? ""), .integer(ttlMs), .string(keys.channel), frame.map { .bytes($0.encoded()) } ?? .string(""),
+                .string(user),
             ])
         return reply.int == 1
     }

@@ -1,0 +1,105 @@
+import Foundation
+import Logging
+import PlaybackCore
+@testable import PlaybackEngine
+import RedisClient
+import Synchronization
+import Testing
+
+/// A device connection the test holds by hand: it records what it is sent and, unlike a real
+/// session, does not end when it is closed (as a connection whose close is still on its way).
+final class HandSink: DeviceSink {
+    let sessionID = UUID().uuidString
+    private let closes = Mutex<[CloseCode]>([])
+
+    func send(_ message: EncodedMessage) {}
+    func close(_ code: CloseCode, reason: String) { closes.withLock { $0.append(code) } }
+    var closedWith: [CloseCode] { closes.withLock { $0 } }
+}
+
+/// The storages' lease rules, and the races between nodes that only the engines see.
+@Suite("lease correctness under races between nodes")
+struct LeaseCorrectnessTests {
+    static let welcome = WelcomeParameters(heartbeatMs: 15_000, limits: .init(maxMessageBytes: 65_536, messagesPerS: 50))
+
+    static func storages() throws -> [(String, any PlaybackStorage)] {
+        var storages: [(String, any PlaybackStorage)] = [("memory", MemoryStorage(configuration: EngineConfiguration(), clock: ServerClock.nowMs))]
+        if ProcessInfo.processInfo.environment["PLAYBACK_REDIS_URL"] != nil {
+            // A database of its own: the test servers' sweeps share database 0's lease deadlines.
+            var redis = try RedisConfiguration(url: EngineKind.redisURL)
+            redis.database = 7
+            storages.append(("redis", RedisStorage(configuration: redis, nodeID: "test", logger: Logger(label: "test"))))
+        }
+        return storages
+    }
+
+    static func playback(active device: String?, epoch: Int64, version: Int64) -> Playback {
+        var playback = Playback.initial
+        playback.activeDevice = device
+        playback.epoch = epoch
+        playback.version = version
+        return playback
+    }
+
+    @Test func aReconnectNeverOverwritesTheLockOfANewerHolder() async throws {
+        for (name, storage) in try Self.storages() {
+            let user = "cas-\(UInt32.random(in: 0...UInt32.max))"
+            let newer = Self.playback(active: "speaker", epoch: 6, version: 9)
+            #expect(try await storage.restore(user: user, playback: newer, holder: "speaker|6", ttlMs: 10_000, frame: nil), "\(name)")
+            // The phone held the lease at epoch 5; its reconnect read that state before the move.
+            let late = try await storage.takeLease(user: user, holder: "phone|5", epoch: 5, ttlMs: 10_000, seen: 0)
+            #expect(!late, "\(name): a holder of an older epoch is refused")
+            #expect(try await storage.renewLease(user: user, holder: "speaker|6", epoch: 6, ttlMs: 10_000, seen: 1), "\(name): the newer holder keeps renewing")
+            #expect(try await storage.takeLease(user: user, holder: "speaker|6", epoch: 6, ttlMs: 10_000, seen: 2), "\(name): its own lock is taken again")
+            await storage.shutdown()
+        }
+    }
+
+    @Test func aLapsedLeaseTellsWhenItsHolderWasLastSeenAndIsSweptOnce() async throws {
+        for (name, storage) in try Self.storages() {
+            let user = "lapse-\(UInt32.random(in: 0...UInt32.max))"
+            let playback = Self.playback(active: "phone", epoch: 3, version: 4)
+            #expect(try await storage.restore(user: user, playback: playback, holder: "phone|3", ttlMs: 10_000, frame: nil))
+            #expect(try await storage.leaseLapse(user: user, epoch: 3) == .held, "\(name)")
+            // The holder is lost at 12,345: the grace period is short here.
+            #expect(try await storage.renewLease(user: user, holder: "phone|3", epoch: 3, ttlMs: 50, seen: 12_345))
+            try await Task.sleep(for: .milliseconds(120))
+            #expect(try await storage.leaseLapse(user: user, epoch: 3) == .lapsed(seen: 12_345), "\(name)")
+            #expect(try await storage.leaseLapse(user: user, epoch: 4) == .lapsed(seen: nil), "\(name): a record of another epoch is not used")
+            var claimed: [String] = []
+            for _ in 0..<20 where !claimed.contains(user) { claimed += try await storage.lapsedLeases(limit: 10_000, claimMs: 5_000) }
+            #expect(claimed.contains(user), "\(name): the lapsed lease is due for a sweep")
+            #expect(try await !storage.lapsedLeases(limit: 10_000, claimMs: 5_000).contains(user), "\(name): one claim at a time")
+            await storage.shutdown()
+        }
+    }
+
+    /// A device moved to node B; its old connection on node A ends with a clean close before A
+    /// heard of the replacement: that close must not release the lease the device now holds on B.
+    @Test(.enabled(if: ProcessInfo.processInfo.environment["PLAYBACK_REDIS_URL"] != nil, "needs PLAYBACK_REDIS_URL"))
+    func aLateCloseOfAReplacedConnectionLeavesTheLeaseWithTheNewOne() async throws {
+        var configuration = EngineConfiguration()
+        configuration.graceMs = 10_000
+        let redis = try RedisConfiguration(url: EngineKind.redisURL)
+        let nodeA = RedisEngine(redis: redis, configuration: configuration)
+        let nodeB = RedisEngine(redis: redis, configuration: configuration)
+        await nodeA.start()
+        await nodeB.start()
+        let user = UserIdentity(userID: "moved-\(UInt32.random(in: 0...UInt32.max))")
+        let hello = ClientMessage.Hello(device: .init(id: "phone", name: "Phone", kind: .smartphone))
+        let old = HandSink()
+        try await nodeA.connect(user: user, hello: hello, sink: old, welcome: Self.welcome)
+        let played = await withCheckedContinuation { continuation in
+            nodeA.submit(Submission(user: user, input: .command(.play(.init(trackID: "t0001", device: "phone"))), device: "phone")) {
+                continuation.resume(returning: $0)
+            }
+        }
+        #expect(try played.get().version == 1)
+        try await nodeB.connect(user: user, hello: hello, sink: HandSink(), welcome: Self.welcome)
+        await nodeA.disconnect(user: user, device: "phone", sessionID: old.sessionID, kind: .released)
+        let (state, _) = try await nodeB.snapshot(user: user)
+        #expect(state.activeDevice == "phone" && state.epoch == 1, "the new connection keeps the lease: \(state)")
+        await nodeA.shutdown()
+        await nodeB.shutdown()
+    }
+}
