@@ -180,7 +180,8 @@ public final class Durability: Sendable {
         guard let writer else { return .fresh }
         var base: (Playback, Int64)?
         if let pending = writer.pendingSnapshot(user: user) {
-            base = (pending, now)
+            // Its age counts like a stored one's: other nodes may have handed out versions since.
+            base = (pending.playback, pending.takenAt)
         } else {
             do {
                 if let snapshot = try await writer.store.loadSnapshot(user: user) {

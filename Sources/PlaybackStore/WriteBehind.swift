@@ -37,7 +37,8 @@ public final class WriteBehind: Sendable {
         var plays: Deque<HistoryRow> = []
         /// Plays being written right now (neither queued nor known to be in PostgreSQL).
         var playsInFlight: [HistoryRow] = []
-        var snapshotsInFlight: Set<String> = []
+        /// Snapshots being written right now, by user (restores read them too).
+        var snapshotsInFlight: [String: PendingSnapshot] = [:]
         var devices: [String: StoredDeviceRow] = [:]
         var users: [String: StoredUser] = [:]
         var lastError: StoreError?
@@ -138,7 +139,7 @@ public final class WriteBehind: Sendable {
     /// Items not yet written (queued or being written), by kind.
     public var pending: (snapshots: Int, plays: Int, devices: Int) {
         queues.withLock { queues in
-            (queues.snapshotsInFlight.union(queues.snapshots.keys).count, queues.plays.count + queues.playsInFlight.count,
+            (Set(queues.snapshotsInFlight.keys).union(queues.snapshots.keys).count, queues.plays.count + queues.playsInFlight.count,
              queues.devices.count)
         }
     }
@@ -150,9 +151,14 @@ public final class WriteBehind: Sendable {
         }
     }
 
-    /// The newest snapshot not yet written for `user`, if any: recovery prefers it to PostgreSQL's.
-    public func pendingSnapshot(user: String) -> Playback? {
-        queues.withLock { $0.snapshots[user]?.playback }
+    /// The newest snapshot not yet known to be in PostgreSQL for `user` (queued, or being written),
+    /// with when it was taken, if any: recovery prefers it to PostgreSQL's.
+    public func pendingSnapshot(user: String) -> (playback: Playback, takenAt: Int64)? {
+        queues.withLock { queues in
+            let newest = [queues.snapshots[user], queues.snapshotsInFlight[user]].compactMap { $0 }
+                .max { ($0.playback.epoch, $0.playback.version) < ($1.playback.epoch, $1.playback.version) }
+            return newest.map { ($0.playback, $0.takenAt) }
+        }
     }
 
     // MARK: Writing
@@ -191,10 +197,61 @@ public final class WriteBehind: Sendable {
                 try await store.saveSnapshots(batch.snapshots)
                 try await store.insertPlays(batch.plays)
                 succeeded(batch, now: now)
+            } catch where error.code == .query {
+                // PostgreSQL refused the batch itself (not an outage): one bad row must not hold up the rest.
+                await isolate(batch, now: now)
             } catch {
                 failed(batch, error: error, now: now)
             }
             report()
+        }
+    }
+
+    /// Writes a refused batch row by row: a row PostgreSQL refuses on its own (say, a value its
+    /// column cannot hold) is set aside, logged and counted (`playback_store_rejected_total`); the
+    /// others are written, or queued again if PostgreSQL went away meanwhile.
+    private func isolate(_ batch: Batch, now: Int64) async {
+        var written = Batch()
+        var retry = Batch()
+        var outage: StoreError?
+        func alone<Row>(
+            _ rows: [Row], kind: String, describe: (Row) -> String, _ write: (Row) async throws(StoreError) -> Void,
+            written: (Row) -> Void, retry: (Row) -> Void
+        ) async {
+            for row in rows {
+                if outage != nil {
+                    retry(row)
+                    continue
+                }
+                do throws(StoreError) {
+                    try await write(row)
+                    written(row)
+                } catch where error.code == .query {
+                    Counter(label: "playback_store_rejected_total", dimensions: [("kind", kind)]).increment()
+                    logger.error("postgres refused a row; set aside", metadata: [
+                        "kind": .string(kind), "row": .string(describe(row)), "error": .string(error.description),
+                    ])
+                } catch {
+                    outage = error
+                    retry(row)
+                }
+            }
+        }
+        await alone(batch.users, kind: "user", describe: { "user \($0.id)" }, { user throws(StoreError) in try await store.upsertUsers([user]) },
+            written: { written.users.append($0) }, retry: { retry.users.append($0) })
+        await alone(batch.devices, kind: "device", describe: { "device \($0.userID)/\($0.deviceID)" },
+            { device throws(StoreError) in try await store.upsertDevices([device]) },
+            written: { written.devices.append($0) }, retry: { retry.devices.append($0) })
+        await alone(batch.snapshots, kind: "snapshot", describe: { "snapshot of \($0.userID) v\($0.version)" },
+            { snapshot throws(StoreError) in try await store.saveSnapshots([snapshot]) },
+            written: { written.snapshots.append($0) }, retry: { retry.snapshots.append($0) })
+        await alone(batch.plays, kind: "play", describe: { "play of \($0.userID) \($0.record.trackID)" },
+            { play throws(StoreError) in try await store.insertPlays([play]) },
+            written: { written.plays.append($0) }, retry: { retry.plays.append($0) })
+        if let outage {
+            failed(retry, error: outage, now: now)
+        } else {
+            succeeded(written, now: now)
         }
     }
 
@@ -203,16 +260,17 @@ public final class WriteBehind: Sendable {
             var batch = Batch()
             guard all || now >= queues.retryAt else { return batch }
             queues.lastWritten = queues.lastWritten.filter { now - $0.value < limits.snapshotIntervalMs }
+            queues.snapshotsInFlight = [:]
             for (user, pending) in queues.snapshots where all || pending.dueAt <= now {
                 guard batch.snapshots.count < limits.batchSize else { break }
                 batch.snapshots.append(Self.encode(user: user, pending))
+                queues.snapshotsInFlight[user] = pending
             }
             for snapshot in batch.snapshots {
                 queues.snapshots[snapshot.userID] = nil
                 // The next snapshot of this user waits for the interval, counted from this write.
                 queues.lastWritten[snapshot.userID] = now
             }
-            queues.snapshotsInFlight = Set(batch.snapshots.map(\.userID))
             let playCount = min(limits.batchSize, queues.plays.count)
             batch.plays = Array(queues.plays.prefix(playCount))
             queues.plays.removeFirst(playCount)
@@ -236,7 +294,7 @@ public final class WriteBehind: Sendable {
         snapshotWrites.add(batch.snapshots.count, ordering: .relaxed)
         let recovered: StoreError? = queues.withLock { queues in
             queues.playsInFlight = []
-            queues.snapshotsInFlight = []
+            queues.snapshotsInFlight = [:]
             defer {
                 queues.lastError = nil
                 queues.backoffMs = 0
@@ -260,7 +318,7 @@ public final class WriteBehind: Sendable {
                 }
             }
             queues.playsInFlight = []
-            queues.snapshotsInFlight = []
+            queues.snapshotsInFlight = [:]
             queues.plays.insert(contentsOf: batch.plays, at: 0)
             while queues.plays.count > limits.maxPendingPlays { queues.plays.removeFirst() }
             for device in batch.devices where queues.devices[device.userID + "\u{1F}" + device.deviceID] == nil {

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import PlaybackCore
+import PlaybackStore
 @testable import PlaybackEngine
 import RedisClient
 import Synchronization
@@ -101,5 +102,53 @@ struct LeaseCorrectnessTests {
         #expect(state.activeDevice == "phone" && state.epoch == 1, "the new connection keeps the lease: \(state)")
         await nodeA.shutdown()
         await nodeB.shutdown()
+    }
+}
+
+/// What PostgreSQL adds to restores and what it must not hold up.
+@Suite("write-behind rows and restore ages")
+struct WriteBehindIsolationTests {
+    /// A snapshot still queued when Redis lost the user is as old as when it was taken: the
+    /// restore jumps epoch and version by its age (another node may have handed out versions
+    /// meanwhile), not by a constant.
+    @Test func aRestoreFromAQueuedSnapshotJumpsByItsAge() async throws {
+        let database = try await TestDatabase.create()
+        defer { database.drop() }
+        let clock = Atomic<Int64>(1_000_000)
+        let store = PlaybackStore(settings: database.settings, logger: Logger(label: "test"))
+        let writer = WriteBehind(store: store, logger: Logger(label: "test"), clock: { clock.load(ordering: .relaxed) })
+        var playback = Playback.initial
+        playback.epoch = 2
+        playback.version = 10
+        writer.snapshot(user: "aged", playback: playback, urgent: false)
+        clock.store(1_060_000, ordering: .relaxed)
+        let durability = Durability(writer: writer, logger: Logger(label: "test"), clock: { clock.load(ordering: .relaxed) })
+        guard case .snapshot(let restored) = await durability.restore(user: "aged", now: 1_060_000) else {
+            Issue.record("no restore from the queued snapshot")
+            return
+        }
+        #expect(restored.version >= 10 + 60_000 && restored.epoch >= 2 + 60_000, "\(restored.epoch), \(restored.version)")
+    }
+
+    /// One row PostgreSQL refuses (a country that does not fit `char(2)`) is set aside and
+    /// counted; the rows beside it are written and the writer stays healthy.
+    @Test func aRowPostgreSQLRefusesIsSetAsideAndTheRestIsWritten() async throws {
+        let database = try await TestDatabase.create()
+        defer { database.drop() }
+        let store = try await TestStore(settings: database.settings)
+        defer { store.close() }
+        _ = TestMetrics.registry
+        let series = #"playback_store_rejected_total{kind="user"}"#
+        let rejected = TestMetrics.value(series)
+        store.writer.user(StoredUser(id: "bad", country: "SWE", tier: nil))
+        store.writer.user(StoredUser(id: "good", country: "SE", tier: nil))
+        var playback = Playback.initial
+        playback.version = 3
+        store.writer.snapshot(user: "good", playback: playback, urgent: true)
+        #expect(await store.writer.flush())
+        #expect(store.writer.isHealthy)
+        #expect(try await database.sql("SELECT string_agg(id, ',' ORDER BY id) FROM users") == "good")
+        #expect(try await database.sql("SELECT version FROM playback_snapshots WHERE user_id = 'good'") == "3")
+        #expect(TestMetrics.value(series) >= rejected + 1)
     }
 }
