@@ -14,7 +14,8 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
     /// The users, in `upkeepSlots` buckets by their id's hash: each upkeep slot takes one bucket
     /// (filtering all users every slot cost more than the upkeep itself at 19,000 idle connections).
     private let users = Mutex<[[String: UserPlayback<Storage>]]>(Array(repeating: [:], count: upkeepSlots))
-    private let upkeep = Mutex<(started: Bool, task: Task<Void, Never>?)>((false, nil))
+    /// The upkeep loop and the sweep loop, cancelled on shutdown.
+    private let upkeep = Mutex<(started: Bool, tasks: [Task<Void, Never>])>((false, []))
 
     /// Users kept up at once by the upkeep loop.
     static var upkeepConcurrency: Int { 64 }
@@ -47,8 +48,12 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
         await storage.start(
             onFrame: { [weak self] user, frame in self?.route(frame, to: user) },
             onResubscribed: { [weak self] in self?.resubscribed() })
-        let loop = Task { [weak self] () async -> Void in await self?.keepUp() }
-        upkeep.withLock { $0.task = loop }
+        // Apart, so that a long sweep (many leases lapsing at once) never delays the renewals.
+        let loops = [
+            Task { [weak self] () async -> Void in await self?.keepUp() },
+            Task { [weak self] () async -> Void in await self?.sweep() },
+        ]
+        upkeep.withLock { $0.tasks = loops }
     }
 
     private var durability: Durability { environment.durability }
@@ -105,7 +110,7 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
     }
 
     public func shutdown() async {
-        upkeep.withLock { $0.task }?.cancel()
+        for task in upkeep.withLock({ $0.tasks }) { task.cancel() }
         // The users with devices here: their latest state goes to PostgreSQL now, not a second later.
         if durability.writer != nil {
             for user in users.withLock({ $0.flatMap(\.values) }) { await user.writeSnapshot() }
@@ -142,7 +147,6 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
             await keepUp(due)
             if slot % (Self.upkeepSlots / 2) == 0 {
                 try? await storage.markAlive(node: nodeID, ttlMs: environment.timing.nodeTTLMs)
-                await sweepLapsedLeases()
             }
             let spent = ContinuousClock.now - started
             if spent > .milliseconds(pause) {
@@ -160,6 +164,14 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
     /// other nodes off it (another node takes over if this one dies mid-sweep).
     static var sweepBatch: Int { 256 }
     static var sweepClaimMs: Int64 { 5_000 }
+
+    /// Twice per tick, until cancelled.
+    private func sweep() async {
+        while !Task.isCancelled {
+            await sweepLapsedLeases()
+            try? await Task.sleep(for: .milliseconds(max(25, environment.timing.tickMs / 2)))
+        }
+    }
 
     /// Expires the leases that lapsed, wherever their devices were (their node may be dead): every
     /// node sweeps twice per tick, and the storage lets one node claim each lease.

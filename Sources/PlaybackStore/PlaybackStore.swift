@@ -308,7 +308,8 @@ public final class PlaybackStore: Sendable {
         } catch let error as StoreError {
             throw error
         } catch let error as PSQLError {
-            throw StoreError(error.serverInfo == nil ? .unavailable : .query, Self.describe(error))
+            guard let state = error.serverInfo?[.sqlState] else { throw StoreError(.unavailable, Self.describe(error)) }
+            throw StoreError(state.hasPrefix("22") || state.hasPrefix("23") ? .rejected : .query, Self.describe(error))
         } catch {
             throw StoreError(.unavailable, "\(error)")
         }

@@ -41,7 +41,9 @@ public struct PostgresSettings: Sendable, Equatable {
 /// A storage failure with a code for logs and metrics.
 public struct StoreError: Error, Sendable, CustomStringConvertible {
     public enum Code: String, Sendable {
-        case configuration, unavailable, timeout, query, corrupt
+        /// `rejected`: PostgreSQL refused the data itself (SQLSTATE classes 22 and 23: a value its
+        /// column cannot hold, a broken constraint); writing it again fails again.
+        case configuration, unavailable, timeout, query, rejected, corrupt
     }
 
     public var code: Code

@@ -197,8 +197,8 @@ public final class WriteBehind: Sendable {
                 try await store.saveSnapshots(batch.snapshots)
                 try await store.insertPlays(batch.plays)
                 succeeded(batch, now: now)
-            } catch where error.code == .query {
-                // PostgreSQL refused the batch itself (not an outage): one bad row must not hold up the rest.
+            } catch where error.code == .rejected {
+                // PostgreSQL refused the data itself (not an outage): one bad row must not hold up the rest.
                 await isolate(batch, now: now)
             } catch {
                 failed(batch, error: error, now: now)
@@ -226,7 +226,7 @@ public final class WriteBehind: Sendable {
                 do throws(StoreError) {
                     try await write(row)
                     written(row)
-                } catch where error.code == .query {
+                } catch where error.code == .rejected {
                     Counter(label: "playback_store_rejected_total", dimensions: [("kind", kind)]).increment()
                     logger.error("postgres refused a row; set aside", metadata: [
                         "kind": .string(kind), "row": .string(describe(row)), "error": .string(error.description),

@@ -1,6 +1,7 @@
 import Foundation
 import PlaybackCore
 import PlaybackEngine
+import RedisClient
 import Testing
 
 /// Several daemons (in-process, each with its own port and RedisEngine) on one redis-server.
@@ -147,6 +148,39 @@ struct MultiNodeTests {
         let state = try await survivor.engine.snapshot(user: user).state
         #expect(!state.isPlaying && state.epoch == 2 && state.positionMs < 1_500, "\(state)")
         await survivor.stop()
+    }
+
+    /// Redis loses a user (its keys gone, as after a restart without persistence) and there is no
+    /// PostgreSQL: the state starts again above every epoch and version the devices saw, so they
+    /// keep applying changes, and the old holder hears that it lost the lease.
+    @Test func aUserLostByRedisWithoutPostgresRestartsAboveWhatItsDevicesSaw() async throws {
+        try await Self.cluster(2) { nodes in
+            let (phone, _) = try await nodes[0].device("phone")
+            let (laptop, _) = try await nodes[1].device("laptop")
+            try await phone.command("p", .play(.init(trackID: "t0001", device: "phone")))
+            for index in 1...3 { try await phone.command("v\(index)", .volume(percent: index)) }
+            _ = try await laptop.state { $0.version == 4 }
+            let tag = "{u:alice.\(nodes[0].namespace)}"
+            let url = try RedisConfiguration(url: EngineKind.redisURL)
+            _ = try runProgram("/usr/bin/redis-cli", ["-h", url.host, "-p", String(url.port), "-n", String(url.database),
+                                                      "DEL", "pb:\(tag)", "lock:\(tag)", "dev:\(tag)", "online:\(tag)"])
+            guard case .ack(let ack) = try await laptop.command("after", .volume(percent: 50)) else {
+                Issue.record("the command after the loss was not acked")
+                return
+            }
+            #expect(ack.version > 4, "versions go on above what the devices saw: \(ack.version)")
+            var revoked: ServerMessage.LeaseRevoked?
+            while true {
+                let message = try await phone.nextMessage()
+                if case .leaseRevoked(let message) = message { revoked = message }
+                if case .state(let event) = message, event.state.volume == 50 {
+                    #expect(event.state.version == ack.version && event.state.epoch > 1, "\(event.state)")
+                    #expect(event.state.activeDevice == nil)
+                    break
+                }
+            }
+            #expect((revoked?.epoch ?? 0) > 1, "the old holder heard that it lost the lease")
+        }
     }
 
     @Test func aLeaseWhoseNodeWentAwayExpiresAndTheOthersLearnIt() async throws {

@@ -100,6 +100,15 @@ final class UserFanout: Sendable {
         }
     }
     var isEmpty: Bool { state.withLock { $0.devices.isEmpty && $0.waiting.isEmpty } }
+
+    /// The highest epoch and version seen here (cached state, the channel, grants).
+    var highWater: (epoch: Int64, version: Int64) {
+        state.withLock { state in
+            let epoch = max(state.playback?.value.epoch ?? 0, state.holder?.epoch ?? 0)
+            let version = max(state.playback?.value.version ?? 0, state.latestVersion, state.undecoded?.version ?? 0)
+            return (epoch, version)
+        }
+    }
     var connectedDevices: [String] { state.withLock { Array($0.devices.deviceIDs) } }
 
     func hasDevice(_ device: String) -> Bool { state.withLock { $0.devices.sink(for: device) != nil } }

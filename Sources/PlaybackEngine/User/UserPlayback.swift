@@ -96,6 +96,10 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
             if let replaced = fanout.beginWelcome(sink, device: device) {
                 replaced.close(.replaced, reason: "replaced by a newer connection of this device")
             }
+            if let lastSeen = hello.lastSeen {
+                // What the device saw was handed out: a restore must start above it.
+                environment.fanouts.marks.raise(userID, epoch: lastSeen.epoch, version: lastSeen.version, at: now)
+            }
             // The cache is loaded once while this node is subscribed; later devices are welcomed from it.
             let (playback, before) = try await cachedOrLoaded(fanout)
             if !before.isOnline(device), before.onlineCount >= configuration.maxDevicesPerUser {
@@ -182,7 +186,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
     }
 
     private func unsubscribeIfUnused() async {
-        if environment.fanouts.removeIfEmpty(userID) { await storage.unsubscribe(user: userID) }
+        if environment.fanouts.removeIfEmpty(userID, now: now) { await storage.unsubscribe(user: userID) }
     }
 
     // MARK: Commands
@@ -476,7 +480,27 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
         try await registerLocalDevices()
         let restored: Playback
         var frame: BusMessage?
-        switch await environment.durability.restore(user: userID, now: now) {
+        let now = self.now
+        var outcome = await environment.durability.restore(user: userID, now: now)
+        if let mark = environment.fanouts.highWater(of: userID, now: now) {
+            // Above everything this node saw handed out, even without PostgreSQL (invariants 1 and
+            // 3): by the time since it saw it, as a snapshot of that age would be.
+            var base = Playback.initial
+            base.epoch = mark.epoch
+            base.version = mark.version
+            let floor = Durability.resume(base, takenAt: mark.at, now: now)
+            switch outcome {
+            case .fresh:
+                outcome = .unknown(floor)
+            case .snapshot(var playback), .unknown(var playback):
+                if (playback.epoch, playback.version) < (floor.epoch, floor.version) {
+                    playback.epoch = max(playback.epoch, floor.epoch)
+                    playback.version = max(playback.version, floor.version)
+                    outcome = .snapshot(playback)
+                }
+            }
+        }
+        switch outcome {
         case .fresh:
             // The empty state is stored, so that the next read finds it instead of coming here again.
             restored = .initial
