@@ -102,6 +102,7 @@ let package = Package(
             dependencies: [
                 "SyncServer", "PlaybackEngine", "RedisClient", "PlaybackStore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         // The client side: a simulated device, one-shot commands, the load driver.

@@ -176,7 +176,21 @@ public protocol PlaybackEngine: Sendable {
     /// Whether the engine can serve, and how its dependencies are.
     func readiness() async -> Readiness
 
-    /// Stops timers; called once at shutdown after the sessions closed.
+    /// Runs the engine's background work until `shutdown`: the bus, the lease upkeep and sweep,
+    /// and the jobs handed to `perform`. The daemon runs it as a service of its `ServiceGroup`.
+    func run() async
+
+    /// Runs `job` as a child task of `run()` (work that synchronous code starts: it is owned by
+    /// the engine and finished before it shuts down). False when the engine is shutting down and
+    /// the job is dropped.
+    @discardableResult
+    func perform(_ job: @escaping @Sendable () async -> Void) -> Bool
+
+    /// Asks `run()` to finish: it stops the upkeep and the bus, lets the jobs in hand complete,
+    /// and writes what must be written. Returns at once.
+    func beginShutdown()
+
+    /// `beginShutdown()`, then waits until that is done (or does it, when `run()` never ran).
     func shutdown() async
 }
 

@@ -14,8 +14,18 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
     /// The users, in `upkeepSlots` buckets by their id's hash: each upkeep slot takes one bucket
     /// (filtering all users every slot cost more than the upkeep itself at 19,000 idle connections).
     private let users = Mutex<[[String: UserPlayback<Storage>]]>(Array(repeating: [:], count: upkeepSlots))
-    /// The upkeep loop and the sweep loop, cancelled on shutdown.
-    private let upkeep = Mutex<(started: Bool, tasks: [Task<Void, Never>])>((false, []))
+    /// Jobs that need a task (see `perform`), run by `run()`.
+    private let work = BackgroundWork()
+    private let lifecycle = Mutex(Lifecycle())
+    /// Finished by `beginShutdown()`: `run()` then stops its loops.
+    private let stopping = AsyncStream.makeStream(of: Never.self)
+
+    private struct Lifecycle {
+        var running = false
+        var finished = false
+        /// Callers of `shutdown()` waiting for `run()` to finish.
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
 
     /// Users kept up at once by the upkeep loop.
     static var upkeepConcurrency: Int { 64 }
@@ -35,25 +45,91 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
         self.environment = UserEnvironment(
             storage: storage, fanouts: fanouts, configuration: configuration, timing: LeaseTiming(graceMs: configuration.graceMs),
             reducer: PlaybackReducer(catalog: catalog, limits: configuration.limits), durability: durability ?? .none(logger: logger),
-            clock: clock, logger: logger, nodeID: nodeID)
-    }
-
-    /// Connects the storage's bus and starts the lease upkeep; returns once the bus is up, or
-    /// after a few seconds without it (then `/readyz` says so until it is).
-    public func start() async {
-        guard upkeep.withLock({ state in
-            defer { state.started = true }
-            return !state.started
-        }) else { return }
-        await storage.start(
+            clock: clock, logger: logger, nodeID: nodeID, work: work)
+        storage.attach(
             onFrame: { [weak self] user, frame in self?.route(frame, to: user) },
             onResubscribed: { [weak self] in self?.resubscribed() })
-        // Apart, so that a long sweep (many leases lapsing at once) never delays the renewals.
-        let loops = [
-            Task { [weak self] () async -> Void in await self?.keepUp() },
-            Task { [weak self] () async -> Void in await self?.sweep() },
-        ]
-        upkeep.withLock { $0.tasks = loops }
+    }
+
+    /// Waits until the storage's bus is up (`run()` connects it), at most a few seconds; then
+    /// `/readyz` says whether it is.
+    @discardableResult
+    public func waitUntilReady(timeout: Duration = .seconds(5)) async -> Bool {
+        await storage.waitUntilReady(timeout: timeout)
+    }
+
+    /// The bus, the lease upkeep, the sweep of lapsed leases and the jobs of `perform`, until
+    /// `beginShutdown()` (or cancellation); then the jobs in hand complete, the connected users'
+    /// states go to PostgreSQL, and the storage closes.
+    public func run() async {
+        guard lifecycle.withLock({ state in
+            defer { state.running = true }
+            return !state.running && !state.finished
+        }) else { return }
+        await withDiscardingTaskGroup { group in
+            group.addTask { await self.work.run() }
+            group.addTask {
+                await withDiscardingTaskGroup { loops in
+                    loops.addTask { await self.storage.run() }
+                    loops.addTask { await self.keepUp() }
+                    // Apart, so that a long sweep (many leases lapsing at once) never delays the renewals.
+                    loops.addTask { await self.sweep() }
+                    for await _ in self.stopping.stream {}
+                    loops.cancelAll()
+                }
+                self.work.finish()
+            }
+        }
+        await finish()
+    }
+
+    @discardableResult
+    public func perform(_ job: @escaping @Sendable () async -> Void) -> Bool {
+        guard work.submit(job) else {
+            environment.logger.debug("work dropped: the engine is shutting down")
+            Counter(label: "playback_work_dropped_total").increment()
+            return false
+        }
+        return true
+    }
+
+    public func beginShutdown() {
+        stopping.continuation.finish()
+    }
+
+    public func shutdown() async {
+        beginShutdown()
+        let ran = lifecycle.withLock { $0.running }
+        guard ran else {
+            work.finish()
+            await finish()
+            return
+        }
+        await withCheckedContinuation { continuation in
+            let done = lifecycle.withLock { state -> Bool in
+                if state.finished { return true }
+                state.waiters.append(continuation)
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
+
+    /// Once: the connected users' states to PostgreSQL now, not a second later; the storage closed.
+    private func finish() async {
+        let first = lifecycle.withLock { state in
+            defer { state.finished = true }
+            return !state.finished
+        }
+        guard first else { return }
+        if durability.writer != nil {
+            for user in users.withLock({ $0.flatMap(\.values) }) { await user.writeSnapshot() }
+        }
+        await storage.shutdown()
+        for waiter in lifecycle.withLock({ state in
+            defer { state.waiters.removeAll() }
+            return state.waiters
+        }) { waiter.resume() }
     }
 
     private var durability: Durability { environment.durability }
@@ -71,7 +147,6 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
     private static func bucket(of user: String) -> Int { Int(UInt(bitPattern: user.hashValue) % UInt(upkeepSlots)) }
 
     public func connect(user: UserIdentity, hello: ClientMessage.Hello, sink: any DeviceSink, welcome: WelcomeParameters) async throws(ConnectRefusal) {
-        await start()
         try await self.user(user.userID).connect(hello: hello, sink: sink, welcome: welcome)
         durability.sawDevice(user: user, device: hello.device, at: environment.clock())
     }
@@ -88,10 +163,12 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
             return
         }
         // The country is not cached: look it up first (once per user every few minutes).
-        Task {
+        let started = work.submit { [self, submission] in
+            var submission = submission
             submission.user.country = await durability.country(of: submission.user)
             user(submission.user.userID).submit(submission, completion: completion)
         }
+        if !started { completion(.failure(PlaybackError(.unavailable, "the server is shutting down; try again"))) }
     }
 
     public func snapshot(user: UserIdentity) async throws(PlaybackError) -> (state: PlayerState, devices: [DeviceInfo]) {
@@ -109,29 +186,20 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
         return Readiness(ready: ready, checks: durability.check.merging(storageChecks) { $1 })
     }
 
-    public func shutdown() async {
-        for task in upkeep.withLock({ $0.tasks }) { task.cancel() }
-        // The users with devices here: their latest state goes to PostgreSQL now, not a second later.
-        if durability.writer != nil {
-            for user in users.withLock({ $0.flatMap(\.values) }) { await user.writeSnapshot() }
-        }
-        await storage.shutdown()
-    }
-
     // MARK: The bus
 
     /// A frame from the user's channel, for the local devices.
     private func route(_ frame: BusMessage, to user: String) {
         guard let fanout = environment.fanouts.fanout(for: user), let device = fanout.receive(frame) else { return }
         // A local holder that missed its grant while the bus was down.
-        Task { await self.user(user).regrant(device) }
+        perform { await self.user(user).regrant(device) }
     }
 
     /// After the bus came back, frames may have been lost: every local user re-reads its state and
     /// sends it to its devices when it is newer than what they saw.
     private func resubscribed() {
         for user in environment.fanouts.users {
-            Task { await self.user(user).recover() }
+            perform { await self.user(user).recover() }
         }
     }
 

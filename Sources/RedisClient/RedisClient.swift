@@ -13,7 +13,8 @@ public final class RedisClient: Sendable {
 
     private struct State {
         var connection: RedisConnection?
-        var connecting: Task<RedisConnection, any Error>?
+        /// The connect in progress, shared by every caller that needs a connection meanwhile.
+        var connecting: EventLoopFuture<RedisConnection>?
         var failures = 0
         var retryAfter: ContinuousClock.Instant?
         var closed = false
@@ -42,14 +43,11 @@ public final class RedisClient: Sendable {
         return reply
     }
 
-    /// `evaluate` without a task on a connected connection, for callers that continue in the
-    /// reply's callback; the reply comes as is (error replies included). Only while there is no
-    /// connection does it wait for one in a task.
+    /// `evaluate` without a task, for callers that continue in the reply's callback; the reply
+    /// comes as is (error replies included).
     public func evaluateFuture(_ script: RedisScript, keys: [String], arguments: [RedisArgument]) -> EventLoopFuture<RESPValue> {
         if let connection = connectedConnection { return evaluate(script, keys: keys, arguments: arguments, on: connection) }
-        let promise = group.any().makePromise(of: RESPValue.self)
-        promise.completeWithTask { try await self.evaluate(script, keys: keys, arguments: arguments, on: try await self.connection()).get() }
-        return promise.futureResult
+        return connectionFuture().flatMap { self.evaluate(script, keys: keys, arguments: arguments, on: $0) }
     }
 
     private func evaluate(
@@ -82,50 +80,67 @@ public final class RedisClient: Sendable {
     /// The current connection, connecting (once, for all callers) when there is none.
     public func connection() async throws -> RedisConnection {
         if let connection = connectedConnection { return connection }
-        let task: Task<RedisConnection, any Error> = try state.withLock { state in
-            if state.closed { throw RedisError(.unavailable, "the client is shut down") }
-            // Connected since the look above (rare): hand it over like a finished connect.
-            if let connection = state.connection, connection.isActive { return Task { connection } }
-            if let connecting = state.connecting { return connecting }
+        return try await connectionFuture().get()
+    }
+
+    /// The current connection as a future: connected, or the connect in progress (one for all
+    /// callers), or a new one; fails fast while backing off after a failed connect.
+    private func connectionFuture() -> EventLoopFuture<RedisConnection> {
+        let loop = group.any()
+        let decision: Result<(future: EventLoopFuture<RedisConnection>, started: Bool), RedisError> = state.withLock { state in
+            if state.closed { return .failure(RedisError(.unavailable, "the client is shut down")) }
+            if let connection = state.connection, connection.isActive { return .success((loop.makeSucceededFuture(connection), false)) }
+            if let connecting = state.connecting { return .success((connecting, false)) }
             if let retryAfter = state.retryAfter, ContinuousClock.now < retryAfter {
-                throw RedisError(.unavailable, "Redis at \(configuration.host):\(configuration.port) is unreachable; retrying")
+                return .failure(RedisError(.unavailable, "Redis at \(configuration.host):\(configuration.port) is unreachable; retrying"))
             }
-            let configuration = self.configuration
-            let group = self.group
-            let connecting = Task { try await RedisConnection.connect(configuration, group: group) }
+            let connecting = RedisConnection.connectFuture(configuration, group: group)
             state.connection = nil
             state.connecting = connecting
-            return connecting
+            return .success((connecting, true))
         }
-        do {
-            let connection = try await task.value
-            state.withLock { state in
-                if state.connecting != nil {
-                    if state.failures > 0 { logger.info("redis reconnected", metadata: ["redis.host": .string(configuration.host)]) }
+        switch decision {
+        case .success(let (future, started)):
+            // Outside the lock: the callback may run at once.
+            if started { future.whenComplete { self.connected($0) } }
+            return future
+        case .failure(let error):
+            return loop.makeFailedFuture(error)
+        }
+    }
+
+    private func connected(_ result: Result<RedisConnection, any Error>) {
+        switch result {
+        case .success(let connection):
+            let (recovered, closed) = state.withLock { state -> (Bool, Bool) in
+                defer {
                     state.connection = connection
                     state.connecting = nil
                     state.failures = 0
                     state.retryAfter = nil
                 }
+                return (state.failures > 0, state.closed)
             }
-            return connection
-        } catch {
+            if closed {
+                // Shut down while it connected.
+                connection.channel.close(promise: nil)
+                return
+            }
+            if recovered { logger.info("redis reconnected", metadata: ["redis.host": .string(configuration.host)]) }
+        case .failure(let error):
             state.withLock { state in
-                guard state.connecting != nil else { return }
                 state.connecting = nil
                 state.failures += 1
                 let backoff = min(configuration.maxBackoffMs, 50 << min(state.failures, 10))
                 state.retryAfter = ContinuousClock.now + .milliseconds(backoff)
             }
             logger.warning("redis unreachable", metadata: ["error": .string("\(error)")])
-            throw error
         }
     }
 
     public func shutdown() async {
         let connection = state.withLock { state in
             state.closed = true
-            state.connecting?.cancel()
             return state.connection
         }
         await connection?.close()

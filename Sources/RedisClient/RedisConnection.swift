@@ -19,34 +19,47 @@ public final class RedisConnection: Sendable {
         _ configuration: RedisConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         onPush: (@Sendable (RESPValue) -> Void)? = nil
     ) async throws -> RedisConnection {
-        let channel: any Channel
-        do {
-            channel = try await ClientBootstrap(group: group)
-                .connectTimeout(.milliseconds(configuration.connectTimeoutMs))
-                .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
-                .channelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(
-                            RedisChannelHandler(timeoutMs: configuration.commandTimeoutMs, onPush: onPush))
+        try await connectFuture(configuration, group: group, onPush: onPush).get()
+    }
+
+    /// Connects and says who it is (AUTH, SELECT, CLIENT SETNAME) without a task: the future
+    /// completes on the connection's event loop.
+    public static func connectFuture(
+        _ configuration: RedisConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        onPush: (@Sendable (RESPValue) -> Void)? = nil
+    ) -> EventLoopFuture<RedisConnection> {
+        ClientBootstrap(group: group)
+            .connectTimeout(.milliseconds(configuration.connectTimeoutMs))
+            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(
+                        RedisChannelHandler(timeoutMs: configuration.commandTimeoutMs, onPush: onPush))
+                }
+            }
+            .connect(host: configuration.host, port: configuration.port)
+            .flatMapErrorThrowing { error in
+                throw RedisError(.unavailable, "cannot connect to \(configuration.host):\(configuration.port): \(error)")
+            }
+            .flatMap { channel in
+                let connection = RedisConnection(channel: channel, configuration: configuration)
+                var greeting: [[RedisArgument]] = []
+                if let password = configuration.password {
+                    greeting.append(configuration.username.map { ["AUTH", .string($0), .string(password)] } ?? ["AUTH", .string(password)])
+                }
+                if configuration.database != 0 { greeting.append(["SELECT", .integer(Int64(configuration.database))]) }
+                if let name = configuration.clientName { greeting.append(["CLIENT", "SETNAME", .string(name)]) }
+                var said = channel.eventLoop.makeSucceededVoidFuture()
+                for command in greeting {
+                    said = said.flatMap { connection.sendRawFuture(command) }.flatMapThrowing { reply in
+                        if case .error(let message) = reply { throw RedisError(.server, message) }
                     }
                 }
-                .connect(host: configuration.host, port: configuration.port).get()
-        } catch {
-            throw RedisError(.unavailable, "cannot connect to \(configuration.host):\(configuration.port): \(error)")
-        }
-        let connection = RedisConnection(channel: channel, configuration: configuration)
-        do {
-            if let password = configuration.password {
-                let auth: [RedisArgument] = configuration.username.map { ["AUTH", .string($0), .string(password)] } ?? ["AUTH", .string(password)]
-                _ = try await connection.send(auth)
+                return said.map { connection }.flatMapError { error in
+                    channel.close(promise: nil)
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
             }
-            if configuration.database != 0 { _ = try await connection.send(["SELECT", .integer(Int64(configuration.database))]) }
-            if let name = configuration.clientName { _ = try await connection.send(["CLIENT", "SETNAME", .string(name)]) }
-        } catch {
-            await connection.close()
-            throw error
-        }
-        return connection
     }
 
     /// Sends a command; an error reply throws `RedisError(.server, …)`.

@@ -19,7 +19,8 @@ public final class RedisSubscriber: Sendable {
         var wanted: Set<String> = []
         var connection: RedisConnection?
         var stopped = false
-        var connectedWaiters: [CheckedContinuation<Void, Never>] = []
+        var connectedWaiters: [Int: CheckedContinuation<Void, Never>] = [:]
+        var nextWaiter = 0
     }
 
     private let state = Mutex(State())
@@ -60,31 +61,49 @@ public final class RedisSubscriber: Sendable {
     /// Waits until the first subscription round is done, at most `timeout`; true when connected.
     @discardableResult
     public func waitUntilConnected(timeout: Duration = .seconds(5)) async -> Bool {
-        let waiter = Task {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.connected() }
+            group.addTask { try? await Task.sleep(for: timeout) }
+            await group.next()
+            group.cancelAll()
+        }
+        return isConnected
+    }
+
+    /// Returns once a subscription round is done, or when the task is cancelled.
+    private func connected() async {
+        let id = state.withLock { state in
+            defer { state.nextWaiter += 1 }
+            return state.nextWaiter
+        }
+        await withTaskCancellationHandler {
             await withCheckedContinuation { continuation in
-                let ready = self.state.withLock { state -> Bool in
-                    if state.connection?.isActive == true { return true }
-                    state.connectedWaiters.append(continuation)
+                let ready = state.withLock { state -> Bool in
+                    if state.connection?.isActive == true || Task.isCancelled { return true }
+                    state.connectedWaiters[id] = continuation
                     return false
                 }
                 if ready { continuation.resume() }
             }
+        } onCancel: {
+            state.withLock { $0.connectedWaiters.removeValue(forKey: id) }?.resume()
         }
-        let timer = Task {
-            try? await Task.sleep(for: timeout)
-            let waiters = self.state.withLock { state -> [CheckedContinuation<Void, Never>] in
-                defer { state.connectedWaiters.removeAll() }
-                return state.connectedWaiters
-            }
-            for waiter in waiters { waiter.resume() }
-        }
-        await waiter.value
-        timer.cancel()
-        return isConnected
     }
 
-    /// Keeps the subscription alive until `stop()` or cancellation.
+    /// Keeps the subscription alive until `stop()` or cancellation (which closes the connection).
     public func run() async {
+        await withTaskCancellationHandler {
+            await keepSubscribed()
+        } onCancel: {
+            let connection = state.withLock { state in
+                state.stopped = true
+                return state.connection
+            }
+            connection?.channel.close(promise: nil)
+        }
+    }
+
+    private func keepSubscribed() async {
         var failures = 0
         while !Task.isCancelled, !state.withLock({ $0.stopped }) {
             do {
@@ -97,11 +116,13 @@ public final class RedisSubscriber: Sendable {
                 }
                 let channels = state.withLock { Array($0.wanted) }
                 for channel in channels { _ = try await connection.send(["SUBSCRIBE", .string(channel)]) }
-                let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+                let (waiters, stopped) = state.withLock { state in
                     state.connection = connection
                     defer { state.connectedWaiters.removeAll() }
-                    return state.connectedWaiters
+                    return (Array(state.connectedWaiters.values), state.stopped)
                 }
+                // Stopped while it connected: nobody else will close it.
+                if stopped { connection.channel.close(promise: nil) }
                 // Channels wanted while the round above ran.
                 let missed = state.withLock { $0.wanted.subtracting(channels) }
                 for channel in missed { _ = try await connection.send(["SUBSCRIBE", .string(channel)]) }

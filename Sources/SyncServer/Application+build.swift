@@ -15,22 +15,20 @@ public struct ConfigurationError: Error, CustomStringConvertible {
     public init(description: String) { self.description = description }
 }
 
-/// Builds the daemon: the engine, the WebSocket endpoint, the HTTP routes, on one port.
-/// Tests run it in-process on port 0; `playback-syncd` runs it in a ServiceGroup.
+/// Builds the HTTP server: the WebSocket endpoint and the HTTP routes on one port, over `engine`.
+/// Run it in a ServiceGroup after `EngineService(engine)`, as `playback-syncd` and the tests do.
 ///
 /// - Parameters:
-///   - engine: defaults to a `MemoryEngine` with the demo catalog.
 ///   - metrics: the registry `/metrics` renders (the one `MetricsSystem` was bootstrapped with).
 ///   - onServerRunning: called with the listening channel (its local address carries the port).
 public func buildApplication(
     _ configuration: ServerConfiguration,
-    engine: (any PlaybackEngine)? = nil,
+    engine: any PlaybackEngine,
     metrics: PrometheusCollectorRegistry? = nil,
     logger: Logger = Logger(label: "playback-syncd"),
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
 ) async throws -> some ApplicationProtocol {
     try configuration.validate()
-    let engine = engine ?? MemoryEngine(configuration: configuration.engine, logger: logger)
     let authenticator = await Authenticator(secret: configuration.jwtSecret, allowedOrigins: configuration.allowedOrigins)
     let services = SessionServices(engine: engine, authenticator: authenticator, configuration: configuration, logger: logger)
 

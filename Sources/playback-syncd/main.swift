@@ -7,6 +7,7 @@ import PlaybackEngine
 import PlaybackStore
 import Prometheus
 import RedisClient
+import ServiceLifecycle
 import SyncServer
 
 /// `playback-syncd`: runs the server (`serve`, the default) until SIGTERM/SIGINT (sessions are
@@ -58,21 +59,24 @@ struct PostgresOptions: ParsableArguments {
         }
     }
 
-    /// A running store with its migrations applied, or an error saying why not.
-    func openStore(logger: Logger) async throws -> (PlaybackStore, Task<Void, Never>) {
+    /// Runs `body` with a store whose migrations are applied; its connection pool runs beside
+    /// `body` (in a task group of its own) and stops when `body` returns.
+    func withStore<T: Sendable>(logger: Logger, _ body: (PlaybackStore) async throws -> T) async throws -> T {
         guard let settings = try settings() else { throw ValidationError("set --postgres-url or PLAYBACK_POSTGRES_URL") }
         let store = PlaybackStore(settings: settings, logger: logger)
-        let pool = Task { await store.run() }
-        do {
-            let applied = try await store.migrate()
-            logger.info("postgres ready", metadata: [
-                "postgres.url": .string(settings.redacted), "migrations.applied": .string(applied.map(String.init).joined(separator: ",")),
-            ])
-        } catch {
-            pool.cancel()
-            throw ValidationError("PostgreSQL at \(settings.redacted): \(error.description)")
+        return try await withThrowingTaskGroup(of: Void.self) { pool in
+            pool.addTask { await store.run() }
+            defer { pool.cancelAll() }
+            do {
+                let applied = try await store.migrate()
+                logger.info("postgres ready", metadata: [
+                    "postgres.url": .string(settings.redacted), "migrations.applied": .string(applied.map(String.init).joined(separator: ",")),
+                ])
+            } catch {
+                throw ValidationError("PostgreSQL at \(settings.redacted): \(error)")
+            }
+            return try await body(store)
         }
-        return (store, pool)
     }
 }
 
@@ -84,8 +88,7 @@ struct Migrate: AsyncParsableCommand {
 
     func run() async throws {
         try bootstrapLogging(logLevel)
-        let (_, pool) = try await postgres.openStore(logger: Logger(label: "playback-syncd"))
-        pool.cancel()
+        try await postgres.withStore(logger: Logger(label: "playback-syncd")) { _ in }
     }
 }
 
@@ -103,21 +106,23 @@ struct SeedCatalog: AsyncParsableCommand {
         try bootstrapLogging(logLevel)
         let logger = Logger(label: "playback-syncd")
         guard tracks > 0 else { throw ValidationError("--tracks must be positive") }
-        let (store, pool) = try await postgres.openStore(logger: logger)
-        defer { pool.cancel() }
-        if ifEmpty, let existing = try? await store.loadCatalog(), !existing.tracksByID.isEmpty {
-            print("catalog already has \(existing.tracksByID.count) tracks; left as it is")
-            return
+        let tracks = self.tracks
+        let ifEmpty = self.ifEmpty
+        try await postgres.withStore(logger: logger) { store in
+            if ifEmpty, let existing = try? await store.loadCatalog(), !existing.tracksByID.isEmpty {
+                print("catalog already has \(existing.tracksByID.count) tracks; left as it is")
+                return
+            }
+            let catalog = DemoCatalog.make(trackCount: tracks)
+            var albums: [String: String] = [:]
+            for number in 1...tracks { albums[DemoCatalog.trackID(number)] = DemoCatalog.albumID(ofTrack: number) }
+            do {
+                try await store.replaceCatalog(catalog, albums: albums)
+            } catch {
+                throw ValidationError("seeding failed: \(error)")
+            }
+            print("catalog seeded: \(catalog.tracksByID.count) tracks, \(catalog.contexts.count) contexts, \(catalog.restrictions.count) region-restricted")
         }
-        let catalog = DemoCatalog.make(trackCount: tracks)
-        var albums: [String: String] = [:]
-        for number in 1...tracks { albums[DemoCatalog.trackID(number)] = DemoCatalog.albumID(ofTrack: number) }
-        do {
-            try await store.replaceCatalog(catalog, albums: albums)
-        } catch {
-            throw ValidationError("seeding failed: \(error.description)")
-        }
-        print("catalog seeded: \(catalog.tracksByID.count) tracks, \(catalog.contexts.count) contexts, \(catalog.restrictions.count) region-restricted")
     }
 }
 
@@ -222,20 +227,43 @@ struct Serve: AsyncParsableCommand {
         if diagnosticsEcho { logger.warning("the diagnostics echo is enabled: /v1/diagnostics/echo is open to anyone (test only)") }
         let engineName = setting(engine, "PLAYBACK_ENGINE") ?? "memory"
 
-        // PostgreSQL: migrations, the catalog cache, the write-behind queue.
-        var background: [Task<Void, Never>] = []
-        var writer: WriteBehind?
-        var trackCatalog: any TrackCatalog = DemoCatalog.shared
         let postgresSettings = try postgres.settings()
         let catalogName = setting(catalog, "PLAYBACK_CATALOG") ?? (postgresSettings == nil ? "builtin" : "postgres")
         guard ["postgres", "builtin"].contains(catalogName) else { throw ValidationError("unknown catalog \(catalogName): use postgres or builtin") }
         if postgresSettings != nil {
-            let (store, pool) = try await postgres.openStore(logger: logger)
+            try await postgres.withStore(logger: logger) { store in
+                try await serve(config, engineName: engineName, catalogName: catalogName, store: store, metrics: registry, logger: logger)
+            }
+        } else {
+            guard catalogName != "postgres" else { throw ValidationError("--catalog postgres needs --postgres-url") }
+            try await serve(config, engineName: engineName, catalogName: catalogName, store: nil, metrics: registry, logger: logger)
+        }
+    }
+
+    /// Every long-running piece as a service of one group, shut down gracefully on SIGTERM or
+    /// SIGINT in reverse order: the HTTP server (sessions closed with 1001), the engine (its jobs,
+    /// then the snapshots), the catalog refresh, the write-behind queue (flushed). PostgreSQL's
+    /// pool runs around the group (`withStore`).
+    func serve(
+        _ config: ServerConfiguration, engineName: String, catalogName: String, store: PlaybackStore?,
+        metrics: PrometheusCollectorRegistry, logger: Logger
+    ) async throws {
+        var services: [any Service] = []
+        var writer: WriteBehind?
+        var trackCatalog: any TrackCatalog = DemoCatalog.shared
+        if let store {
             var limits = WriteBehind.Limits()
             limits.snapshotIntervalMs = try number(snapshotIntervalMs, "PLAYBACK_SNAPSHOT_INTERVAL_MS") ?? limits.snapshotIntervalMs
             let behind = WriteBehind(store: store, limits: limits, logger: logger)
             writer = behind
-            background += [pool, Task { await behind.run() }]
+            services.append(LoopService("write-behind", loop: { await behind.run() }) {
+                let flushed = await behind.flush(timeout: .seconds(5))
+                let pending = behind.pending
+                logger.info("postgres writes flushed", metadata: [
+                    "complete": .stringConvertible(flushed), "pending.snapshots": .stringConvertible(pending.snapshots),
+                    "pending.plays": .stringConvertible(pending.plays),
+                ])
+            })
             if catalogName == "postgres" {
                 let cached: CachedCatalog
                 do {
@@ -244,11 +272,9 @@ struct Serve: AsyncParsableCommand {
                     throw ValidationError("catalog: \(error.description)")
                 }
                 logger.info("catalog loaded from postgres", metadata: ["catalog.tracks": .stringConvertible(cached.trackCount)])
-                background.append(Task { await cached.refresh(every: .seconds(60), logger: logger) })
+                services.append(LoopService("catalog refresh", loop: { await cached.refresh(every: .seconds(60), logger: logger) }))
                 trackCatalog = cached
             }
-        } else if catalogName == "postgres" {
-            throw ValidationError("--catalog postgres needs --postgres-url")
         }
         let durability = Durability(writer: writer, logger: logger)
 
@@ -268,34 +294,25 @@ struct Serve: AsyncParsableCommand {
                 redis: redisConfiguration, catalog: trackCatalog, configuration: config.engine,
                 durability: durability, logger: logger)
             logger.info("connecting to redis", metadata: ["redis.url": .string(redisConfiguration.redacted), "node.id": .string(redis.nodeID)])
-            await redis.start()
             playbackEngine = redis
         default:
             throw ValidationError("unknown engine \(engineName): use memory or redis")
         }
+        services.append(EngineService(playbackEngine))
 
         if config.usesDevelopmentSecret {
             logger.warning(
                 "NO JWT SECRET CONFIGURED: using the public development secret. Anyone can mint tokens. Set --jwt-secret or PLAYBACK_JWT_SECRET in production.")
         }
         let port = config.port
-        let app = try await buildApplication(config, engine: playbackEngine, metrics: registry, logger: logger) { channel in
+        services.append(try await buildApplication(config, engine: playbackEngine, metrics: metrics, logger: logger) { channel in
             logger.info(
                 "listening", metadata: [
                     "address": .string("\(channel.localAddress?.description ?? "?")"), "engine": .string(engineName),
                     "configured.port": .stringConvertible(port),
                 ])
-        }
-        try await app.runService()
-        await playbackEngine.shutdown()
-        if let writer {
-            let flushed = await writer.flush(timeout: .seconds(5))
-            let pending = writer.pending
-            logger.info("postgres writes flushed", metadata: [
-                "complete": .stringConvertible(flushed), "pending.snapshots": .stringConvertible(pending.snapshots),
-                "pending.plays": .stringConvertible(pending.plays),
-            ])
-        }
-        for task in background { task.cancel() }
+        })
+        let group = ServiceGroup(configuration: .init(services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
     }
 }

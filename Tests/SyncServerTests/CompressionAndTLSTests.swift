@@ -116,6 +116,6 @@ struct CompressionAndTLSTests {
     @Test func unreadableCertificatesStopTheStart() async throws {
         var configuration = TestServer.fastConfiguration()
         configuration.tls = .init(certificatePath: "/nonexistent/cert.pem", keyPath: "/nonexistent/key.pem")
-        await #expect(throws: ConfigurationError.self) { _ = try await buildApplication(configuration) }
+        await #expect(throws: ConfigurationError.self) { _ = try await buildApplication(configuration, engine: MemoryEngine()) }
     }
 }

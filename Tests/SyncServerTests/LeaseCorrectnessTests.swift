@@ -84,8 +84,14 @@ struct LeaseCorrectnessTests {
         let redis = try RedisConfiguration(url: EngineKind.redisURL)
         let nodeA = RedisEngine(redis: redis, configuration: configuration)
         let nodeB = RedisEngine(redis: redis, configuration: configuration)
-        await nodeA.start()
-        await nodeB.start()
+        let running = Task {
+            await withDiscardingTaskGroup { group in
+                group.addTask { await nodeA.run() }
+                group.addTask { await nodeB.run() }
+            }
+        }
+        await nodeA.waitUntilReady()
+        await nodeB.waitUntilReady()
         let user = UserIdentity(userID: "moved-\(UInt32.random(in: 0...UInt32.max))")
         let hello = ClientMessage.Hello(device: .init(id: "phone", name: "Phone", kind: .smartphone))
         let old = HandSink()
@@ -102,6 +108,7 @@ struct LeaseCorrectnessTests {
         #expect(state.activeDevice == "phone" && state.epoch == 1, "the new connection keeps the lease: \(state)")
         await nodeA.shutdown()
         await nodeB.shutdown()
+        await running.value
     }
 }
 

@@ -100,18 +100,18 @@ final class TestServer: Sendable {
             // run, which is not what they test (a dropped connection is still noticed at once).
             var redisConfiguration = try RedisConfiguration(url: redisURL ?? EngineKind.redisURL)
             redisConfiguration.commandTimeoutMs = 10_000
-            let redis = RedisEngine(
+            engine = RedisEngine(
                 redis: redisConfiguration, catalog: catalog ?? DemoCatalog.shared,
                 configuration: configuration.engine, durability: durability, logger: logger)
-            await redis.start()
-            engine = redis
         }
         let app = try await buildApplication(configuration, engine: engine, metrics: TestMetrics.registry, logger: logger) { channel in
             portContinuation.yield(channel.localAddress?.port ?? 0)
             portContinuation.finish()
         }
-        let group = ServiceGroup(configuration: .init(services: [app], logger: logger))
+        // As the daemon runs them: the engine first, so that the server stops before it.
+        let group = ServiceGroup(configuration: .init(services: [EngineService(engine), app], logger: logger))
         let task = Task { try await group.run() }
+        if let redis = engine as? RedisEngine { await redis.waitUntilReady() }
         var iterator = ports.makeAsyncIterator()
         guard let port = await iterator.next(), port > 0 else { throw TestTimeout(waitingFor: "the server to listen") }
         return TestServer(port: port, configuration: configuration, namespace: namespace, engine: engine, group: group, task: task)

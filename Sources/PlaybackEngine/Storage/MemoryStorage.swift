@@ -58,9 +58,14 @@ public final class MemoryStorage: PlaybackStorage {
         bus.current?.frame(user, frame)
     }
 
-    public func start(onFrame: @escaping @Sendable (String, BusMessage) -> Void, onResubscribed: @escaping @Sendable () -> Void) async {
+    public func attach(onFrame: @escaping @Sendable (String, BusMessage) -> Void, onResubscribed: @escaping @Sendable () -> Void) {
         bus.current = BusHandlers(frame: onFrame, resubscribed: onResubscribed)
     }
+
+    /// The bus is a direct call: nothing to keep.
+    public func run() async {}
+
+    public func waitUntilReady(timeout: Duration) async -> Bool { true }
 
     public func subscribe(user: String) async throws {}
     public func unsubscribe(user: String) async {}

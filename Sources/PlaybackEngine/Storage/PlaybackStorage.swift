@@ -7,10 +7,14 @@ import NIOCore
 ///
 /// Every operation is about one user's keys, so a storage can shard users (Redis Cluster).
 public protocol PlaybackStorage: Sendable {
-    /// Starts delivering the frames of the users this node subscribes to, and reporting when
-    /// frames may have been lost (the bus reconnected); returns once the bus is up, or after a few
-    /// seconds without it (`readiness` says so until it is).
-    func start(onFrame: @escaping @Sendable (_ user: String, BusMessage) -> Void, onResubscribed: @escaping @Sendable () -> Void) async
+    /// Where the frames of the users this node subscribes to go, and who hears that frames may
+    /// have been lost (the bus reconnected). Set once, before `run`.
+    func attach(onFrame: @escaping @Sendable (_ user: String, BusMessage) -> Void, onResubscribed: @escaping @Sendable () -> Void)
+    /// Keeps the bus connected until cancelled or shut down (returns at once when there is
+    /// nothing to keep).
+    func run() async
+    /// Waits until the bus is up, at most `timeout`; false when it is not (`readiness` says so).
+    func waitUntilReady(timeout: Duration) async -> Bool
 
     func subscribe(user: String) async throws
     func unsubscribe(user: String) async

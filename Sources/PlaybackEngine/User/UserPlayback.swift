@@ -14,6 +14,8 @@ struct UserEnvironment<Storage: PlaybackStorage>: Sendable {
     let clock: @Sendable () -> Int64
     let logger: Logger
     let nodeID: String
+    /// Where work that needs a task runs (owned by the engine's `run()`).
+    let work: BackgroundWork
 }
 
 /// The lease's clock: how long it lives, how often it is renewed and checked, how long presence lasts.
@@ -219,7 +221,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
             return
         }
         // Not cached (no device of the user here, or the cache was dropped): read it first.
-        Task {
+        let started = environment.work.submit { [self] in
             do {
                 let (playback, directory) = try await loadBoth()
                 fanout?.remember(playback)
@@ -228,6 +230,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
                 finish(.failure(unavailable(error)))
             }
         }
+        if !started { finish(.failure(PlaybackError(.unavailable, "the server is shutting down; try again"))) }
     }
 
     private func run(

@@ -318,7 +318,8 @@ final class SessionHandler: ChannelDuplexHandler {
         ServerMetrics.sessions.decrement()
         let services = self.services
         let (user, sessionID, kind) = (self.user, self.sessionID, disconnectKind)
-        Task { await services.engine.disconnect(user: user, device: device, sessionID: sessionID, kind: kind) }
+        let engine = services.engine
+        engine.perform { await engine.disconnect(user: user, device: device, sessionID: sessionID, kind: kind) }
     }
 
     // MARK: Outbound

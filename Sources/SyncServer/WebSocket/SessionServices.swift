@@ -78,7 +78,8 @@ final class SessionServices: Sendable {
                 }
             }
         case .hello, .auth, .clock, .history:
-            Task { completion(await handleRare(message, session: session)) }
+            let started = engine.perform { completion(await self.handleRare(message, session: session)) }
+            if !started { completion(.close(.goingAway, "server shutting down")) }
         }
     }
 

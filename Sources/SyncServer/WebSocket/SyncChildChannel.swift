@@ -67,14 +67,15 @@ struct SyncChildChannel: ServerChildChannel, HTTPChannelHandler {
                         return channel.eventLoop.makeSucceededFuture(nil)
                     }
                     let verified = channel.eventLoop.makePromise(of: Result<AccessToken, AuthError>.self)
-                    verified.completeWithTask {
+                    let started = services.engine.perform {
                         do throws(AuthError) {
-                            return .success(try await services.authenticator.authenticate(head))
+                            verified.succeed(.success(try await services.authenticator.authenticate(head)))
                         } catch {
                             ServerMetrics.rejectedUpgrade(error == .foreignOrigin ? "origin" : "token")
-                            return .failure(error)
+                            verified.succeed(.failure(error))
                         }
                     }
+                    if !started { verified.fail(ShuttingDown()) }
                     return verified.futureResult.map { result in
                         switch result {
                         case .success(let token):
@@ -161,3 +162,6 @@ enum SessionID {
         return "s-" + String(generator.next() & 0xFFFF_FFFF_FFFF, radix: 16)
     }
 }
+
+/// The engine no longer takes work: an upgrade that arrives then is refused.
+struct ShuttingDown: Error {}

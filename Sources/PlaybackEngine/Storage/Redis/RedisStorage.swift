@@ -11,7 +11,6 @@ public final class RedisStorage: PlaybackStorage {
     let subscriber: RedisSubscriber
     private let logger: Logger
     private let handlers: BusHandlers.Slot
-    private let subscription = Mutex<Task<Void, Never>?>(nil)
 
     private let commandScript = RedisScript(RedisScripts.command)
     private let renewScript = RedisScript(RedisScripts.renew)
@@ -48,17 +47,22 @@ public final class RedisStorage: PlaybackStorage {
             })
     }
 
-    /// Runs the pub/sub connection (until `shutdown`); returns once subscribed, or after a few
-    /// seconds when Redis is unreachable (then `readiness` says so until it connects).
-    public func start(onFrame: @escaping @Sendable (String, BusMessage) -> Void, onResubscribed: @escaping @Sendable () -> Void) async {
+    public func attach(onFrame: @escaping @Sendable (String, BusMessage) -> Void, onResubscribed: @escaping @Sendable () -> Void) {
         handlers.current = BusHandlers(frame: onFrame, resubscribed: onResubscribed)
-        let subscriber = self.subscriber
-        subscription.withLock { $0 = Task { await subscriber.run() } }
-        if await subscriber.waitUntilConnected(timeout: .seconds(5)) {
+    }
+
+    /// Runs the pub/sub connection, reconnecting, until cancelled or `shutdown`.
+    public func run() async {
+        await subscriber.run()
+    }
+
+    public func waitUntilReady(timeout: Duration) async -> Bool {
+        if await subscriber.waitUntilConnected(timeout: timeout) {
             logger.info("redis engine started", metadata: ["redis.host": .string(redis.configuration.host)])
-        } else {
-            logger.error("redis unreachable at start; serving and retrying", metadata: ["redis.host": .string(redis.configuration.host)])
+            return true
         }
+        logger.error("redis unreachable at start; serving and retrying", metadata: ["redis.host": .string(redis.configuration.host)])
+        return false
     }
 
     public func subscribe(user: String) async throws {
@@ -251,7 +255,6 @@ public final class RedisStorage: PlaybackStorage {
     }
 
     public func shutdown() async {
-        subscription.withLock { $0 }?.cancel()
         await subscriber.stop()
         await redis.shutdown()
     }
