@@ -22,6 +22,8 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
 
     private struct Lifecycle {
         var running = false
+        /// `finish()` has begun, and has ended.
+        var finishing = false
         var finished = false
         /// Callers of `shutdown()` waiting for `run()` to finish.
         var waiters: [CheckedContinuation<Void, Never>] = []
@@ -64,7 +66,7 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
     public func run() async {
         guard lifecycle.withLock({ state in
             defer { state.running = true }
-            return !state.running && !state.finished
+            return !state.running && !state.finishing
         }) else { return }
         await withDiscardingTaskGroup { group in
             group.addTask { await self.work.run() }
@@ -99,11 +101,10 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
 
     public func shutdown() async {
         beginShutdown()
-        let ran = lifecycle.withLock { $0.running }
-        guard ran else {
+        if !lifecycle.withLock({ $0.running }) {
+            // Never ran: nothing else will finish.
             work.finish()
             await finish()
-            return
         }
         await withCheckedContinuation { continuation in
             let done = lifecycle.withLock { state -> Bool in
@@ -118,8 +119,8 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
     /// Once: the connected users' states to PostgreSQL now, not a second later; the storage closed.
     private func finish() async {
         let first = lifecycle.withLock { state in
-            defer { state.finished = true }
-            return !state.finished
+            defer { state.finishing = true }
+            return !state.finishing
         }
         guard first else { return }
         if durability.writer != nil {
@@ -127,6 +128,7 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
         }
         await storage.shutdown()
         for waiter in lifecycle.withLock({ state in
+            state.finished = true
             defer { state.waiters.removeAll() }
             return state.waiters
         }) { waiter.resume() }

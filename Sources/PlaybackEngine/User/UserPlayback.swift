@@ -160,7 +160,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
             if let identity {
                 left = try await storage.leave(
                     user: userID, device: device, session: sessionID,
-                    entry: StoredDevice(name: identity.name, kind: identity.kind, lastSeen: now, session: nil, node: nil),
+                    entry: presence.entry(of: identity, session: nil, now: now),
                     frame: BusMessage(devices: directory.list(activeDevice: playback.activeDevice)))
                 if left {
                     fanout.remember(directory: directory)

@@ -36,9 +36,9 @@ final class UserPresence<Storage: PlaybackStorage>: Sendable {
     /// Until when a device joining now is present.
     func presenceUntil(now: Int64) -> Int64 { now + timing.presenceTTLMs }
 
-    /// The directory entry of a device connected to this node.
-    func entry(of device: ClientMessage.Hello.Device, session: String, now: Int64) -> StoredDevice {
-        StoredDevice(name: device.name, kind: device.kind, lastSeen: now, session: session, node: nodeID)
+    /// The directory entry of a device connected to this node (`session`), or gone (nil).
+    func entry(of device: ClientMessage.Hello.Device, session: String?, now: Int64) -> StoredDevice {
+        StoredDevice(name: device.name, kind: device.kind, lastSeen: now, session: session, node: session == nil ? nil : nodeID)
     }
 
     func connected(_ device: ClientMessage.Hello.Device) {

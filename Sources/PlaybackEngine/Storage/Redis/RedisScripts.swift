@@ -39,6 +39,14 @@ struct RedisKeys {
 
 /// The Lua scripts of the Redis engine.
 enum RedisScripts {
+    /// Lua for the scripts that move a lease's deadline in `lease-deadlines`: Redis's clock in ms
+    /// (one clock for every node's sweep), and a user's deadline `ms` from now.
+    private static let deadlines = """
+        local function now_ms() local t = redis.call('TIME'); return t[1] * 1000 + math.floor(t[2] / 1000) end
+        local function lapse_in(key, ms, user) redis.call('ZADD', key, now_ms() + tonumber(ms), user) end
+
+        """
+
     /// The one call of a command: answers a remembered request id; checks that the state is still
     /// at the expected version (else returns the current state, so the retry needs no read); then
     /// either commits (writes the state, moves or clears the lease, remembers the answer, publishes
@@ -49,7 +57,7 @@ enum RedisScripts {
     /// lease op (keep|set|del), lock value, lock TTL ms, channel, frame head, user.
     /// Returns {1, version} when committed or confirmed, {0, current version, current state or nil}
     /// on a conflict, {2, answer} for a known request.
-    static let command = """
+    static let command = deadlines + """
         if ARGV[2] == '1' then
           local known = redis.call('GET', KEYS[3])
           if known then return {2, known} end
@@ -64,8 +72,7 @@ enum RedisScripts {
         redis.call('HSET', KEYS[1], 'version', ARGV[6], 'epoch', ARGV[7], 'state', ARGV[8])
         if ARGV[9] == 'set' then
           redis.call('SET', KEYS[2], ARGV[10], 'PX', ARGV[11])
-          local t = redis.call('TIME')
-          redis.call('ZADD', KEYS[4], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[11]), ARGV[14])
+          lapse_in(KEYS[4], ARGV[11], ARGV[14])
         elseif ARGV[9] == 'del' then
           redis.call('DEL', KEYS[2])
           redis.call('ZREM', KEYS[4], ARGV[14])
@@ -80,13 +87,12 @@ enum RedisScripts {
     /// KEYS: pb, lock, lease deadlines. ARGV: version, epoch, state JSON, lock value ('' for
     /// none), lock TTL ms, channel, message JSON ('' for none), user. Returns 1 when restored, 0
     /// when the slot was taken.
-    static let restore = """
+    static let restore = deadlines + """
         if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
         redis.call('HSET', KEYS[1], 'version', ARGV[1], 'epoch', ARGV[2], 'state', ARGV[3])
         if ARGV[4] ~= '' then
           redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
-          local t = redis.call('TIME')
-          redis.call('ZADD', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[5]), ARGV[8])
+          lapse_in(KEYS[3], ARGV[5], ARGV[8])
         end
         if ARGV[7] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
         return 1
@@ -95,12 +101,11 @@ enum RedisScripts {
     /// Sets the lease's TTL if it still names this holder, records when the holder was seen, and
     /// moves its deadline. KEYS: lock, pb, lease deadlines. ARGV: value, TTL ms, epoch, seen ms,
     /// user. Returns 1 when renewed, 0 when the lease names somebody else or nobody.
-    static let renew = """
+    static let renew = deadlines + """
         if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
         redis.call('PEXPIRE', KEYS[1], ARGV[2])
         if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('HSET', KEYS[2], 'seen', ARGV[3] .. '|' .. ARGV[4]) end
-        local t = redis.call('TIME')
-        redis.call('ZADD', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[2]), ARGV[5])
+        lapse_in(KEYS[3], ARGV[2], ARGV[5])
         return 1
         """
 
@@ -109,7 +114,7 @@ enum RedisScripts {
     /// the holder's epoch (every move of the lease raises it) and the lock is free, already this
     /// holder's, or of an older epoch. KEYS: pb, lock, lease deadlines. ARGV: value, epoch, TTL ms,
     /// seen ms, user. Returns 1 when taken, 0 when refused.
-    static let take = """
+    static let take = deadlines + """
         local epoch = redis.call('HGET', KEYS[1], 'epoch')
         if not epoch or tonumber(epoch) ~= tonumber(ARGV[2]) then return 0 end
         local current = redis.call('GET', KEYS[2])
@@ -119,8 +124,7 @@ enum RedisScripts {
         end
         redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[3])
         redis.call('HSET', KEYS[1], 'seen', ARGV[2] .. '|' .. ARGV[4])
-        local t = redis.call('TIME')
-        redis.call('ZADD', KEYS[3], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[3]), ARGV[5])
+        lapse_in(KEYS[3], ARGV[3], ARGV[5])
         return 1
         """
 
@@ -132,28 +136,25 @@ enum RedisScripts {
 
     /// Claims up to ARGV[2] users whose lease deadline has passed, for ARGV[1] ms (their score moves
     /// past the claim, so other nodes skip them meanwhile). KEYS: lease deadlines.
-    static let sweep = """
-        local t = redis.call('TIME')
-        local now = t[1] * 1000 + math.floor(t[2] / 1000)
+    static let sweep = deadlines + """
+        local now = now_ms()
         local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
         for _, user in ipairs(due) do redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), user) end
         return due
         """
 
     /// Sweeps the user again in ARGV[1] ms. KEYS: lease deadlines. ARGV: ms, user.
-    static let deferSweep = """
-        local t = redis.call('TIME')
-        redis.call('ZADD', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000) + tonumber(ARGV[1]), ARGV[2])
+    static let deferSweep = deadlines + """
+        lapse_in(KEYS[1], ARGV[1], ARGV[2])
         return 1
         """
 
     /// After a sweep: the user's deadline follows the lock if it is held again, else it is removed.
     /// KEYS: lock, lease deadlines. ARGV: user.
-    static let settle = """
+    static let settle = deadlines + """
         local ttl = redis.call('PTTL', KEYS[1])
         if ttl > 0 then
-          local t = redis.call('TIME')
-          redis.call('ZADD', KEYS[2], t[1] * 1000 + math.floor(t[2] / 1000) + ttl, ARGV[1])
+          lapse_in(KEYS[2], ttl, ARGV[1])
         else
           redis.call('ZREM', KEYS[2], ARGV[1])
         end
