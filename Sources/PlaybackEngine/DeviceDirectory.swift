@@ -41,9 +41,14 @@ public struct DeviceDirectory: Sendable {
         records[id]?.lastSeen = now
     }
 
-    /// Forgets devices offline for longer than `retentionMs`.
-    public mutating func prune(now: Int64, retentionMs: Int64) {
+    /// Forgets devices offline for longer than `retentionMs`, then, past `cap` devices, the offline
+    /// ones seen longest ago (the storages' rule when a device joins).
+    public mutating func prune(now: Int64, retentionMs: Int64, cap: Int) {
         records = records.filter { $0.value.online || now - $0.value.lastSeen <= retentionMs }
+        let excess = records.count - cap
+        guard excess > 0 else { return }
+        let oldest = records.filter { !$0.value.online }.sorted { $0.value.lastSeen < $1.value.lastSeen }.prefix(excess)
+        for (id, _) in oldest { records[id] = nil }
     }
 
     /// Presence as the reducer needs it.

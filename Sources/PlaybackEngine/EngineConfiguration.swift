@@ -6,7 +6,8 @@ public struct EngineConfiguration: Sendable {
     public var maxDevicesPerUser = 100
     /// How long a request id is remembered.
     public var idempotencyWindowMs: Int64 = ProtocolInfo.idempotencyWindowMs
-    /// Most request ids remembered per user (the oldest are forgotten first).
+    /// Most request ids remembered per user inside the window: a new id beyond it is refused with
+    /// `rate_limited` (no id is forgotten before the window ends).
     public var idempotencyCapacity = 10_000
     /// How long an offline device stays listed.
     public var deviceRetentionMs: Int64 = 24 * 3_600_000

@@ -173,6 +173,11 @@ public protocol PlaybackEngine: Sendable {
     /// The user's recently played tracks, newest first.
     func recentlyPlayed(user: UserIdentity, limit: Int) async throws(PlaybackError) -> [PlayedItem]
 
+    /// Takes one of the user's REST requests from a budget (`rate` per second, `burst`) shared by
+    /// every node of the engine: nil when taken, else the ms until one is. Nil too when the budget
+    /// cannot be read (storage down): the node's own limiter still applies.
+    func admitRequest(user: UserIdentity, rate: Int, burst: Int) async -> Int64?
+
     /// Whether the engine can serve, and how its dependencies are.
     func readiness() async -> Readiness
 

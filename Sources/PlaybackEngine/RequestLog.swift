@@ -1,7 +1,8 @@
 import DequeModule
 
-/// Remembers the final answer to each request id of one user for a while, so that a
-/// retried command is answered again without being applied twice.
+/// Remembers the final answer to each request id of one user for the window, so that a retried
+/// command is answered again without being applied twice. At most `capacity` ids inside the
+/// window: when full, a new id is refused (`isFull`) rather than an old one forgotten early.
 public struct RequestLog: Sendable {
     private var answers: [String: Result<Receipt, PlaybackError>] = [:]
     private var order: Deque<(id: String, at: Int64)> = []
@@ -26,7 +27,13 @@ public struct RequestLog: Sendable {
         guard answers.updateValue(answer.map { Receipt(version: $0.version, entry: $0.entry, changed: false) }, forKey: id) == nil
         else { return }
         order.append((id, now))
-        while order.count > capacity, let oldest = order.popFirst() { answers[oldest.id] = nil }
+    }
+
+    /// When as many ids are remembered as may be: how long until the oldest leaves the window.
+    public mutating func fullFor(now: Int64) -> Int64? {
+        expire(now: now)
+        guard order.count >= capacity, let oldest = order.first else { return nil }
+        return max(1, oldest.at + windowMs - now)
     }
 
     private mutating func expire(now: Int64) {

@@ -76,6 +76,8 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
                     loops.addTask { await self.keepUp() }
                     // Apart, so that a long sweep (many leases lapsing at once) never delays the renewals.
                     loops.addTask { await self.sweep() }
+                    // Apart too: a node whose upkeep runs late is still alive, and its holders its own.
+                    loops.addTask { await self.markAlive() }
                     for await _ in self.stopping.stream {}
                     loops.cancelAll()
                 }
@@ -183,6 +185,15 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
 
     public var catalog: any TrackCatalog { environment.reducer.catalog }
 
+    public func admitRequest(user: UserIdentity, rate: Int, burst: Int) async -> Int64? {
+        do {
+            return try await storage.takeRequestToken(user: user.userID, rate: rate, burst: burst)
+        } catch {
+            environment.logger.debug("shared request budget unavailable", metadata: ["error": .string("\(error)")])
+            return nil
+        }
+    }
+
     public func readiness() async -> Readiness {
         let (ready, storageChecks) = await storage.readiness()
         return Readiness(ready: ready, checks: durability.check.merging(storageChecks) { $1 })
@@ -215,9 +226,6 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
             let started = ContinuousClock.now
             let due = users.withLock { Array($0[slot].values) }
             await keepUp(due)
-            if slot % (Self.upkeepSlots / 2) == 0 {
-                try? await storage.markAlive(node: nodeID, ttlMs: environment.timing.nodeTTLMs)
-            }
             let spent = ContinuousClock.now - started
             if spent > .milliseconds(pause) {
                 environment.logger.warning("lease upkeep slower than its tick", metadata: [
@@ -234,6 +242,14 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
     /// other nodes off it (another node takes over if this one dies mid-sweep).
     static var sweepBatch: Int { 256 }
     static var sweepClaimMs: Int64 { 5_000 }
+
+    /// Says this node is alive, twice per tick, until cancelled.
+    private func markAlive() async {
+        while !Task.isCancelled {
+            try? await storage.markAlive(node: nodeID, ttlMs: environment.timing.nodeTTLMs)
+            try? await Task.sleep(for: .milliseconds(max(25, environment.timing.tickMs / 2)))
+        }
+    }
 
     /// Twice per tick, until cancelled.
     private func sweep() async {

@@ -58,15 +58,26 @@ public final class RedisClient: Sendable {
         for key in keys { tail.append(.string(key)) }
         tail.append(contentsOf: arguments)
         let arguments = tail
+        let loop = connection.channel.eventLoop
         let run: @Sendable (String) -> EventLoopFuture<RESPValue> = { sha in connection.sendRawFuture(["EVALSHA", .string(sha)] + arguments) }
-        guard let sha = script.sha else { return script.load(on: connection).flatMap(run) }
-        return run(sha).flatMap { reply in
-            if case .error(let message) = reply, message.hasPrefix("NOSCRIPT") {
-                script.forget(sha: sha)
-                return script.load(on: connection).flatMap(run)
+        // After a load: flushed again meanwhile (a restart, `SCRIPT FLUSH`), the source itself.
+        let runLoaded: @Sendable (String) -> EventLoopFuture<RESPValue> = { sha in
+            run(sha).flatMap { reply in
+                guard Self.isNoScript(reply) else { return loop.makeSucceededFuture(reply) }
+                return connection.sendRawFuture(["EVAL", .string(script.source)] + arguments)
             }
-            return connection.channel.eventLoop.makeSucceededFuture(reply)
         }
+        guard let sha = script.sha else { return script.load(on: connection).flatMap(runLoaded) }
+        return run(sha).flatMap { reply in
+            guard Self.isNoScript(reply) else { return loop.makeSucceededFuture(reply) }
+            script.forget(sha: sha)
+            return script.load(on: connection).flatMap(runLoaded)
+        }
+    }
+
+    private static func isNoScript(_ reply: RESPValue) -> Bool {
+        if case .error(let message) = reply { return message.hasPrefix("NOSCRIPT") }
+        return false
     }
 
     /// The connection when one is up, without waiting.

@@ -159,3 +159,52 @@ struct WriteBehindIsolationTests {
         #expect(TestMetrics.value(series) >= rejected + 1)
     }
 }
+
+/// What one user may keep in the storage: the same bounds on both engines.
+@Suite("per-user bounds")
+struct PerUserBoundsTests {
+    /// Devices that came and went are forgotten, the ones seen longest ago first, past the device cap.
+    @Test(arguments: EngineKind.allCases)
+    func offlineDevicesArePrunedBeyondTheDeviceCap(engine: EngineKind) async throws {
+        try await TestServer.with(engine: engine, { $0.engine.maxDevicesPerUser = 3 }) { server in
+            for index in 0..<6 {
+                let (client, _) = try await server.device("gone-\(index)")
+                try await client.sendClose(code: 1000)
+                _ = await client.expectClose()
+            }
+            let (_, welcome) = try await server.device("latest")
+            let listed = welcome.devices.map(\.id)
+            #expect(listed.count == 3 && listed.contains("latest"), "\(listed)")
+            #expect(listed.contains("gone-5") && listed.contains("gone-4"), "the most recently seen stay: \(listed)")
+        }
+    }
+
+    /// A user with as many request ids remembered as it may gets `rate_limited` for a new one;
+    /// the remembered ones still answer (none is forgotten inside the window).
+    @Test(arguments: EngineKind.allCases)
+    func requestIDsBeyondTheCapAreRefusedAndNoneIsForgotten(engine: EngineKind) async throws {
+        try await TestServer.with(engine: engine, { $0.engine.idempotencyCapacity = 3 }) { server in
+            let (phone, _) = try await server.device("phone")
+            var versions: [Int64] = []
+            for index in 1...3 {
+                guard case .ack(let ack) = try await phone.command("v\(index)", .volume(percent: index)) else {
+                    Issue.record("v\(index) not acked")
+                    return
+                }
+                versions.append(ack.version)
+            }
+            guard case .error(let refused) = try await phone.command("v4", .volume(percent: 4)) else {
+                Issue.record("a fourth id was accepted")
+                return
+            }
+            #expect(refused.code == .rateLimited && (refused.retryAfterMs ?? 0) > 0, "\(refused)")
+            guard case .ack(let again) = try await phone.command("v1", .volume(percent: 1)) else {
+                Issue.record("a remembered id was not answered")
+                return
+            }
+            #expect(again.version == versions[0], "answered from memory, not applied again")
+            let state = try await server.engine.snapshot(user: UserIdentity(userID: "alice.\(server.namespace)")).state
+            #expect(state.volume == 3 && state.version == versions[2])
+        }
+    }
+}

@@ -183,6 +183,57 @@ struct MultiNodeTests {
         }
     }
 
+    /// The device cap holds across nodes: devices racing to connect to two nodes never exceed it.
+    @Test func theDeviceCapHoldsAcrossNodes() async throws {
+        let namespace = String(UInt32.random(in: 0...UInt32.max), radix: 36)
+        let nodes = [
+            try await TestServer.start(engine: .redis, namespace: namespace) { $0.engine.maxDevicesPerUser = 3 },
+            try await TestServer.start(engine: .redis, namespace: namespace) { $0.engine.maxDevicesPerUser = 3 },
+        ]
+        let welcomed = try await withThrowingTaskGroup(of: TestClient?.self) { group in
+            for index in 0..<8 {
+                group.addTask {
+                    let client = try await nodes[index % 2].connect()
+                    return (try? await client.hello("d\(index)")) == nil ? nil : client
+                }
+            }
+            var welcomed: [TestClient] = []
+            for try await client in group { if let client { welcomed.append(client) } }
+            return welcomed
+        }
+        #expect(welcomed.count == 3, "\(welcomed.count) devices connected with a cap of 3")
+        let state = try await nodes[0].engine.snapshot(user: UserIdentity(userID: "alice.\(namespace)"))
+        #expect(state.devices.filter(\.online).count == 3)
+        for node in nodes { await node.stop() }
+    }
+
+    /// A user's REST budget is shared by every node: spreading requests over two nodes does not
+    /// double it.
+    @Test func theRESTRateLimitIsSharedByTheNodes() async throws {
+        let namespace = String(UInt32.random(in: 0...UInt32.max), radix: 36)
+        var nodes: [TestServer] = []
+        for _ in 0..<2 {
+            nodes.append(try await TestServer.start(engine: .redis, namespace: namespace) {
+                $0.messagesPerSecond = 1
+                $0.messageBurst = 4
+            })
+        }
+        let token = try await nodes[0].token("alice")
+        let pair = nodes
+        let started = ContinuousClock.now
+        let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
+            for index in 0..<12 {
+                group.addTask { try await pair[index % 2].http("/v1/me/player", headers: ["Authorization": "Bearer \(token)"]).status }
+            }
+            return try await group.reduce(into: [Int]()) { $0.append($1) }
+        }
+        let seconds = Int(milliseconds(since: started) / 1_000)
+        let admitted = statuses.filter { $0 != 429 }.count
+        // A burst of 4 plus a token a second while the requests ran: not 4 per node.
+        #expect(admitted >= 4 && admitted <= 4 + seconds + 1, "\(statuses) in \(seconds) s")
+        for node in nodes { await node.stop() }
+    }
+
     @Test func aLeaseWhoseNodeWentAwayExpiresAndTheOthersLearnIt() async throws {
         let namespace = String(UInt32.random(in: 0...UInt32.max), radix: 36)
         let doomed = try await TestServer.start(engine: .redis, namespace: namespace)

@@ -82,7 +82,10 @@ public final class MemoryStorage: PlaybackStorage {
 
     public func command(user: String, _ call: CommandCall, completion: @escaping @Sendable (Result<CommandReply, any Error>) -> Void) {
         let reply = withRecord(user) { record, now -> (CommandReply, BusMessage?) in
-            if let id = call.requestID, let known = record.requests.answer(for: id, now: now) { return (.known(known), nil) }
+            if let id = call.requestID {
+                if let known = record.requests.answer(for: id, now: now) { return (.known(known), nil) }
+                if let wait = record.requests.fullFor(now: now) { return (.full(retryAfterMs: wait), nil) }
+            }
             guard (record.playback?.version ?? 0) == call.expectedVersion else { return (.conflict(record.playback, json: nil), nil) }
             if let id = call.requestID { record.requests.record(call.answer, for: id, now: now) }
             guard let change = call.change else { return (.done, nil) }
@@ -99,11 +102,21 @@ public final class MemoryStorage: PlaybackStorage {
         completion(.success(reply))
     }
 
-    public func join(user: String, device: String, entry: StoredDevice, presenceUntil: Int64, frame: BusMessage) async throws {
+    public func join(user: String, device: String, entry: StoredDevice, presenceUntil: Int64, cap: Int, frame: BusMessage) async throws -> Bool {
         withRecord(user) { record, _ in
+            let now = entry.lastSeen
+            if (record.online[device] ?? 0) <= now, record.online.values.filter({ $0 > now }).count >= cap { return (false, nil) }
             record.devices[device] = entry
             record.online[device] = presenceUntil
-            return ((), frame)
+            let excess = record.devices.count - cap
+            if excess > 0 {
+                let offline = record.devices.filter { (record.online[$0.key] ?? 0) <= entry.lastSeen }.sorted { $0.value.lastSeen < $1.value.lastSeen }
+                for (gone, _) in offline.prefix(excess) {
+                    record.devices[gone] = nil
+                    record.online[gone] = nil
+                }
+            }
+            return (true, frame)
         }
     }
 
@@ -211,6 +224,9 @@ public final class MemoryStorage: PlaybackStorage {
             return (true, frame)
         }
     }
+
+    /// One node: its own limiter is the user's.
+    public func takeRequestToken(user: String, rate: Int, burst: Int) async throws -> Int64? { nil }
 
     public func readiness() async -> (ready: Bool, checks: [String: String]) { (true, [:]) }
 

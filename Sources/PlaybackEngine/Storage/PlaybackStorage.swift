@@ -28,8 +28,10 @@ public protocol PlaybackStorage: Sendable {
     /// The one call of a command: see `CommandCall`.
     func command(user: String, _ call: CommandCall, completion: @escaping @Sendable (Result<CommandReply, any Error>) -> Void)
 
-    /// A device connected: its entry, its presence until `presenceUntil`, and `frame` on the bus.
-    func join(user: String, device: String, entry: StoredDevice, presenceUntil: Int64, frame: BusMessage) async throws
+    /// A device connected: its entry, its presence until `presenceUntil`, and `frame` on the bus;
+    /// false (and nothing written) when `cap` other devices are online already, on any node. Past
+    /// `cap` entries, the offline devices seen longest ago are forgotten until `cap` remain.
+    func join(user: String, device: String, entry: StoredDevice, presenceUntil: Int64, cap: Int, frame: BusMessage) async throws -> Bool
     /// A device's connection ended: offline if the entry still names `session`; false otherwise.
     func leave(user: String, device: String, session: String, entry: StoredDevice, frame: BusMessage) async throws -> Bool
     /// Writes entries and presence again (the storage lost them while the devices stayed connected).
@@ -66,6 +68,11 @@ public protocol PlaybackStorage: Sendable {
     /// `frame` on the bus; false when some node restored or committed first.
     func restore(user: String, playback: Playback, holder: String?, ttlMs: Int64, frame: BusMessage?) async throws -> Bool
 
+    /// Takes one of the user's REST requests from a token bucket every node shares (`rate` per
+    /// second, `burst`): nil when taken, else the ms until one is. A storage that serves one node
+    /// answers nil (that node's own limiter is the user's).
+    func takeRequestToken(user: String, rate: Int, burst: Int) async throws -> Int64?
+
     /// Whether commands can be served, and the condition of each dependency (for `/readyz`).
     func readiness() async -> (ready: Bool, checks: [String: String])
     func shutdown() async
@@ -96,6 +103,8 @@ public struct CommandCall: Sendable {
     public var requestID: String?
     public var answer: Result<Receipt, PlaybackError>
     public var answerTTLMs: Int64
+    /// Most request ids the user may have remembered inside the window.
+    public var answerCapacity: Int
     public var change: Change?
 }
 
@@ -107,6 +116,8 @@ public enum CommandReply: Sendable {
     case known(Result<Receipt, PlaybackError>)
     /// The playback moved on: here it is (nil when the storage has none: it lost it).
     case conflict(Playback?, json: ByteBuffer?)
+    /// The user has as many request ids remembered as it may; one leaves the window in this long.
+    case full(retryAfterMs: Int64)
 }
 
 /// What the storage says of a lease.

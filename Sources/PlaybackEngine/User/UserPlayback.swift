@@ -104,23 +104,25 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
             }
             // The cache is loaded once while this node is subscribed; later devices are welcomed from it.
             let (playback, before) = try await cachedOrLoaded(fanout)
-            if !before.isOnline(device), before.onlineCount >= configuration.maxDevicesPerUser {
-                _ = fanout.detach(device: device, sessionID: sink.sessionID)
-                await unsubscribeIfUnused()
-                throw ConnectRefusal(code: .policyViolation, reason: "too many devices connected (at most \(configuration.maxDevicesPerUser))")
-            }
-            presence.connected(hello.device)
             let now = self.now
+            let cap = configuration.maxDevicesPerUser
             var directory = before
             directory.markOnline(id: device, name: hello.device.name, kind: hello.device.kind, now: now)
-            directory.prune(now: now, retentionMs: configuration.deviceRetentionMs)
-            fanout.remember(directory: directory)
+            directory.prune(now: now, retentionMs: configuration.deviceRetentionMs, cap: cap)
             let devices = directory.list(activeDevice: playback.activeDevice)
-            try await storage.join(
-                user: userID, device: device,
-                entry: presence.entry(of: hello.device, session: sink.sessionID, now: now),
-                presenceUntil: presence.presenceUntil(now: now),
-                frame: BusMessage(devices: devices, except: device, replace: .init(device: device, session: sink.sessionID)))
+            // The cap as this node sees it, then as the storage does (atomically, across nodes).
+            guard before.isOnline(device) || before.onlineCount < cap,
+                try await storage.join(
+                    user: userID, device: device, entry: presence.entry(of: hello.device, session: sink.sessionID, now: now),
+                    presenceUntil: presence.presenceUntil(now: now), cap: cap,
+                    frame: BusMessage(devices: devices, except: device, replace: .init(device: device, session: sink.sessionID)))
+            else {
+                _ = fanout.detach(device: device, sessionID: sink.sessionID)
+                await unsubscribeIfUnused()
+                throw ConnectRefusal(code: .policyViolation, reason: "too many devices connected (at most \(cap))")
+            }
+            presence.connected(hello.device)
+            fanout.remember(directory: directory)
             if playback.activeDevice == device {
                 // Back within the grace period (or moved nodes): this node holds the lease now.
                 try await lease.take(for: playback, now: now)
@@ -267,7 +269,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
         let change = proposed
         let call = CommandCall(
             expectedVersion: playback.version, requestID: requestID, answer: answer, answerTTLMs: configuration.idempotencyWindowMs,
-            change: change)
+            answerCapacity: configuration.idempotencyCapacity, change: change)
         storage.command(user: userID, call) { [self] reply in
             switch reply {
             case .success(.done):
@@ -275,6 +277,11 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
                 finish(answer)
             case .success(.known(let known)):
                 finish(known)
+            case .success(.full(let retryAfterMs)):
+                Counter(label: "playback_request_ids_full_total").increment()
+                finish(.failure(PlaybackError(
+                    .rateLimited, "too many request ids in the last 10 minutes (at most \(configuration.idempotencyCapacity)); try again later",
+                    retryAfterMs: retryAfterMs)))
             case .success(.conflict(let current, let json)):
                 Counter(label: "playback_commit_conflicts_total").increment()
                 if let current {

@@ -127,7 +127,11 @@ struct PlayerRoutes {
                 ? ErrorResponse.make(status: .forbidden, code: "forbidden", message: error.message)
                 : ErrorResponse.make(status: .unauthorized, code: "unauthorized", message: error.message, headers: [.wwwAuthenticate: "Bearer"])
         }
+        // This node's budget first (no round trip for a flood), then the one every node shares.
         if let retryAfterMs = limiter.take(user.userID) {
+            return RESTResponse.error(PlaybackError(.rateLimited, "too many requests", retryAfterMs: retryAfterMs))
+        }
+        if let retryAfterMs = await engine.admitRequest(user: user, rate: limiter.rate, burst: limiter.burst) {
             return RESTResponse.error(PlaybackError(.rateLimited, "too many requests", retryAfterMs: retryAfterMs))
         }
         do {
@@ -209,8 +213,8 @@ struct PlayerRoutes {
 /// A token bucket per user for the REST API (same rate as a WebSocket connection).
 final class UserRateLimiter: Sendable {
     private let buckets = Mutex<[String: TokenBucket]>([:])
-    private let rate: Int
-    private let burst: Int
+    let rate: Int
+    let burst: Int
 
     init(rate: Int, burst: Int) {
         self.rate = rate

@@ -10,6 +10,8 @@ import NIOCore
 /// | `dev:{u:ID}` | hash | device id → JSON `{name, kind, last_seen, session, node}` |
 /// | `online:{u:ID}` | sorted set | device id, scored by when its presence expires (ms) |
 /// | `req:{u:ID}:<request id>` | string, PX 10 min | the first final answer to that request |
+/// | `reqs:{u:ID}` | sorted set | the user's `req:` keys, scored by when they leave the window (Redis time, ms): at most `idempotencyCapacity` |
+/// | `rest:{u:ID}` | hash, PX | the user's REST token bucket (`tokens`, `at`), shared by every node |
 /// | channel `ev:{u:ID}` | pub/sub | committed changes, device lists, replacements |
 /// | `lease-deadlines` | sorted set | user id, scored by when its lease lapses (Redis time, ms): every node sweeps it |
 /// | `node:<id>` | string, PX TTL | present while the node is alive (refreshed by its upkeep) |
@@ -29,6 +31,10 @@ struct RedisKeys {
     var channel: String { "ev:\(tag)" }
 
     func request(_ id: String) -> String { "req:\(tag):\(id)" }
+    /// The user's remembered request ids (their `req:` keys), scored by when they leave the window.
+    var requests: String { "reqs:\(tag)" }
+    /// The user's REST token bucket, shared by every node.
+    var requestBucket: String { "rest:\(tag)" }
 
     /// The user of an `ev:{u:ID}` channel.
     static func user(ofChannel channel: String) -> String? {
@@ -52,21 +58,35 @@ enum RedisScripts {
     /// either commits (writes the state, moves or clears the lease, remembers the answer, publishes
     /// the change with the stored state appended to the frame) or, for a command that changed
     /// nothing, confirms the version and remembers the answer.
-    /// KEYS: pb, lock, req, lease deadlines. ARGV: expected version, remember (0|1), answer JSON,
-    /// answer TTL ms, mode (commit|confirm); for commit also: new version, new epoch, state JSON,
-    /// lease op (keep|set|del), lock value, lock TTL ms, channel, frame head, user.
+    /// A user remembers at most a capacity of request ids inside the window (`reqs:{u:ID}` lists
+    /// them by when they leave it): a new id beyond that is refused, never an old one forgotten early.
+    /// KEYS: pb, lock, req, lease deadlines, reqs. ARGV: expected version, remember (0, or the
+    /// capacity of remembered ids), answer JSON, answer TTL ms, mode (commit|confirm); for commit
+    /// also: new version, new epoch, state JSON, lease op (keep|set|del), lock value, lock TTL ms,
+    /// channel, frame head, user.
     /// Returns {1, version} when committed or confirmed, {0, current version, current state or nil}
-    /// on a conflict, {2, answer} for a known request.
+    /// on a conflict, {2, answer} for a known request, {3, ms until an id leaves the window} when
+    /// the user has as many ids remembered as it may.
     static let command = deadlines + """
-        if ARGV[2] == '1' then
+        local remember = ARGV[2] ~= '0'
+        if remember then
           local known = redis.call('GET', KEYS[3])
           if known then return {2, known} end
+          local now = now_ms()
+          redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+          if redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[2]) then
+            local oldest = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
+            return {3, math.max(1, tonumber(oldest[2]) - now)}
+          end
         end
         local current = redis.call('HMGET', KEYS[1], 'version', 'state')
         local version = tonumber(current[1] or '0')
         if version ~= tonumber(ARGV[1]) then return {0, version, current[2]} end
         if ARGV[5] ~= 'commit' then
-          if ARGV[2] == '1' then redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[4]) end
+          if remember then
+            redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[4])
+            lapse_in(KEYS[5], ARGV[4], KEYS[3])
+          end
           return {1, version}
         end
         redis.call('HSET', KEYS[1], 'version', ARGV[6], 'epoch', ARGV[7], 'state', ARGV[8])
@@ -77,7 +97,10 @@ enum RedisScripts {
           redis.call('DEL', KEYS[2])
           redis.call('ZREM', KEYS[4], ARGV[14])
         end
-        if ARGV[2] == '1' then redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4]) end
+        if remember then
+          redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
+          lapse_in(KEYS[5], ARGV[4], KEYS[3])
+        end
         redis.call('PUBLISH', ARGV[12], ARGV[13] .. ARGV[8])
         return {1, tonumber(ARGV[6])}
         """
@@ -162,13 +185,52 @@ enum RedisScripts {
         """
 
     /// A device connected: its directory entry and presence, and the frame that tells the other
-    /// nodes (the replacement notice and the new device list).
-    /// KEYS: dev, online. ARGV: device, entry JSON, presence expiry ms, channel, frame.
+    /// nodes (the replacement notice and the new device list). Past `cap` entries, the offline
+    /// devices seen longest ago are removed until `cap` remain (online ones never are).
+    /// KEYS: dev, online. ARGV: device, entry JSON, presence expiry ms, channel, frame, now ms, cap.
+    /// Returns 1 when joined, 0 when `cap` other devices are online.
     static let join = """
+        local present = redis.call('ZSCORE', KEYS[2], ARGV[1])
+        if not (present and tonumber(present) > tonumber(ARGV[6])) then
+          if redis.call('ZCOUNT', KEYS[2], '(' .. ARGV[6], '+inf') >= tonumber(ARGV[7]) then return 0 end
+        end
         redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
         redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+        local excess = redis.call('HLEN', KEYS[1]) - tonumber(ARGV[7])
+        if excess > 0 then
+          local all = redis.call('HGETALL', KEYS[1])
+          local offline = {}
+          for i = 1, #all, 2 do
+            local until_ms = redis.call('ZSCORE', KEYS[2], all[i])
+            if not until_ms or tonumber(until_ms) <= tonumber(ARGV[6]) then
+              local ok, entry = pcall(cjson.decode, all[i + 1])
+              table.insert(offline, {all[i], ok and tonumber(entry.last_seen) or 0})
+            end
+          end
+          table.sort(offline, function(a, b) return a[2] < b[2] end)
+          for i = 1, math.min(excess, #offline) do
+            redis.call('HDEL', KEYS[1], offline[i][1])
+            redis.call('ZREM', KEYS[2], offline[i][1])
+          end
+        end
         redis.call('PUBLISH', ARGV[4], ARGV[5])
         return 1
+        """
+
+    /// One of the user's REST requests from a token bucket shared by every node.
+    /// KEYS: bucket. ARGV: rate per second, burst. Returns 0 when taken, else the ms until a token is.
+    static let requestToken = deadlines + """
+        local now = now_ms()
+        local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+        local bucket = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+        local tokens = tonumber(bucket[1]) or burst
+        local at = tonumber(bucket[2]) or now
+        if now > at then tokens = math.min(burst, tokens + (now - at) * rate / 1000) end
+        local wait = 0
+        if tokens >= 1 then tokens = tokens - 1 else wait = math.ceil((1 - tokens) * 1000 / rate) end
+        redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', now)
+        redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
+        return wait
         """
 
     /// A device's connection ended: if the directory still names this session, the device goes

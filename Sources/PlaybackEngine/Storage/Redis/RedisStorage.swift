@@ -23,6 +23,7 @@ public final class RedisStorage: PlaybackStorage {
     private let sweepScript = RedisScript(RedisScripts.sweep)
     private let settleScript = RedisScript(RedisScripts.settle)
     private let deferScript = RedisScript(RedisScripts.deferSweep)
+    private let requestTokenScript = RedisScript(RedisScripts.requestToken)
 
     init(configuration: RedisConfiguration, nodeID: String, logger: Logger) {
         var commands = configuration
@@ -103,7 +104,8 @@ public final class RedisStorage: PlaybackStorage {
         let keys = RedisKeys(user: user)
         let remember = call.requestID != nil
         var arguments: [RedisArgument] = [
-            .integer(call.expectedVersion), .string(remember ? "1" : "0"), remember ? .bytes(StoredAnswer.json(call.answer)) : .string(""),
+            .integer(call.expectedVersion), .integer(remember ? Int64(call.answerCapacity) : 0),
+            remember ? .bytes(StoredAnswer.json(call.answer)) : .string(""),
             .integer(call.answerTTLMs),
         ]
         if let change = call.change {
@@ -122,7 +124,8 @@ public final class RedisStorage: PlaybackStorage {
             arguments.append("confirm")
         }
         redis.evaluateFuture(
-            commandScript, keys: [keys.playback, keys.lock, keys.request(call.requestID ?? "-"), RedisKeys.leaseDeadlines], arguments: arguments)
+            commandScript, keys: [keys.playback, keys.lock, keys.request(call.requestID ?? "-"), RedisKeys.leaseDeadlines, keys.requests],
+            arguments: arguments)
             .whenComplete { result in completion(result.flatMap(Self.commandReply)) }
     }
 
@@ -133,6 +136,8 @@ public final class RedisStorage: PlaybackStorage {
         switch (status, parts.count > 1 ? parts[1] : .null) {
         case (1, _):
             return .success(.done)
+        case (3, .integer(let retryAfterMs)):
+            return .success(.full(retryAfterMs: retryAfterMs))
         case (2, .bulkString(let stored)):
             guard let answer = try? StoredAnswer.decode(stored) else { return .failure(RedisError(.protocolError, "unreadable remembered answer")) }
             return .success(.known(answer))
@@ -147,11 +152,14 @@ public final class RedisStorage: PlaybackStorage {
         }
     }
 
-    public func join(user: String, device: String, entry: StoredDevice, presenceUntil: Int64, frame: BusMessage) async throws {
+    public func join(user: String, device: String, entry: StoredDevice, presenceUntil: Int64, cap: Int, frame: BusMessage) async throws -> Bool {
         let keys = RedisKeys(user: user)
-        _ = try await redis.evaluate(
+        return try await redis.evaluate(
             joinScript, keys: [keys.devices, keys.online],
-            arguments: [.string(device), .bytes(try Self.json(entry)), .integer(presenceUntil), .string(keys.channel), .bytes(frame.encoded())])
+            arguments: [
+                .string(device), .bytes(try Self.json(entry)), .integer(presenceUntil), .string(keys.channel), .bytes(frame.encoded()),
+                .integer(entry.lastSeen), .integer(Int64(cap)),
+            ]).int == 1
     }
 
     public func leave(user: String, device: String, session: String, entry: StoredDevice, frame: BusMessage) async throws -> Bool {
@@ -246,6 +254,13 @@ public final class RedisStorage: PlaybackStorage {
                 .string(user),
             ])
         return reply.int == 1
+    }
+
+    public func takeRequestToken(user: String, rate: Int, burst: Int) async throws -> Int64? {
+        let wait = try await redis.evaluate(
+            requestTokenScript, keys: [RedisKeys(user: user).requestBucket], arguments: [.integer(Int64(max(rate, 1))), .integer(Int64(max(burst, 1)))]
+        ).int ?? 0
+        return wait > 0 ? wait : nil
     }
 
     public func readiness() async -> (ready: Bool, checks: [String: String]) {
