@@ -1,8 +1,13 @@
 import DeviceSimKit
 import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 #if canImport(Glibc)
 import Glibc
 #endif
+@testable import SyncServer
+import Synchronization
 import Testing
 
 /// Faults on real processes: three playback-syncd daemons (the built binary), a redis-server and
@@ -75,6 +80,72 @@ struct FaultTests {
         }
     }
 
+    // MARK: Combined faults
+
+    @Test func postgresDownWhileRedisRestartsEmpty() async throws {
+        try await FaultCluster.run("PostgreSQL down while Redis restarts empty", settleSeconds: 10) { cluster in
+            try await Task.sleep(for: .seconds(Self.loadSeconds / 4))
+            try await offloaded { try cluster.postgres.stop() }
+            try await Task.sleep(for: .seconds(1))
+            try await offloaded { cluster.redis.kill() }
+            try await Task.sleep(for: .seconds(1))
+            try await offloaded { try cluster.redis.start() }
+            try await Task.sleep(for: .seconds(Self.postgresDownSeconds))
+            try await offloaded { try cluster.postgres.start() }
+        } verify: { report, _ in
+            #expect((report.stores?.redis?.count ?? 0) == report.users, "every user's playback is back in Redis")
+            #expect((report.stores?.postgres?.count ?? 0) == report.users, "every user's snapshot caught up")
+        }
+    }
+
+    @Test func aNodeStoppedWhileRedisRestartsEmpty() async throws {
+        try await FaultCluster.run("SIGSTOP of a node while Redis restarts empty") { cluster in
+            try await Task.sleep(for: .seconds(Self.loadSeconds / 4))
+            cluster.daemons[0].signal(SIGSTOP)
+            try await offloaded { cluster.redis.kill() }
+            try await Task.sleep(for: .seconds(1))
+            try await offloaded { try cluster.redis.start() }
+            try await Task.sleep(for: .milliseconds(FaultCluster.graceMs + 1_000))
+            cluster.daemons[0].signal(SIGCONT)
+        } verify: { report, _ in
+            #expect((report.stores?.redis?.count ?? 0) == report.users, "every user's playback is back in Redis")
+        }
+    }
+
+    /// A user whose devices are all on the node that is killed: another node, with none of them,
+    /// expires the lease within the grace period and a second (plus a second for a loaded machine).
+    @Test func aNodeKilledWithAllOfAUsersDevicesOnIt() async throws {
+        let solo = Mutex<(expiredAfterMs: Int64?, positionMs: Int64?)>((nil, nil))
+        try await FaultCluster.run("kill -9 of a node holding all of a user's devices") { cluster in
+            let token = try await FaultCluster.token(user: "solo")
+            let speaker = try await TestClient.connect(port: cluster.daemons[0].port, token: token)
+            _ = try await speaker.hello("speaker")
+            let phone = try await TestClient.connect(port: cluster.daemons[0].port, token: token)
+            _ = try await phone.hello("phone")
+            try await phone.command("p", .play(.init(trackID: "t0001", device: "speaker")))
+            try await Task.sleep(for: .seconds(Self.loadSeconds / 3))
+            cluster.daemons[0].signal(SIGKILL)
+            let killed = ContinuousClock.now
+            let survivor = cluster.daemons[1].port
+            while milliseconds(since: killed) < 15_000 {
+                let player = try await FaultCluster.player(port: survivor, token: token)
+                if player?["active_device"] == nil || player?["active_device"] is NSNull {
+                    solo.withLock { $0 = (milliseconds(since: killed), (player?["position_ms"] as? Int).map(Int64.init)) }
+                    break
+                }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+        } verify: { _, _ in
+            let (expiredAfter, position) = solo.withLock { $0 }
+            print("fault kill -9 of a node holding all of a user's devices: expired after \(expiredAfter ?? -1) ms at position \(position ?? -1) ms")
+            #expect(expiredAfter != nil, "the survivor expired the lease of the dead node's device")
+            #expect((expiredAfter ?? .max) <= FaultCluster.graceMs + 2_000, "expired \(expiredAfter ?? -1) ms after the kill")
+            // Paused where the track was when its node was last heard of, not at the expiry.
+            let playedMs = Int64(Self.loadSeconds / 3 * 1_000)
+            #expect((position ?? .max) <= playedMs + 1_000, "paused at \(position ?? -1) ms after about \(playedMs) ms of play")
+        }
+    }
+
     @Test func sigtermOfANodeMovesItsDevicesElsewhere() async throws {
         try await FaultCluster.run("SIGTERM of a node") { cluster in
             try await Task.sleep(for: .seconds(Self.loadSeconds / 3))
@@ -116,6 +187,20 @@ final class FaultCluster: Sendable {
     }
 
     var postgresURL: String { "postgres://postgres@127.0.0.1:\(postgres.port)/postgres" }
+
+    /// A token the daemons (on the development secret) accept.
+    static func token(user: String) async throws -> String {
+        let authenticator = await Authenticator(secret: ServerConfiguration.developmentJWTSecret, allowedOrigins: [])
+        return try await authenticator.sign(AccessToken(user: user, expires: Date().addingTimeInterval(3_600)))
+    }
+
+    /// The user's `state` from `GET /v1/me/player` on a daemon (nil when it has none).
+    static func player(port: Int, token: String) async throws -> [String: Any]? {
+        var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)/v1/me/player")!)
+        request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization")
+        let (data, _) = try await URLSession.shared.data(for: request)
+        return (try? JSONSerialization.jsonObject(with: data) as? [String: Any])?["state"] as? [String: Any]
+    }
 
     /// Stops everything; the daemons' logs stay in /tmp only with FAULT_KEEP_LOGS set.
     func tearDown() {
