@@ -109,7 +109,7 @@ let package = Package(
         .target(
             name: "DeviceSimKit",
             dependencies: [
-                "PlaybackCore", "RedisClient", "PlaybackStore",
+                "PlaybackCore",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -120,10 +120,15 @@ let package = Package(
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ]
         ),
+        // What Redis and PostgreSQL hold, for `device-sim swarm --check` and the fault tests.
+        .target(
+            name: "StoreInspection",
+            dependencies: ["DeviceSimKit", "RedisClient", "PlaybackStore", .product(name: "Logging", package: "swift-log")]
+        ),
         .executableTarget(
             name: "device-sim",
             dependencies: [
-                "DeviceSimKit", "PlaybackCore",
+                "DeviceSimKit", "StoreInspection", "PlaybackCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -143,7 +148,7 @@ let package = Package(
         .testTarget(
             name: "SyncServerTests",
             dependencies: [
-                "SyncServer", "PlaybackEngine", "PlaybackCore", "DeviceSimKit", "RedisClient", "PlaybackStore",
+                "SyncServer", "PlaybackEngine", "PlaybackCore", "DeviceSimKit", "StoreInspection", "RedisClient", "PlaybackStore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOWebSocket", package: "swift-nio"),

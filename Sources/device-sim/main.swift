@@ -2,6 +2,7 @@ import ArgumentParser
 import DeviceSimKit
 import Foundation
 import PlaybackCore
+import StoreInspection
 
 /// `device-sim`: a simulated device for people, one-shot remote commands, and a load generator.
 @main

@@ -1,4 +1,5 @@
 import DeviceSimKit
+import StoreInspection
 import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking

@@ -1,3 +1,4 @@
+import DeviceSimKit
 import Logging
 import PlaybackStore
 import RedisClient
@@ -14,11 +15,13 @@ public struct StoreInspector: Sendable {
     }
 
     public func read(users: [String]) async throws -> (redis: [String: StoredVersion]?, postgres: [String: StoredVersion]?) {
-        var redis: [String: StoredVersion]?
-        var postgres: [String: StoredVersion]?
-        if let redisURL {
-            let client = RedisClient(configuration: try RedisConfiguration(url: redisURL))
-            defer { Task { await client.shutdown() } }
+        (try await redisVersions(of: users), try await postgresVersions(of: users))
+    }
+
+    private func redisVersions(of users: [String]) async throws -> [String: StoredVersion]? {
+        guard let redisURL else { return nil }
+        let client = RedisClient(configuration: try RedisConfiguration(url: redisURL))
+        do {
             var found: [String: StoredVersion] = [:]
             try await withThrowingTaskGroup(of: (String, StoredVersion?).self) { group in
                 for user in users {
@@ -32,22 +35,29 @@ public struct StoreInspector: Sendable {
                 }
                 for try await (user, stored) in group { if let stored { found[user] = stored } }
             }
-            redis = found
+            await client.shutdown()
+            return found
+        } catch {
+            await client.shutdown()
+            throw error
         }
-        if let postgresURL {
-            var logger = Logger(label: "device-sim.check")
-            logger.logLevel = .critical
-            let store = PlaybackStore(settings: try PostgresSettings(url: postgresURL), logger: logger)
-            let running = Task { await store.run() }
-            defer { running.cancel() }
+    }
+
+    private func postgresVersions(of users: [String]) async throws -> [String: StoredVersion]? {
+        guard let postgresURL else { return nil }
+        var logger = Logger(label: "device-sim.check")
+        logger.logLevel = .critical
+        let store = PlaybackStore(settings: try PostgresSettings(url: postgresURL), logger: logger)
+        return try await withThrowingTaskGroup(of: Void.self) { pool in
+            pool.addTask { await store.run() }
+            defer { pool.cancelAll() }
             var found: [String: StoredVersion] = [:]
             for user in users {
                 if let snapshot = try await store.loadSnapshot(user: user) {
                     found[user] = StoredVersion(version: snapshot.version, epoch: snapshot.epoch)
                 }
             }
-            postgres = found
+            return found
         }
-        return (redis, postgres)
     }
 }
