@@ -76,7 +76,7 @@ let package = Package(
         .target(
             name: "SyncServer",
             dependencies: [
-                "PlaybackCore", "PlaybackEngine", "CZlib",
+                "PlaybackCore", "PlaybackEngine", "PlaybackStore", "RedisClient", "CZlib",
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),

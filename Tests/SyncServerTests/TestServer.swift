@@ -104,12 +104,12 @@ final class TestServer: Sendable {
                 redis: redisConfiguration, catalog: catalog ?? DemoCatalog.shared,
                 configuration: configuration.engine, durability: durability, logger: logger)
         }
-        let app = try await buildApplication(configuration, engine: engine, metrics: TestMetrics.registry, logger: logger) { channel in
+        // Built as the daemon builds itself, around the test's engine; the test stops it.
+        let daemon = try await buildDaemon(configuration, engine: engine, handlesSignals: false, metrics: TestMetrics.registry, logger: logger) { channel in
             portContinuation.yield(channel.localAddress?.port ?? 0)
             portContinuation.finish()
         }
-        // As the daemon runs them: the engine first, so that the server stops before it.
-        let group = ServiceGroup(configuration: .init(services: [EngineService(engine), app], logger: logger))
+        let group = daemon.group
         let task = Task { try await group.run() }
         if let redis = engine as? RedisEngine { await redis.waitUntilReady() }
         var iterator = ports.makeAsyncIterator()
