@@ -16,6 +16,15 @@ enum ServerMetrics {
         counter("playback_ws_closes_total", [("code", String(code))]).increment()
     }
 
+    /// A close the handshake sends (ours, or the peer's echoed; 1005 when it had no code).
+    static func closing(_ step: CloseHandshake.Step) {
+        switch step {
+        case .sendClose(let code, _): closed(code)
+        case .echoThenClose(let code): closed(code ?? 1005)
+        case .closeSocket, .none: break
+        }
+    }
+
     static func message(_ type: String, result: String) {
         counter("playback_messages_total", [("type", type), ("result", result)]).increment()
     }

@@ -10,7 +10,7 @@ final class EchoHandler: ChannelInboundHandler {
     typealias OutboundOut = WebSocketFrame
 
     private var assembler: FrameAssembler
-    private var closeSent = false
+    private var handshake = CloseHandshake()
     private let closeTimeout: TimeAmount
     private let deflate: PerMessageDeflate?
 
@@ -32,12 +32,13 @@ final class EchoHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !closeSent else {
+        let event = assembler.receive(unwrapInboundIn(data))
+        guard !handshake.closeSent else {
             // After our close frame, only the peer's close matters.
-            if case .close = assembler.receive(unwrapInboundIn(data)) { context.close(promise: nil) }
+            if case .close(let code, _) = event { handshake.peerClosed(code: code).perform(on: context, closeTimeout: closeTimeout) }
             return
         }
-        switch assembler.receive(unwrapInboundIn(data)) {
+        switch event {
         case .none, .pong:
             break
         case .ping(let payload):
@@ -47,20 +48,9 @@ final class EchoHandler: ChannelInboundHandler {
         case .binary(let bytes):
             echo(bytes, opcode: .binary, context: context)
         case .close(let code, _):
-            closeSent = true
-            var payload = context.channel.allocator.buffer(capacity: 2)
-            if let code { payload.writeInteger(code) }
-            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: payload)))
-                .whenComplete { _ in loopBound.value.close(promise: nil) }
+            handshake.peerClosed(code: code).perform(on: context, closeTimeout: closeTimeout)
         case .fail(let code, let reason):
-            closeSent = true
-            var payload = context.channel.allocator.buffer(capacity: 2 + reason.utf8.count)
-            payload.writeInteger(code.rawValue)
-            payload.writeString(reason)
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: payload)), promise: nil)
-            let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
-            context.eventLoop.scheduleTask(in: closeTimeout) { loopBound.value.close(promise: nil) }
+            handshake.close(code, reason: reason).perform(on: context, closeTimeout: closeTimeout)
         }
     }
 

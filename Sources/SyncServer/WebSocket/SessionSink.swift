@@ -1,0 +1,28 @@
+import NIOCore
+import PlaybackEngine
+
+/// The engine's handle on a session: hops onto the connection's event loop.
+final class SessionSink: DeviceSink {
+    let sessionID: String
+    private let handler: NIOLoopBound<SessionHandler>
+    private let eventLoop: any EventLoop
+
+    init(sessionID: String, handler: NIOLoopBound<SessionHandler>, eventLoop: any EventLoop) {
+        self.sessionID = sessionID
+        self.handler = handler
+        self.eventLoop = eventLoop
+    }
+
+    /// Always through the loop's queue, even from the loop itself: messages for one connection come
+    /// from several threads (the bus, a welcome, a regrant), and writing one at once could overtake
+    /// one queued before it (a version 4 after a version 6).
+    func send(_ message: EncodedMessage) {
+        let handler = self.handler
+        eventLoop.execute { handler.value.deliver(message) }
+    }
+
+    func close(_ code: CloseCode, reason: String) {
+        let handler = self.handler
+        eventLoop.execute { handler.value.close(code, reason) }
+    }
+}
