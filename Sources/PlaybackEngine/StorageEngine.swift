@@ -264,7 +264,7 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
     private func sweepLapsedLeases() async {
         let due: [String]
         do {
-            due = try await storage.lapsedLeases(limit: Self.sweepBatch, claimMs: Self.sweepClaimMs)
+            due = try await storage.lapsedLeases(limit: Self.sweepBatch, claimMs: Self.sweepClaimMs, marginMs: environment.timing.sweepMarginMs)
         } catch {
             environment.logger.debug("lease sweep failed", metadata: ["error": .string("\(error)")])
             return

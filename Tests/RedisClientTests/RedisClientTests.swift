@@ -144,7 +144,10 @@ struct RedisClientTests {
             try await Task.sleep(for: .milliseconds(50))
         }
         #expect(delivered, "the subscription came back after the kill")
-        try await Task.sleep(for: .milliseconds(100))
+        // Delivered to Redis's subscriber; here once the loop gets to it (seconds on a loaded machine).
+        for _ in 0..<100 where !(received.withLock { $0.contains("\(channel)=two") } && resubscribed.withLock { $0 } >= 2) {
+            try await Task.sleep(for: .milliseconds(50))
+        }
         #expect(received.withLock { $0.first } == "\(channel)=one")
         #expect(received.withLock { $0.contains("\(channel)=two") })
         #expect(resubscribed.withLock { $0 } >= 2)
@@ -162,6 +165,8 @@ struct RedisClientTests {
         } throws: { error in
             (error as? RedisError)?.code == .timeout
         }
+        // Closed by the handler on its loop right after failing the command.
+        for _ in 0..<40 where connection.isActive { try await Task.sleep(for: .milliseconds(50)) }
         #expect(!connection.isActive, "the replies can no longer be matched: the connection is closed")
     }
 

@@ -108,9 +108,10 @@ struct LeaseTests {
             await phone.drop()
             let expired = try await laptop.state(where: { $0.activeDevice == nil }, timeout: .seconds(10))
             #expect(expired.cause.op == "expired")
-            // About 1 s of play (more on a loaded machine, which notices the drop later), never the 4 s
-            // the track reached by the end of the grace period.
-            #expect((900...3_000).contains(expired.state.positionMs), "about 1 s of play, not 4 s: \(expired.state.positionMs)")
+            // About 1 s of play, never the 4 s the track reached by the end of the grace period. On a
+            // loaded machine the drop may be handled late (later position) or after the lock lapsed
+            // (then the last renewal is the moment of loss: earlier).
+            #expect((0...3_000).contains(expired.state.positionMs), "about 1 s of play, not 4 s: \(expired.state.positionMs)")
         }
     }
 

@@ -143,8 +143,8 @@ struct MultiNodeTests {
         }
         let elapsed = milliseconds(since: stopped)
         #expect(expired, "the survivor expired the lease")
-        // Grace + 1 s, plus a second for a loaded test machine.
-        #expect(elapsed <= 4_000, "expired \(elapsed) ms after the node went away")
+        // Grace + 1 s, plus two seconds for a loaded test machine.
+        #expect(elapsed <= 5_000, "expired \(elapsed) ms after the node went away")
         let state = try await survivor.engine.snapshot(user: user).state
         #expect(!state.isPlaying && state.epoch == 2 && state.positionMs < 1_500, "\(state)")
         await survivor.stop()

@@ -179,12 +179,12 @@ public final class MemoryStorage: PlaybackStorage {
         }
     }
 
-    public func lapsedLeases(limit: Int, claimMs: Int64) async throws -> [String] {
+    public func lapsedLeases(limit: Int, claimMs: Int64, marginMs: Int64) async throws -> [String] {
         let now = clock()
         var due: [String] = []
         for (user, slot) in slots.withLock({ $0 }) where due.count < limit {
             let claimed = slot.record.withLock { record -> Bool in
-                guard let lease = record.lease, lease.until <= now, record.sweepClaimedUntil <= now else { return false }
+                guard let lease = record.lease, lease.until + marginMs <= now, record.sweepClaimedUntil <= now else { return false }
                 record.sweepClaimedUntil = now + claimMs
                 return true
             }

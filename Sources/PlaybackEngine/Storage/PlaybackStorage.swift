@@ -49,9 +49,10 @@ public protocol PlaybackStorage: Sendable {
     /// Whether the lease is held, or lapsed; a lapsed one tells when the holder at `epoch` was last
     /// known connected (nil when that was not recorded).
     func leaseLapse(user: String, epoch: Int64) async throws -> LeaseLapse
-    /// Users whose lease deadline has passed, each claimed for `claimMs` so that one node sweeps
-    /// it (whichever nodes their devices were on: the node that kept the lease may be dead).
-    func lapsedLeases(limit: Int, claimMs: Int64) async throws -> [String]
+    /// Users whose lease deadline passed more than `marginMs` ago, each claimed for `claimMs` so
+    /// that one node sweeps it (whichever nodes their devices were on: the node that kept the
+    /// lease may be dead).
+    func lapsedLeases(limit: Int, claimMs: Int64, marginMs: Int64) async throws -> [String]
     /// After a sweep: the user leaves the deadlines unless somebody holds the lease again (then its
     /// deadline is put right).
     func settleLeaseDeadline(user: String) async throws

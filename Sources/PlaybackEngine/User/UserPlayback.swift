@@ -32,9 +32,14 @@ struct LeaseTiming: Sendable {
     /// How long a device stays online without a refresh; refreshed every third of it. A node that
     /// dies leaves its devices listed online (not active: that is the lease) for at most this long.
     var presenceTTLMs: Int64 { max(15_000, 3 * tickMs + 2_000) }
-    /// How long a node counts as alive after its upkeep last said so (twice per tick): a lease
-    /// whose holder is connected to a live node is that node's to take back, not to expire.
-    var nodeTTLMs: Int64 { 2 * tickMs + 500 }
+    /// How long a node counts as alive after it last said so (twice per tick): as long as a lease
+    /// it renews, so that a node starved for a while is not taken for dead before its leases
+    /// would lapse anyway. A lease whose holder is connected to a live node is that node's to take
+    /// back, not to expire.
+    var nodeTTLMs: Int64 { max(leaseTTLMs, 2 * tickMs + 500) }
+    /// How long past its deadline a lease waits for the sweep (half a tick): its own node, if only late, takes
+    /// it back first.
+    var sweepMarginMs: Int64 { tickMs / 2 }
 }
 
 /// One user's playback as this node serves it, the same for both engines: connects and the

@@ -119,8 +119,16 @@ final class SessionHandler: ChannelDuplexHandler {
     // MARK: Actions out
 
     private func run(_ actions: [SessionStateMachine.Action]) {
-        guard let context else { return }
-        for action in actions { perform(action, context: context) }
+        for action in actions {
+            if case .disconnect(let device, let kind) = action {
+                // Also once the channel is gone (a welcome that comes back after the socket closed).
+                ServerMetrics.sessions.decrement()
+                let (engine, user, sessionID) = (services.engine, user, sessionID)
+                engine.perform { await engine.disconnect(user: user, device: device, sessionID: sessionID, kind: kind) }
+            } else if let context {
+                perform(action, context: context)
+            }
+        }
     }
 
     private func perform(_ action: SessionStateMachine.Action, context: ChannelHandlerContext) {
@@ -150,10 +158,8 @@ final class SessionHandler: ChannelDuplexHandler {
             submit(message, context: context)
         case .read:
             context.read()
-        case .disconnect(let device, let kind):
-            ServerMetrics.sessions.decrement()
-            let (engine, user, sessionID) = (services.engine, user, sessionID)
-            engine.perform { await engine.disconnect(user: user, device: device, sessionID: sessionID, kind: kind) }
+        case .disconnect:
+            break  // see `run`
         case .countRateLimited:
             ServerMetrics.message("any", result: "rate_limited")
         case .countMalformed(let code):

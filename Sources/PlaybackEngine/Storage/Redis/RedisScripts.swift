@@ -157,11 +157,11 @@ enum RedisScripts {
         return {redis.call('EXISTS', KEYS[1]), redis.call('HGET', KEYS[2], 'seen')}
         """
 
-    /// Claims up to ARGV[2] users whose lease deadline has passed, for ARGV[1] ms (their score moves
-    /// past the claim, so other nodes skip them meanwhile). KEYS: lease deadlines.
+    /// Claims up to ARGV[2] users whose lease deadline passed more than ARGV[3] ms ago, for ARGV[1]
+    /// ms (their score moves past the claim, so other nodes skip them meanwhile). KEYS: lease deadlines.
     static let sweep = deadlines + """
         local now = now_ms()
-        local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+        local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]), 'LIMIT', 0, tonumber(ARGV[2]))
         for _, user in ipairs(due) do redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), user) end
         return due
         """

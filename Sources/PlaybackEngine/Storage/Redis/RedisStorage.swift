@@ -218,9 +218,9 @@ public final class RedisStorage: PlaybackStorage {
         return .lapsed(seen: parts[1].string.flatMap { LeaseHolder.seen(in: $0, epoch: epoch) })
     }
 
-    public func lapsedLeases(limit: Int, claimMs: Int64) async throws -> [String] {
+    public func lapsedLeases(limit: Int, claimMs: Int64, marginMs: Int64) async throws -> [String] {
         let reply = try await redis.evaluate(
-            sweepScript, keys: [RedisKeys.leaseDeadlines], arguments: [.integer(claimMs), .integer(Int64(limit))])
+            sweepScript, keys: [RedisKeys.leaseDeadlines], arguments: [.integer(claimMs), .integer(Int64(limit)), .integer(marginMs)])
         return (reply.array ?? []).compactMap(\.string)
     }
 
