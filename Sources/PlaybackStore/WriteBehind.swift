@@ -19,7 +19,7 @@ public final class WriteBehind: Sendable {
         public var maxPendingDevices = 100_000
         public var batchSize = 1_000
         public var tickMs: Int64 = 100
-        public var maxBackoffMs: Int64 = 5_000
+        public var maxBackoffMs: Int64 = 2_000
 
         public init() {}
     }
