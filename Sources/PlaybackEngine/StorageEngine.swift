@@ -50,7 +50,7 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
             clock: clock, logger: logger, nodeID: nodeID, work: work)
         storage.attach(
             onFrame: { [weak self] user, frame in self?.route(frame, to: user) },
-            onResubscribed: { [weak self] in self?.resubscribed() })
+            onResubscribed: { [weak self] users in self?.resubscribed(users) })
     }
 
     /// Waits until the storage's bus is up (`run()` connects it), at most a few seconds; then
@@ -210,8 +210,10 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
 
     /// After the bus came back, frames may have been lost: every local user re-reads its state and
     /// sends it to its devices when it is newer than what they saw.
-    private func resubscribed() {
-        for user in environment.fanouts.users {
+    /// The bus may have lost frames of these users (nil: of all): their devices catch up.
+    private func resubscribed(_ users: [String]?) {
+        let local = Set(environment.fanouts.users)
+        for user in users.map({ $0.filter(local.contains) }) ?? Array(local) {
             perform { await self.user(user).recover() }
         }
     }

@@ -5,11 +5,14 @@ import NIOCore
 struct RedisRequest {
     var bytes: ByteBuffer
     var promise: EventLoopPromise<RESPValue>
+    /// False for a command whose answer comes as a push (`SUNSUBSCRIBE` on a sharded pub/sub
+    /// connection): the promise completes once it is written.
+    var expectsReply = true
 }
 
 /// Matches replies to commands: hiredis's reader parses what `channelRead` receives, and each
 /// reply completes the oldest pending promise (Redis answers in order, so pipelining is free).
-/// Pub/sub messages are not replies and go to `onPush`. When the connection ends, every pending
+/// Pub/sub messages (the kinds in `pushKinds`) are not replies and go to `onPush`. When the connection ends, every pending
 /// command fails with `connectionClosed`.
 ///
 /// Timeouts: every pending command carries its deadline, and one timer per connection looks at
@@ -28,13 +31,15 @@ final class RedisChannelHandler: ChannelDuplexHandler {
     private let parser = RESPParser()
     private var pending = Deque<Pending>()
     private let onPush: (@Sendable (RESPValue) -> Void)?
+    private let pushKinds: Set<String>
     private let timeout: TimeAmount
     private var failure: RedisError?
     private var timer: RepeatedTask?
 
-    init(timeoutMs: Int64, onPush: (@Sendable (RESPValue) -> Void)?) {
+    init(timeoutMs: Int64, onPush: (@Sendable (RESPValue) -> Void)?, pushKinds: Set<String> = RedisChannelHandler.messageKinds) {
         self.timeout = .milliseconds(timeoutMs)
         self.onPush = onPush
+        self.pushKinds = pushKinds
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -60,6 +65,17 @@ final class RedisChannelHandler: ChannelDuplexHandler {
             promise?.fail(failure)
             return
         }
+        guard request.expectsReply else {
+            let written = promise ?? context.eventLoop.makePromise()
+            written.futureResult.whenComplete { result in
+                switch result {
+                case .success: request.promise.succeed(.simpleString("OK"))
+                case .failure(let error): request.promise.fail(RedisError(.connectionClosed, "the command was not sent: \(error)"))
+                }
+            }
+            context.write(wrapOutboundOut(request.bytes), promise: written)
+            return
+        }
         pending.append(Pending(promise: request.promise, deadline: .now() + timeout))
         context.write(wrapOutboundOut(request.bytes), promise: promise)
     }
@@ -68,7 +84,7 @@ final class RedisChannelHandler: ChannelDuplexHandler {
         parser.feed(unwrapInboundIn(data))
         do {
             while let reply = try parser.next() {
-                if let onPush, Self.isPush(reply) {
+                if let onPush, Self.kind(of: reply).map(pushKinds.contains) == true {
                     onPush(reply)
                 } else if let oldest = pending.popFirst() {
                     oldest.promise.succeed(reply)
@@ -107,8 +123,14 @@ final class RedisChannelHandler: ChannelDuplexHandler {
 
     /// `["message", channel, payload]`, `["pmessage", pattern, channel, payload]` and
     /// `["smessage", channel, payload]` on a subscribed connection.
-    static func isPush(_ reply: RESPValue) -> Bool {
-        guard case .array(let parts) = reply, let kind = parts.first?.string else { return false }
-        return kind == "message" || kind == "pmessage" || kind == "smessage"
+    static let messageKinds: Set<String> = ["message", "pmessage", "smessage"]
+
+    /// On a sharded pub/sub connection also `["sunsubscribe", channel, count]`: Redis sends it by
+    /// itself when the channel's slot moved away (a migration, a failover).
+    static let shardedKinds = messageKinds.union(["sunsubscribe"])
+
+    static func kind(of reply: RESPValue) -> String? {
+        guard case .array(let parts) = reply, parts.count >= 3, let kind = parts.first?.string else { return nil }
+        return kind
     }
 }

@@ -35,6 +35,12 @@ public final class RedisClient: Sendable {
         try await connection().send(arguments)
     }
 
+    /// Sends a command without a task; the reply comes as is (error replies included).
+    public func sendRawFuture(_ arguments: [RedisArgument]) -> EventLoopFuture<RESPValue> {
+        if let connection = connectedConnection { return connection.sendRawFuture(arguments) }
+        return connectionFuture().flatMap { $0.sendRawFuture(arguments) }
+    }
+
     /// Runs a Lua script by its SHA, loading it first (and again after NOSCRIPT, e.g. when
     /// Redis restarted or its script cache was flushed). Error replies throw.
     public func evaluate(_ script: RedisScript, keys: [String], arguments: [RedisArgument]) async throws -> RESPValue {
@@ -96,7 +102,7 @@ public final class RedisClient: Sendable {
 
     /// The current connection as a future: connected, or the connect in progress (one for all
     /// callers), or a new one; fails fast while backing off after a failed connect.
-    private func connectionFuture() -> EventLoopFuture<RedisConnection> {
+    func connectionFuture() -> EventLoopFuture<RedisConnection> {
         let loop = group.any()
         let decision: Result<(future: EventLoopFuture<RedisConnection>, started: Bool), RedisError> = state.withLock { state in
             if state.closed { return .failure(RedisError(.unavailable, "the client is shut down")) }

@@ -17,16 +17,16 @@ public final class RedisConnection: Sendable {
 
     public static func connect(
         _ configuration: RedisConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        onPush: (@Sendable (RESPValue) -> Void)? = nil
+        onPush: (@Sendable (RESPValue) -> Void)? = nil, pushKinds: Set<String>? = nil
     ) async throws -> RedisConnection {
-        try await connectFuture(configuration, group: group, onPush: onPush).get()
+        try await connectFuture(configuration, group: group, onPush: onPush, pushKinds: pushKinds).get()
     }
 
     /// Connects and says who it is (AUTH, SELECT, CLIENT SETNAME) without a task: the future
     /// completes on the connection's event loop.
     public static func connectFuture(
         _ configuration: RedisConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        onPush: (@Sendable (RESPValue) -> Void)? = nil
+        onPush: (@Sendable (RESPValue) -> Void)? = nil, pushKinds: Set<String>? = nil
     ) -> EventLoopFuture<RedisConnection> {
         ClientBootstrap(group: group)
             .connectTimeout(.milliseconds(configuration.connectTimeoutMs))
@@ -34,7 +34,8 @@ public final class RedisConnection: Sendable {
             .channelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
-                        RedisChannelHandler(timeoutMs: configuration.commandTimeoutMs, onPush: onPush))
+                        RedisChannelHandler(
+                            timeoutMs: configuration.commandTimeoutMs, onPush: onPush, pushKinds: pushKinds ?? RedisChannelHandler.messageKinds))
                 }
             }
             .connect(host: configuration.host, port: configuration.port)
@@ -87,6 +88,29 @@ public final class RedisConnection: Sendable {
             promise.fail(RedisError(.connectionClosed, "the command was not sent: \(error)"))
         }
         return promise.futureResult
+    }
+
+    /// `ASKING` and the command, back to back (nothing else between them on this connection):
+    /// the reply of the command, as is.
+    func sendAskingFuture(_ arguments: [RedisArgument]) -> EventLoopFuture<RESPValue> {
+        let loop = channel.eventLoop
+        if loop.inEventLoop {
+            let asking = sendRawFuture(["ASKING"])
+            let reply = sendRawFuture(arguments)
+            return asking.and(reply).map { $0.1 }
+        }
+        return loop.flatSubmit { self.sendAskingFuture(arguments) }
+    }
+
+    /// Writes a command whose answer arrives as a push (see `RedisRequest.expectsReply`).
+    func sendWithoutReply(_ arguments: [RedisArgument]) -> EventLoopFuture<Void> {
+        var bytes = channel.allocator.buffer(capacity: 64)
+        RESPEncoder.encode(arguments, into: &bytes)
+        let promise = channel.eventLoop.makePromise(of: RESPValue.self)
+        channel.writeAndFlush(RedisRequest(bytes: bytes, promise: promise, expectsReply: false)).whenFailure { error in
+            promise.fail(RedisError(.connectionClosed, "the command was not sent: \(error)"))
+        }
+        return promise.futureResult.map { _ in }
     }
 
     public func close() async {

@@ -20,7 +20,9 @@ public struct StoreInspector: Sendable {
 
     private func redisVersions(of users: [String]) async throws -> [String: StoredVersion]? {
         guard let redisURL else { return nil }
-        let client = RedisClient(configuration: try RedisConfiguration(url: redisURL))
+        let configuration = try RedisConfiguration(url: redisURL)
+        let client: any RedisCommands =
+            configuration.isCluster ? RedisClusterClient(configuration: configuration) : RedisClient(configuration: configuration)
         do {
             var found: [String: StoredVersion] = [:]
             try await withThrowingTaskGroup(of: (String, StoredVersion?).self) { group in

@@ -7,6 +7,9 @@ repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 data_dir=${PLAYBACK_DATA_DIR:-$repo_root/.data}
 REDIS_PORT=${REDIS_PORT:-6390}
 POSTGRES_PORT=${POSTGRES_PORT:-5440}
+# A Redis Cluster of 3 masters and 3 replicas on REDIS_CLUSTER_PORT .. +5 (start_redis_cluster).
+REDIS_CLUSTER_PORT=${REDIS_CLUSTER_PORT:-7100}
+REDIS_CLUSTER_NODE_TIMEOUT_MS=${REDIS_CLUSTER_NODE_TIMEOUT_MS:-2000}
 started_services=()
 
 wait_for() { # wait_for SECONDS DESCRIPTION COMMAND...
@@ -31,6 +34,53 @@ start_redis() {
     wait_for 10 redis redis-cli -p "$REDIS_PORT" ping
     started_services+=(redis)
     echo "services: redis on port $REDIS_PORT"
+}
+
+cluster_ports() { seq "$REDIS_CLUSTER_PORT" $((REDIS_CLUSTER_PORT + 5)); }
+
+cluster_ok() { # every node answers and says the cluster is ok, with 3 replicas in place
+    local port
+    for port in $(cluster_ports); do
+        redis-cli -p "$port" cluster info 2>/dev/null | grep -q "cluster_state:ok" || return 1
+    done
+    [ "$(redis-cli -p "$REDIS_CLUSTER_PORT" cluster nodes 2>/dev/null | grep -c slave)" -eq 3 ]
+}
+
+start_cluster_node() { # start_cluster_node PORT
+    local dir="$data_dir/redis-cluster/$1"
+    mkdir -p "$dir"
+    redis-server --port "$1" --bind 127.0.0.1 --dir "$dir" --daemonize yes \
+        --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" --save "" --appendonly no \
+        --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" \
+        --cluster-node-timeout "$REDIS_CLUSTER_NODE_TIMEOUT_MS" >/dev/null
+    wait_for 10 "redis cluster node $1" redis-cli -p "$1" ping
+}
+
+# A local Redis Cluster (3 masters, 3 replicas) with data under .data/redis-cluster; exports
+# PLAYBACK_REDIS_CLUSTER_URL. Nodes that are already running are kept; a cluster that does not
+# come back to `cluster_state:ok` from its saved configuration is created anew (its data is lost).
+start_redis_cluster() {
+    local seeds port saved=false
+    seeds=$(cluster_ports | head -3 | sed 's/^/127.0.0.1:/' | paste -sd, -)
+    export PLAYBACK_REDIS_CLUSTER_URL="redis+cluster://$seeds"
+    if cluster_ok; then
+        echo "services: redis cluster already running on ports $REDIS_CLUSTER_PORT-$((REDIS_CLUSTER_PORT + 5))"
+        return
+    fi
+    [ -f "$data_dir/redis-cluster/$REDIS_CLUSTER_PORT/nodes.conf" ] && saved=true
+    for port in $(cluster_ports); do
+        redis-cli -p "$port" ping >/dev/null 2>&1 || start_cluster_node "$port"
+    done
+    started_services+=(redis-cluster)
+    if ! { $saved && wait_for 15 "redis cluster (saved configuration)" cluster_ok 2>/dev/null; }; then
+        for port in $(cluster_ports); do redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; done
+        sleep 0.5
+        rm -rf "$data_dir/redis-cluster"
+        for port in $(cluster_ports); do start_cluster_node "$port"; done
+        redis-cli --cluster create $(cluster_ports | sed 's/^/127.0.0.1:/') --cluster-replicas 1 --cluster-yes >/dev/null
+        wait_for 30 "redis cluster" cluster_ok
+    fi
+    echo "services: redis cluster on ports $REDIS_CLUSTER_PORT-$((REDIS_CLUSTER_PORT + 5)) ($PLAYBACK_REDIS_CLUSTER_URL)"
 }
 
 postgres_bin() { echo "$(pg_config --bindir 2>/dev/null || ls -d /usr/lib/postgresql/*/bin | tail -1)"; }
@@ -81,6 +131,7 @@ stop_services() {
     for service in "${started_services[@]}"; do
         case $service in
         redis) redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true ;;
+        redis-cluster) for port in $(cluster_ports); do redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; done ;;
         postgres) as_postgres "$(postgres_bin)/pg_ctl" -D "$(postgres_data_dir)" -m fast -w stop >/dev/null 2>&1 || true ;;
         esac
     done

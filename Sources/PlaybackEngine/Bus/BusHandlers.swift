@@ -7,9 +7,10 @@ import Synchronization
 /// thunks; read once per frame, the chain grew until the stack overflowed.
 final class BusHandlers: Sendable {
     let frame: @Sendable (_ user: String, _ frame: BusMessage) -> Void
-    let resubscribed: @Sendable () -> Void
+    /// Frames of these users (nil: of every user) may have been lost.
+    let resubscribed: @Sendable (_ users: [String]?) -> Void
 
-    init(frame: @escaping @Sendable (String, BusMessage) -> Void, resubscribed: @escaping @Sendable () -> Void) {
+    init(frame: @escaping @Sendable (String, BusMessage) -> Void, resubscribed: @escaping @Sendable ([String]?) -> Void) {
         self.frame = frame
         self.resubscribed = resubscribed
     }

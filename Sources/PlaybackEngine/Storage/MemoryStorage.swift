@@ -58,7 +58,7 @@ public final class MemoryStorage: PlaybackStorage {
         bus.current?.frame(user, frame)
     }
 
-    public func attach(onFrame: @escaping @Sendable (String, BusMessage) -> Void, onResubscribed: @escaping @Sendable () -> Void) {
+    public func attach(onFrame: @escaping @Sendable (String, BusMessage) -> Void, onResubscribed: @escaping @Sendable (_ users: [String]?) -> Void) {
         bus.current = BusHandlers(frame: onFrame, resubscribed: onResubscribed)
     }
 

@@ -9,7 +9,7 @@ import NIOCore
 public protocol PlaybackStorage: Sendable {
     /// Where the frames of the users this node subscribes to go, and who hears that frames may
     /// have been lost (the bus reconnected). Set once, before `run`.
-    func attach(onFrame: @escaping @Sendable (_ user: String, BusMessage) -> Void, onResubscribed: @escaping @Sendable () -> Void)
+    func attach(onFrame: @escaping @Sendable (_ user: String, BusMessage) -> Void, onResubscribed: @escaping @Sendable (_ users: [String]?) -> Void)
     /// Keeps the bus connected until cancelled or shut down (returns at once when there is
     /// nothing to keep).
     func run() async

@@ -1,5 +1,7 @@
 import Foundation
 import NIOCore
+import RedisClient
+
 /// One user's keys. All carry the hash tag `{u:<id>}`, so Redis Cluster keeps a user in one slot
 /// and the commit script may touch them together.
 ///
@@ -14,12 +16,22 @@ import NIOCore
 /// | `rest:{u:ID}` | hash, PX | the user's REST token bucket (`tokens`, `at`), shared by every node |
 /// | channel `ev:{u:ID}` | pub/sub | committed changes, device lists, replacements |
 /// | `lease-deadlines` | sorted set | user id, scored by when its lease lapses (Redis time, ms): every node sweeps it |
+/// | `lease-deadlines:{ld:N}` | sorted set | on a Redis Cluster, the same in 16 buckets (N = the user's slot mod 16), spread over the masters |
 /// | `node:<id>` | string, PX TTL | present while the node is alive (refreshed by its upkeep) |
 struct RedisKeys {
     static func node(_ id: String) -> String { "node:\(id)" }
 
     /// The one key shared by all users: when each lease lapses, for the sweep.
     static let leaseDeadlines = "lease-deadlines"
+
+    /// On a Redis Cluster the deadlines are kept in this many buckets, each in a slot of its own,
+    /// so that no one master takes every renewal.
+    static let deadlineBuckets = 16
+
+    static func leaseDeadlines(bucket: Int) -> String { "lease-deadlines:{ld:\(bucket)}" }
+
+    /// The bucket of `user`'s deadline on a cluster.
+    var deadlineBucket: String { Self.leaseDeadlines(bucket: HashSlot.of(tag) % Self.deadlineBuckets) }
 
     let user: String
 
@@ -45,11 +57,19 @@ struct RedisKeys {
 
 /// The Lua scripts of the Redis engine.
 enum RedisScripts {
+    /// A script as it runs on a Redis Cluster: publishing to the user's shard channel, whose
+    /// subscribers are at the master of the user's slot (`PUBLISH` would reach every node).
+    static func sharded(_ source: String) -> String {
+        source.replacingOccurrences(of: "redis.call('PUBLISH',", with: "redis.call('SPUBLISH',")
+    }
+
     /// Lua for the scripts that move a lease's deadline in `lease-deadlines`: Redis's clock in ms
-    /// (one clock for every node's sweep), and a user's deadline `ms` from now.
+    /// (one clock for every node's sweep), and a user's deadline `ms` from now. The deadlines key
+    /// comes last in KEYS and is left out on a Redis Cluster, where it lives in another slot than
+    /// the user's keys: there `RedisStorage` moves the deadline itself, before the script.
     private static let deadlines = """
         local function now_ms() local t = redis.call('TIME'); return t[1] * 1000 + math.floor(t[2] / 1000) end
-        local function lapse_in(key, ms, user) redis.call('ZADD', key, now_ms() + tonumber(ms), user) end
+        local function lapse_in(key, ms, user) if key then redis.call('ZADD', key, now_ms() + tonumber(ms), user) end end
 
         """
 
@@ -60,7 +80,7 @@ enum RedisScripts {
     /// nothing, confirms the version and remembers the answer.
     /// A user remembers at most a capacity of request ids inside the window (`reqs:{u:ID}` lists
     /// them by when they leave it): a new id beyond that is refused, never an old one forgotten early.
-    /// KEYS: pb, lock, req, lease deadlines, reqs. ARGV: expected version, remember (0, or the
+    /// KEYS: pb, lock, req, reqs, lease deadlines (left out on a cluster). ARGV: expected version, remember (0, or the
     /// capacity of remembered ids), answer JSON, answer TTL ms, mode (commit|confirm); for commit
     /// also: new version, new epoch, state JSON, lease op (keep|set|del), lock value, lock TTL ms,
     /// channel, frame head, user.
@@ -73,9 +93,9 @@ enum RedisScripts {
           local known = redis.call('GET', KEYS[3])
           if known then return {2, known} end
           local now = now_ms()
-          redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
-          if redis.call('ZCARD', KEYS[5]) >= tonumber(ARGV[2]) then
-            local oldest = redis.call('ZRANGE', KEYS[5], 0, 0, 'WITHSCORES')
+          redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+          if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[2]) then
+            local oldest = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
             return {3, math.max(1, tonumber(oldest[2]) - now)}
           end
         end
@@ -85,21 +105,21 @@ enum RedisScripts {
         if ARGV[5] ~= 'commit' then
           if remember then
             redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[4])
-            lapse_in(KEYS[5], ARGV[4], KEYS[3])
+            lapse_in(KEYS[4], ARGV[4], KEYS[3])
           end
           return {1, version}
         end
         redis.call('HSET', KEYS[1], 'version', ARGV[6], 'epoch', ARGV[7], 'state', ARGV[8])
         if ARGV[9] == 'set' then
           redis.call('SET', KEYS[2], ARGV[10], 'PX', ARGV[11])
-          lapse_in(KEYS[4], ARGV[11], ARGV[14])
+          lapse_in(KEYS[5], ARGV[11], ARGV[14])
         elseif ARGV[9] == 'del' then
           redis.call('DEL', KEYS[2])
-          redis.call('ZREM', KEYS[4], ARGV[14])
+          if KEYS[5] then redis.call('ZREM', KEYS[5], ARGV[14]) end
         end
         if remember then
           redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
-          lapse_in(KEYS[5], ARGV[4], KEYS[3])
+          lapse_in(KEYS[4], ARGV[4], KEYS[3])
         end
         redis.call('PUBLISH', ARGV[12], ARGV[13] .. ARGV[8])
         return {1, tonumber(ARGV[6])}
@@ -173,7 +193,7 @@ enum RedisScripts {
         """
 
     /// After a sweep: the user's deadline follows the lock if it is held again, else it is removed.
-    /// KEYS: lock, lease deadlines. ARGV: user.
+    /// KEYS: lock, lease deadlines. ARGV: user. (On a cluster `RedisStorage` does this in two steps.)
     static let settle = deadlines + """
         local ttl = redis.call('PTTL', KEYS[1])
         if ttl > 0 then

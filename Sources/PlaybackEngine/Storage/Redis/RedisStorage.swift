@@ -1,22 +1,31 @@
 import Foundation
 import Logging
+import Metrics
 import NIOCore
 import RedisClient
 import Synchronization
 
 /// The storage of the multi-node engine: each user's keys in Redis (`RedisKeys`, one hash tag per
 /// user), one Lua script per operation (`RedisScripts`), the user's pub/sub channel as the bus.
+///
+/// On a Redis Cluster (`redis+cluster://`) every script still touches one user's slot only: the
+/// channel is a shard channel (`SPUBLISH` in the scripts, `SSUBSCRIBE` at the slot's master), and
+/// the lease deadlines, which the sweep reads across users, live in buckets of their own that this
+/// type moves before the script that takes or keeps a lease (so a node that dies in between leaves
+/// a deadline for the sweep to check, never a lease nobody sweeps).
 public final class RedisStorage: PlaybackStorage {
-    let redis: RedisClient
-    let subscriber: RedisSubscriber
+    let redis: any RedisCommands
+    let subscriber: any RedisPubSub
+    /// True on a Redis Cluster.
+    let clustered: Bool
     private let logger: Logger
     private let handlers: BusHandlers.Slot
 
-    private let commandScript = RedisScript(RedisScripts.command)
-    private let renewScript = RedisScript(RedisScripts.renew)
-    private let restoreScript = RedisScript(RedisScripts.restore)
-    private let joinScript = RedisScript(RedisScripts.join)
-    private let leaveScript = RedisScript(RedisScripts.leave)
+    private let commandScript: RedisScript
+    private let renewScript: RedisScript
+    private let restoreScript: RedisScript
+    private let joinScript: RedisScript
+    private let leaveScript: RedisScript
     private let presenceScript = RedisScript(RedisScripts.presence)
     private let takeScript = RedisScript(RedisScripts.take)
     private let lapseScript = RedisScript(RedisScripts.lapse)
@@ -31,24 +40,62 @@ public final class RedisStorage: PlaybackStorage {
         var pubsub = configuration
         pubsub.clientName = "playback-syncd:\(nodeID):pubsub"
         self.logger = logger
-        self.redis = RedisClient(configuration: commands, logger: logger)
+        clustered = configuration.isCluster
+        let publishing: (String) -> RedisScript = { source in RedisScript(configuration.isCluster ? RedisScripts.sharded(source) : source) }
+        commandScript = publishing(RedisScripts.command)
+        renewScript = publishing(RedisScripts.renew)
+        restoreScript = publishing(RedisScripts.restore)
+        joinScript = publishing(RedisScripts.join)
+        leaveScript = publishing(RedisScripts.leave)
         // Frames go where `start` says (the subscriber is made before it).
         let handlers = BusHandlers.Slot()
         self.handlers = handlers
-        self.subscriber = RedisSubscriber(
-            configuration: pubsub, logger: logger, onResubscribed: { handlers.current?.resubscribed() },
-            onMessage: { channel, payload in
-                guard let user = RedisKeys.user(ofChannel: channel) else { return }
-                do {
-                    let frame = try BusMessage(decoding: payload)
-                    handlers.current?.frame(user, frame)
-                } catch {
-                    logger.error("undecodable bus message", metadata: ["user.id": .string(user), "error": .string("\(error)")])
-                }
-            })
+        let onMessage: RedisSubscriber.MessageHandler = { channel, payload in
+            guard let user = RedisKeys.user(ofChannel: channel) else { return }
+            do {
+                let frame = try BusMessage(decoding: payload)
+                handlers.current?.frame(user, frame)
+            } catch {
+                logger.error("undecodable bus message", metadata: ["user.id": .string(user), "error": .string("\(error)")])
+            }
+        }
+        if configuration.isCluster {
+            let cluster = RedisClusterClient(configuration: commands, logger: logger)
+            redis = cluster
+            var shards = cluster
+            if pubsub.clientName != commands.clientName { shards = RedisClusterClient(configuration: pubsub, logger: logger) }
+            subscriber = RedisShardedSubscriber(
+                cluster: shards, logger: logger,
+                onResubscribed: { channels in handlers.current?.resubscribed(channels.compactMap(RedisKeys.user(ofChannel:))) },
+                onMessage: onMessage)
+        } else {
+            redis = RedisClient(configuration: commands, logger: logger)
+            subscriber = RedisSubscriber(
+                configuration: pubsub, logger: logger, onResubscribed: { handlers.current?.resubscribed(nil) }, onMessage: onMessage)
+        }
     }
 
-    public func attach(onFrame: @escaping @Sendable (String, BusMessage) -> Void, onResubscribed: @escaping @Sendable () -> Void) {
+    /// The KEYS tail of the scripts that move a lease's deadline: the one set on a single Redis,
+    /// nothing on a cluster (`indexLease` moves it there).
+    private var deadlineKeys: [String] { clustered ? [] : [RedisKeys.leaseDeadlines] }
+
+    /// On a cluster: the user's lease deadline `ms` from now in its bucket, before the script that
+    /// takes or keeps the lease. A failure is logged and counted, not thrown: the next renewal
+    /// moves it again, and the nodes with the user's devices check the lease themselves.
+    private func indexLease(user: String, ms: Int64) -> EventLoopFuture<Void> {
+        redis.evaluateFuture(deferScript, keys: [RedisKeys(user: user).deadlineBucket], arguments: [.integer(ms), .string(user)])
+            .map { reply in
+                if case .error(let message) = reply { self.indexFailed(user: user, message) }
+            }
+            .recover { error in self.indexFailed(user: user, "\(error)") }
+    }
+
+    private func indexFailed(user: String, _ message: String) {
+        Counter(label: "playback_lease_index_failures_total").increment()
+        logger.warning("lease deadline not indexed", metadata: ["user.id": .string(user), "error": .string(message)])
+    }
+
+    public func attach(onFrame: @escaping @Sendable (String, BusMessage) -> Void, onResubscribed: @escaping @Sendable ([String]?) -> Void) {
         handlers.current = BusHandlers(frame: onFrame, resubscribed: onResubscribed)
     }
 
@@ -59,10 +106,10 @@ public final class RedisStorage: PlaybackStorage {
 
     public func waitUntilReady(timeout: Duration) async -> Bool {
         if await subscriber.waitUntilConnected(timeout: timeout) {
-            logger.info("redis engine started", metadata: ["redis.host": .string(redis.configuration.host)])
+            logger.info("redis engine started", metadata: ["redis": .string(redis.endpoint)])
             return true
         }
-        logger.error("redis unreachable at start; serving and retrying", metadata: ["redis.host": .string(redis.configuration.host)])
+        logger.error("redis unreachable at start; serving and retrying", metadata: ["redis": .string(redis.endpoint)])
         return false
     }
 
@@ -123,9 +170,17 @@ public final class RedisStorage: PlaybackStorage {
         } else {
             arguments.append("confirm")
         }
-        redis.evaluateFuture(
-            commandScript, keys: [keys.playback, keys.lock, keys.request(call.requestID ?? "-"), RedisKeys.leaseDeadlines, keys.requests],
-            arguments: arguments)
+        let scriptArguments = arguments
+        let scriptKeys = [keys.playback, keys.lock, keys.request(call.requestID ?? "-"), keys.requests] + deadlineKeys
+        if clustered, case .set(_, let ttlMs) = call.change?.lease {
+            // The deadline first: a node that dies between the two leaves one to sweep.
+            indexLease(user: user, ms: ttlMs).whenComplete { _ in
+                self.redis.evaluateFuture(self.commandScript, keys: scriptKeys, arguments: scriptArguments)
+                    .whenComplete { result in completion(result.flatMap(Self.commandReply)) }
+            }
+            return
+        }
+        redis.evaluateFuture(commandScript, keys: scriptKeys, arguments: arguments)
             .whenComplete { result in completion(result.flatMap(Self.commandReply)) }
     }
 
@@ -194,18 +249,22 @@ public final class RedisStorage: PlaybackStorage {
 
     public func takeLease(user: String, holder: String, epoch: Int64, ttlMs: Int64, seen: Int64) async throws -> Bool {
         let keys = RedisKeys(user: user)
+        if clustered { try await indexLease(user: user, ms: ttlMs).get() }
         return try await redis.evaluate(
-            takeScript, keys: [keys.playback, keys.lock, RedisKeys.leaseDeadlines],
+            takeScript, keys: [keys.playback, keys.lock] + deadlineKeys,
             arguments: [.string(holder), .integer(epoch), .integer(ttlMs), .integer(seen), .string(user)]
         ).int == 1
     }
 
     public func renewLease(user: String, holder: String, epoch: Int64, ttlMs: Int64, seen: Int64) async throws -> Bool {
         let keys = RedisKeys(user: user)
-        return try await redis.evaluate(
-            renewScript, keys: [keys.lock, keys.playback, RedisKeys.leaseDeadlines],
+        let indexed = clustered ? indexLease(user: user, ms: ttlMs) : nil
+        let renewed = try await redis.evaluate(
+            renewScript, keys: [keys.lock, keys.playback] + deadlineKeys,
             arguments: [.string(holder), .integer(ttlMs), .integer(epoch), .integer(seen), .string(user)]
         ).int == 1
+        try await indexed?.get()
+        return renewed
     }
 
     public func leaseLapse(user: String, epoch: Int64) async throws -> LeaseLapse {
@@ -219,13 +278,31 @@ public final class RedisStorage: PlaybackStorage {
     }
 
     public func lapsedLeases(limit: Int, claimMs: Int64, marginMs: Int64) async throws -> [String] {
-        let reply = try await redis.evaluate(
-            sweepScript, keys: [RedisKeys.leaseDeadlines], arguments: [.integer(claimMs), .integer(Int64(limit)), .integer(marginMs)])
-        return (reply.array ?? []).compactMap(\.string)
+        let arguments: [RedisArgument] = [.integer(claimMs), .integer(Int64(max(1, limit))), .integer(marginMs)]
+        guard clustered else {
+            let reply = try await redis.evaluate(sweepScript, keys: [RedisKeys.leaseDeadlines], arguments: arguments)
+            return (reply.array ?? []).compactMap(\.string)
+        }
+        // Every bucket, side by side; a bucket whose master is failing over waits for the next sweep.
+        let replies = (0..<RedisKeys.deadlineBuckets).map { bucket in
+            redis.evaluateFuture(sweepScript, keys: [RedisKeys.leaseDeadlines(bucket: bucket)], arguments: arguments)
+        }
+        var due: [String] = []
+        var failure: (any Error)?
+        for reply in replies {
+            do {
+                due += (try await reply.get().array ?? []).compactMap(\.string)
+            } catch {
+                failure = error
+            }
+        }
+        if due.isEmpty, let failure { throw failure }
+        return due
     }
 
     public func deferLeaseSweep(user: String, ms: Int64) async throws {
-        _ = try await redis.evaluate(deferScript, keys: [RedisKeys.leaseDeadlines], arguments: [.integer(ms), .string(user)])
+        let key = clustered ? RedisKeys(user: user).deadlineBucket : RedisKeys.leaseDeadlines
+        _ = try await redis.evaluate(deferScript, keys: [key], arguments: [.integer(ms), .string(user)])
     }
 
     public func markAlive(node: String, ttlMs: Int64) async throws {
@@ -241,13 +318,25 @@ public final class RedisStorage: PlaybackStorage {
     }
 
     public func settleLeaseDeadline(user: String) async throws {
-        _ = try await redis.evaluate(settleScript, keys: [RedisKeys(user: user).lock, RedisKeys.leaseDeadlines], arguments: [.string(user)])
+        let keys = RedisKeys(user: user)
+        guard clustered else {
+            _ = try await redis.evaluate(settleScript, keys: [keys.lock, RedisKeys.leaseDeadlines], arguments: [.string(user)])
+            return
+        }
+        // The lock and the bucket are in different slots: the TTL read first, then the bucket moved.
+        let ttl = try await redis.send(["PTTL", .string(keys.lock)]).int ?? -2
+        if ttl > 0 {
+            _ = try await redis.evaluate(deferScript, keys: [keys.deadlineBucket], arguments: [.integer(ttl), .string(user)])
+        } else {
+            _ = try await redis.send(["ZREM", .string(keys.deadlineBucket), .string(user)])
+        }
     }
 
     public func restore(user: String, playback: Playback, holder: String?, ttlMs: Int64, frame: BusMessage?) async throws -> Bool {
         let keys = RedisKeys(user: user)
+        if clustered, holder != nil { try await indexLease(user: user, ms: ttlMs).get() }
         let reply = try await redis.evaluate(
-            restoreScript, keys: [keys.playback, keys.lock, RedisKeys.leaseDeadlines],
+            restoreScript, keys: [keys.playback, keys.lock] + deadlineKeys,
             arguments: [
                 .integer(playback.version), .integer(playback.epoch), .bytes(ByteBuffer(bytes: PlaybackJSON.encode(playback))),
                 .string(holder ?? ""), .integer(ttlMs), .string(keys.channel), frame.map { .bytes($0.encoded()) } ?? .string(""),
