@@ -80,7 +80,7 @@ struct BusHandlersTests {
     @Test func handlersReadAMillionTimesStillCallStraightThrough() {
         let slot = BusHandlers.Slot()
         let calls = Mutex(0)
-        slot.current = BusHandlers(frame: { _, _ in calls.withLock { $0 += 1 } }, resubscribed: {})
+        slot.current = BusHandlers(frame: { _, _ in calls.withLock { $0 += 1 } }, resubscribed: { _ in })
         for _ in 0..<1_000_000 { _ = slot.current }
         slot.current?.frame("u", BusMessage(devices: []))
         #expect(calls.withLock { $0 } == 1)
