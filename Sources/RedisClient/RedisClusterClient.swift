@@ -151,6 +151,7 @@ public final class RedisClusterClient: RedisCommands {
             configuration.host = address.host
             configuration.port = address.port
             configuration.clusterSeeds = nil
+            configuration.database = 0  // the only one a cluster has
             let client = RedisClient(configuration: configuration, group: group, logger: logger)
             state.nodes[address] = client
             return client

@@ -216,11 +216,17 @@ public final class MemoryStorage: PlaybackStorage {
         }
     }
 
-    public func restore(user: String, playback: Playback, holder: String?, ttlMs: Int64, frame: BusMessage?) async throws -> Bool {
+    public func restore(
+        user: String, playback: Playback, holder: String?, ttlMs: Int64, frame: BusMessage?, replacing: Int64?
+    ) async throws -> Bool {
         withRecord(user) { record, now in
-            guard record.playback == nil else { return (false, nil) }
+            guard record.playback?.version == replacing else { return (false, nil) }
             record.playback = playback
-            if let holder { record.lease = (holder, now + ttlMs) }
+            if let holder {
+                record.lease = (holder, now + ttlMs)
+            } else if replacing != nil {
+                record.lease = nil
+            }
             return (true, frame)
         }
     }

@@ -65,9 +65,10 @@ public protocol PlaybackStorage: Sendable {
     /// entry names a session), if that node is alive.
     func liveNode(of device: String, user: String) async throws -> String?
 
-    /// Puts a restored playback in place if the user still has none, the lease to `holder`, and
-    /// `frame` on the bus; false when some node restored or committed first.
-    func restore(user: String, playback: Playback, holder: String?, ttlMs: Int64, frame: BusMessage?) async throws -> Bool
+    /// Puts a restored playback in place if the user still has none (or, with `replacing`, still
+    /// has that version: the storage went back in time), the lease to `holder` (none: no lease),
+    /// and `frame` on the bus; false when some node restored or committed first.
+    func restore(user: String, playback: Playback, holder: String?, ttlMs: Int64, frame: BusMessage?, replacing: Int64?) async throws -> Bool
 
     /// Takes one of the user's REST requests from a token bucket every node shares (`rate` per
     /// second, `burst`): nil when taken, else the ms until one is. A storage that serves one node
@@ -137,5 +138,12 @@ public enum LeaseHolder {
         let parts = record.split(separator: "|")
         guard parts.count == 2, Int64(parts[0]) == epoch else { return nil }
         return Int64(parts[1])
+    }
+}
+
+extension PlaybackStorage {
+    /// Restores a user the storage has no state of.
+    func restore(user: String, playback: Playback, holder: String?, ttlMs: Int64, frame: BusMessage?) async throws -> Bool {
+        try await restore(user: user, playback: playback, holder: holder, ttlMs: ttlMs, frame: frame, replacing: nil)
     }
 }

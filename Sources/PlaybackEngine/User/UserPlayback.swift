@@ -289,7 +289,11 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
                     retryAfterMs: retryAfterMs)))
             case .success(.conflict(let current, let json)):
                 Counter(label: "playback_commit_conflicts_total").increment()
-                if let current {
+                if let current, let fanout, Self.wentBack(current, seen: fanout.highWater) {
+                    // Older than what this node saw: the next try loads it and restores above.
+                    fanout.forgetCache()
+                    attempt(submission, cause: cause, number: number + 1, finish: finish)
+                } else if let current {
                     fanout?.remember(current, json: json)
                     let latest = fanout?.cached()?.directory ?? directory
                     run(submission, on: current, directory: latest, cause: cause, number: number + 1, finish: finish)
@@ -483,20 +487,49 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
     }
 
     private func loadPlayback() async throws -> Playback {
-        if let playback = try await storage.loadPlayback(user: userID) { return playback }
-        return try await restorePlayback()
+        guard let playback = try await storage.loadPlayback(user: userID) else { return try await restorePlayback() }
+        if let seen = environment.fanouts.highWater(of: userID, now: now), Self.wentBack(playback, seen: (seen.epoch, seen.version)) {
+            return try await restorePlayback(replacing: playback)
+        }
+        return playback
+    }
+
+    /// True when the stored playback is older than what this node saw of the user: the storage
+    /// went back in time (a Redis failover that lost acknowledged writes, a restart from an old
+    /// dump). Epochs and versions only ever rise in storage, so this is never a race.
+    static func wentBack(_ stored: Playback, seen: (epoch: Int64, version: Int64)) -> Bool {
+        stored.epoch < seen.epoch || stored.version < seen.version
     }
 
     /// The storage has no state for the user: a new user, or it lost it (a Redis restart without
-    /// persistence, a flush, eviction; a new process of the memory engine). Puts back the snapshot
-    /// from PostgreSQL with a raised epoch and version (see `Durability.restore`), tells the
-    /// user's devices, and reads again.
-    private func restorePlayback() async throws -> Playback {
+    /// persistence, a flush, eviction; a new process of the memory engine); or, with `replacing`,
+    /// it holds an older state than this node saw. Puts back the newest of the PostgreSQL
+    /// snapshot and the stored state, with an epoch and version raised above everything seen
+    /// (see `Durability.restore`), tells the user's devices, and reads again.
+    private func restorePlayback(replacing stale: Playback? = nil) async throws -> Playback {
+        if let stale {
+            // A read answered before a commit whose frame came first looks the same: read again.
+            if let again = try await storage.loadPlayback(user: userID), (again.epoch, again.version) != (stale.epoch, stale.version) {
+                return again
+            }
+            Counter(label: "playback_storage_regressions_total").increment()
+            logger.warning("stored playback older than seen here; restoring above", metadata: [
+                "stored.epoch": .stringConvertible(stale.epoch), "stored.version": .stringConvertible(stale.version),
+            ])
+        }
         try await registerLocalDevices()
         let restored: Playback
         var frame: BusMessage?
         let now = self.now
         var outcome = await environment.durability.restore(user: userID, now: now)
+        if let stale {
+            switch outcome {
+            case .fresh:
+                outcome = .unknown(stale)
+            case .snapshot(let playback), .unknown(let playback):
+                if (playback.epoch, playback.version) < (stale.epoch, stale.version) { outcome = .unknown(stale) }
+            }
+        }
         if let mark = environment.fanouts.highWater(of: userID, now: now) {
             // Above everything this node saw handed out, even without PostgreSQL (invariants 1 and
             // 3): by the time since it saw it, as a snapshot of that age would be.
@@ -528,7 +561,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
         }
         _ = try await storage.restore(
             user: userID, playback: restored, holder: restored.activeDevice == nil ? nil : LeaseHolder.value(of: restored),
-            ttlMs: timing.leaseTTLMs, frame: frame)
+            ttlMs: timing.leaseTTLMs, frame: frame, replacing: stale?.version)
         guard let playback = try await storage.loadPlayback(user: userID) else {
             throw PlaybackError(.internal, "playback of \(userID) vanished right after it was restored")
         }

@@ -125,17 +125,24 @@ enum RedisScripts {
         return {1, tonumber(ARGV[6])}
         """
 
-    /// Puts a restored playback back into an empty slot (Redis lost it) and announces it; does
-    /// nothing if some node restored or committed meanwhile.
+    /// Puts a restored playback back into an empty slot (Redis lost it), or over the version in
+    /// ARGV[9] (Redis went back in time: a failover lost acknowledged writes), and announces it;
+    /// does nothing if some node restored or committed meanwhile.
     /// KEYS: pb, lock, lease deadlines. ARGV: version, epoch, state JSON, lock value ('' for
-    /// none), lock TTL ms, channel, message JSON ('' for none), user. Returns 1 when restored, 0
-    /// when the slot was taken.
+    /// none), lock TTL ms, channel, message JSON ('' for none), user, replaced version ('' for
+    /// none). Returns 1 when restored, 0 when the slot was taken.
     static let restore = deadlines + """
-        if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+        if ARGV[9] == '' then
+          if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+        elseif tonumber(redis.call('HGET', KEYS[1], 'version') or '-1') ~= tonumber(ARGV[9]) then
+          return 0
+        end
         redis.call('HSET', KEYS[1], 'version', ARGV[1], 'epoch', ARGV[2], 'state', ARGV[3])
         if ARGV[4] ~= '' then
           redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[5])
           lapse_in(KEYS[3], ARGV[5], ARGV[8])
+        elseif ARGV[9] ~= '' then
+          redis.call('DEL', KEYS[2])
         end
         if ARGV[7] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
         return 1

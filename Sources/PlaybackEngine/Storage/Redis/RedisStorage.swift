@@ -332,7 +332,9 @@ public final class RedisStorage: PlaybackStorage {
         }
     }
 
-    public func restore(user: String, playback: Playback, holder: String?, ttlMs: Int64, frame: BusMessage?) async throws -> Bool {
+    public func restore(
+        user: String, playback: Playback, holder: String?, ttlMs: Int64, frame: BusMessage?, replacing: Int64?
+    ) async throws -> Bool {
         let keys = RedisKeys(user: user)
         if clustered, holder != nil { try await indexLease(user: user, ms: ttlMs).get() }
         let reply = try await redis.evaluate(
@@ -340,7 +342,7 @@ public final class RedisStorage: PlaybackStorage {
             arguments: [
                 .integer(playback.version), .integer(playback.epoch), .bytes(ByteBuffer(bytes: PlaybackJSON.encode(playback))),
                 .string(holder ?? ""), .integer(ttlMs), .string(keys.channel), frame.map { .bytes($0.encoded()) } ?? .string(""),
-                .string(user),
+                .string(user), replacing.map { .integer($0) } ?? .string(""),
             ])
         return reply.int == 1
     }
