@@ -247,7 +247,7 @@ enum ListenPorts {
         return min(high + 1, 64_000)...65_000
     }
 
-    private static func isFree(_ port: Int) -> Bool {
+    static func isFree(_ port: Int) -> Bool {
         let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard descriptor >= 0 else { return false }
         defer { close(descriptor) }
