@@ -49,4 +49,51 @@ struct ClusterFailoverTests {
             print("fault Redis Cluster master killed: \(report.invariants.commands.lost) acknowledged commands lost to asynchronous replication")
         }
     }
+
+    /// The deployment example as a user would start it (scripts/deploy-cluster: three daemons on
+    /// the local cluster behind HAProxy), loaded through the proxy by a swarm of devices.
+    @Test func theHAProxyDeploymentServesASwarm() async throws {
+        let proxy = try ListenPorts.pick()
+        let first = try ListenPorts.pick()
+        let log = "/tmp/playback-deploy-\(proxy).log"
+        // The script takes consecutive ports from --first-port: check they are free too.
+        try #require((1..<3).allSatisfy { ListenPorts.isFree(first + $0) }, "ports after \(first) are free")
+        let script = try ChildProcess(
+            "/bin/bash",
+            [FaultCluster.root.appendingPathComponent("scripts/deploy-cluster").path, "--binary", FaultCluster.binary,
+             "--proxy-port", String(proxy), "--first-port", String(first)],
+            output: log)
+        defer {
+            script.signal(SIGTERM)
+            _ = script.wait(seconds: 30)
+        }
+        var ready = false
+        for _ in 0..<600 where script.isRunning {
+            if (try? runProgram("/usr/bin/curl", ["-sf", "-m", "1", "http://127.0.0.1:\(proxy)/readyz"]))?.code == 0 {
+                ready = true
+                break
+            }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+        let startLog = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        try #require(ready, "the deployment came up: \(startLog.suffix(2_000))")
+
+        var options = Swarm.Options(servers: [ServerAddress(host: "127.0.0.1", port: proxy)])
+        options.users = 20
+        options.devicesPerUser = 4
+        options.rate = 100
+        options.durationSeconds = 4
+        options.reportMs = 400
+        let report = try await Swarm(options: options).run()
+        #expect(report.invariants.commands.acked > 300, "\(report.invariants.text)")
+        #expect(report.invariants.total == 0, "\(report.invariants.text)")
+        #expect(report.devicesWelcomed == 80)
+        // leastconn spread the devices over the three daemons.
+        for port in first..<(first + 3) {
+            let metrics = try runProgram("/usr/bin/curl", ["-sf", "-m", "2", "http://127.0.0.1:\(port)/metrics"]).output
+            let upgrades = metrics.split(separator: "\n").first { $0.hasPrefix("playback_ws_upgrades_total") }
+            #expect(upgrades.flatMap { $0.split(separator: " ").last.flatMap { Double($0) } } ?? 0 > 0, "daemon on \(port) got devices")
+        }
+        print("deploy: HAProxy + 3 daemons on the cluster: \(report.invariants.commands.acked) commands acked, invariants \(report.invariants.total)")
+    }
 }
