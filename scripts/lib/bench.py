@@ -64,10 +64,10 @@ class Process:
         return round(100 * (self.cpu_seconds() - start) / seconds, 1)
 
 
-def start_daemon(extra=()):
+def start_daemon(extra=(), redis=None):
     port = free_port()
     daemon = subprocess.Popen(
-        [str(daemon_bin), "--port", str(port), "--engine", "redis", "--redis-url", redis_url, "--log-level", "error",
+        [str(daemon_bin), "--port", str(port), "--engine", "redis", "--redis-url", redis or redis_url, "--log-level", "error",
          "--messages-per-second", "1000", "--max-devices-per-user", "1000", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=raise_nofile)
     for _ in range(200):
@@ -161,19 +161,26 @@ def established(port):
     return count
 
 
-def run_load(users, rate, duration, mix=None, processes=2, extra=(), light=False):
-    daemon, port = start_daemon(extra)
+def run_load(users, rate, duration, mix=None, processes=2, extra=(), light=False, redis=None, watch=()):
+    """`watch`: other processes (Redis masters) whose CPU over the run goes into the result."""
+    daemon, port = start_daemon(extra, redis=redis)
     process = Process(daemon.pid)
     try:
         cpu_start, wall_start = process.cpu_seconds(), time.time()
+        watched = [(pid, Process(pid).cpu_seconds()) for pid in watch]
         runs = [swarm(port, u, r, duration, mix=mix, source=sources[i % len(sources)], light=light)
                 for i, (u, r) in enumerate(zip(split(users, processes), split(rate, processes)))]
         reports = [collect(run) for run in runs]
-        cpu = round(100 * (process.cpu_seconds() - cpu_start) / (time.time() - wall_start), 1)
+        wall = time.time() - wall_start
+        cpu = round(100 * (process.cpu_seconds() - cpu_start) / wall, 1)
+        watched_cpu = [round(100 * (Process(pid).cpu_seconds() - start) / wall, 1) for pid, start in watched]
         rss = process.rss_kb()
     finally:
         stop(daemon)
-    return merge(reports, cpu, rss)
+    merged = merge(reports, cpu, rss)
+    if watch:
+        merged["redis_cpu_percent"] = watched_cpu
+    return merged
 
 
 def merge(reports, cpu, rss):
@@ -358,11 +365,75 @@ def command_purpose(name, words):
         prefix, "reads (connect, REST, recovery)")
 
 
+def cluster():
+    """The Redis engine on a Redis Cluster of 1 master and of 3 masters (no replicas, made here on
+    ports of their own), the same daemon and load: commands/s, p99 command → last device, and the
+    CPU of the daemon and of each master, at rising rates."""
+    rates = [100] if quick else [2000, 5000, 10000]
+    users = 25 if quick else 2500
+    seconds = 3 if quick else 15
+    result = {"users": users, "devices_per_user": 4, "runs": []}
+    for masters in (1, 3):
+        ports, directory = make_cluster(masters)
+        try:
+            url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
+            pids = [int(subprocess.run(["redis-cli", "-p", str(p), "info", "server"], capture_output=True, text=True).stdout
+                        .split("process_id:")[1].split()[0]) for p in ports]
+            for rate in rates:
+                run = run_load(users, rate, seconds, processes=1 if quick else 2, redis=url, watch=pids)
+                result["runs"].append({"masters": masters, "offered_rate": rate, **run})
+                print(f"bench: cluster {masters} master(s) {rate}/s: {run['throughput_per_second']}/s, "
+                      f"p99 {run['commandToLastDevice']['p99']} ms, daemon {run['daemon_cpu_percent']} %, "
+                      f"redis {run['redis_cpu_percent']} %", file=sys.stderr)
+        finally:
+            for port in ports:
+                subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
+            shutil.rmtree(directory, ignore_errors=True)
+    return result
+
+
+def make_cluster(masters):
+    """A cluster of `masters` masters on free ports, the slots split evenly (CLUSTER ADDSLOTSRANGE)."""
+    ports = []
+    while len(ports) < masters:
+        port = free_port()
+        if port + 10000 < 65536 and port not in ports:
+            with socket.socket() as probe:
+                try:
+                    probe.bind(("127.0.0.1", port + 10000))
+                except OSError:
+                    continue
+            ports.append(port)
+    directory = pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / f"playback-bench-cluster-{ports[0]}"
+    for port in ports:
+        node = directory / str(port)
+        node.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node), "--daemonize", "yes",
+                        "--save", "", "--appendonly", "no", "--cluster-enabled", "yes",
+                        "--cluster-config-file", str(node / "nodes.conf"), "--logfile", str(node / "redis.log")], check=True)
+    for _ in range(100):
+        if all(subprocess.run(["redis-cli", "-p", str(p), "ping"], capture_output=True).returncode == 0 for p in ports):
+            break
+        time.sleep(0.1)
+    bounds = [round(16384 * i / masters) for i in range(masters + 1)]
+    for index, port in enumerate(ports):
+        subprocess.run(["redis-cli", "-p", str(port), "cluster", "addslotsrange", str(bounds[index]), str(bounds[index + 1] - 1)],
+                       check=True, capture_output=True)
+        if index:
+            subprocess.run(["redis-cli", "-p", str(port), "cluster", "meet", "127.0.0.1", str(ports[0])], check=True, capture_output=True)
+    for _ in range(300):
+        if all("cluster_state:ok" in subprocess.run(["redis-cli", "-p", str(p), "cluster", "info"], capture_output=True,
+                                                    text=True).stdout for p in ports):
+            return ports, directory
+        time.sleep(0.1)
+    raise SystemExit("bench: the cluster did not come up")
+
+
 # A state event with a four-entry-context player state is about this long on the wire.
 state_message_bytes = 620
 
 scenarios = {"connections": connections, "throughput": throughput, "latency": latency, "transfer": transfer,
-             "reconnect": reconnect, "reference": reference, "versus": versus}
+             "reconnect": reconnect, "reference": reference, "versus": versus, "cluster": cluster}
 chosen = args or list(scenarios)
 unknown = [name for name in chosen if name not in scenarios]
 if unknown:
@@ -394,6 +465,8 @@ else:
         runs = result if isinstance(result, list) else [result]
         if name == "versus":
             runs = [row["daemon"] for row in result["rows"]] + [row["nchan"] for row in result["rows"]]
+        if name == "cluster":
+            runs = result["runs"]
         for run in runs:
             if run.get("skipped"):
                 continue
