@@ -39,13 +39,15 @@ public final class RedisShardedSubscriber: RedisPubSub {
 
     private let state = Mutex(State())
 
+    /// `cluster` tells where the slots are; `configuration` (credentials, client name, timeouts)
+    /// is that of the subscriber's own connections (the cluster's, when nil).
     public init(
-        cluster: RedisClusterClient, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
+        cluster: RedisClusterClient, configuration: RedisConfiguration? = nil, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
         logger: Logger = Logger(label: "playback.redis.pubsub"), onResubscribed: @escaping @Sendable ([String]) -> Void = { _ in },
         onMessage: @escaping MessageHandler
     ) {
         self.cluster = cluster
-        self.configuration = cluster.configuration
+        self.configuration = configuration ?? cluster.configuration
         self.group = group
         self.logger = logger
         self.onMessage = onMessage
@@ -60,13 +62,20 @@ public final class RedisShardedSubscriber: RedisPubSub {
         state.withLock { state in (state.subscribedAt.count, Set(state.subscribedAt.values).count) }
     }
 
-    /// Adds a channel and subscribes it at its master (waits for Redis to confirm when it can).
+    /// Adds a channel and subscribes it at its master, waiting for Redis to confirm. When that
+    /// cannot be done at once (no connection to the master yet, a moved slot), the next round
+    /// subscribes it and reports it through `onResubscribed`, since messages may be missed until then.
     public func subscribe(_ channel: String) async throws {
         state.withLock { _ = $0.wanted.insert(channel) }
-        guard let topology = cluster.topology, let owner = topology.master(of: channel) else { return wake() }
-        let link = state.withLock { $0.links[owner] }
-        guard let link, link.isActive else { return wake() }
-        try await subscribe([channel], at: owner, on: link)
+        if let owner = cluster.topology?.master(of: channel), let link = try? await link(to: owner),
+            (try? await subscribe([channel], at: owner, on: link)) != nil
+        {
+            return
+        }
+        state.withLock { state in
+            if state.wanted.contains(channel), state.subscribedAt[channel] == nil { state.lost.insert(channel) }
+        }
+        wake()
     }
 
     public func unsubscribe(_ channel: String) async throws {
@@ -216,14 +225,32 @@ public final class RedisShardedSubscriber: RedisPubSub {
                     onMessage(channel, payload)
                 }
             }, pushKinds: RedisChannelHandler.shardedKinds)
-        let stopped = state.withLock { state in
-            state.links[address]?.channel.close(promise: nil)
+        let (chosen, stopped) = state.withLock { state -> (RedisConnection, Bool) in
+            // Another caller connected meanwhile: one link per master.
+            if let existing = state.links[address], existing.isActive { return (existing, state.stopped) }
+            // A link that closed and was not yet noticed: its channels are lost.
+            if state.links[address] != nil { Self.drop(&state, linkAt: address) }
             state.links[address] = connection
-            return state.stopped
+            return (connection, state.stopped)
+        }
+        guard chosen === connection else {
+            connection.channel.close(promise: nil)
+            return chosen
         }
         if stopped { connection.channel.close(promise: nil) }
         connection.channel.closeFuture.whenComplete { [weak self] _ in self?.closed(connection, at: address) }
         return connection
+    }
+
+    /// Forgets the link to a master: the channels subscribed there are lost until subscribed again.
+    @discardableResult
+    private static func drop(_ state: inout State, linkAt address: RedisNodeAddress) -> Int {
+        state.links[address] = nil
+        let channels = state.subscribedAt.filter { $0.value == address }.map(\.key)
+        for channel in channels { state.subscribedAt[channel] = nil }
+        state.lost.formUnion(channels.filter(state.wanted.contains))
+        state.refreshMap = true
+        return channels.count
     }
 
     /// Redis ended a subscription by itself: the slot moved.
@@ -247,12 +274,7 @@ public final class RedisShardedSubscriber: RedisPubSub {
     private func closed(_ connection: RedisConnection, at address: RedisNodeAddress) {
         let lost = state.withLock { state -> Int in
             guard state.links[address] === connection else { return 0 }
-            state.links[address] = nil
-            let channels = state.subscribedAt.filter { $0.value == address }.map(\.key)
-            for channel in channels { state.subscribedAt[channel] = nil }
-            state.lost.formUnion(channels.filter(state.wanted.contains))
-            state.refreshMap = true
-            return channels.count
+            return Self.drop(&state, linkAt: address)
         }
         guard !state.withLock({ $0.stopped }) else { return }
         logger.warning("redis shard pub/sub connection lost", metadata: ["redis.node": .string(address.description), "channels": .stringConvertible(lost)])

@@ -145,6 +145,31 @@ if "versus" in results:
             + "; by name: " + ", ".join(f"{k} {n}" for k, n in sorted(rc["by_name"].items(), key=lambda kv: -kv[1])) + ".")
     add("")
 
+if "cluster" in results:
+    c = results["cluster"]["result"]
+    add("## Redis Cluster: 1 master against 3")
+    add("")
+    add(f"Measured {results['cluster']['measured_at']} (`scripts/bench cluster`): one daemon, {c['users']} users x "
+        f"{c['devices_per_user']} devices, the default command mix, on a Redis Cluster of one master and then of three "
+        "(no replicas), everything on this machine's two cores. See docs/redis-cluster.md for what it shows.")
+    add("")
+    add("| masters | offered/s | answered/s | → last device p50 / p90 / p99 / p99.9 / max (ms) | reached every device | daemon CPU % | CPU % of each master |")
+    add("|---|---|---|---|---|---|---|")
+    for run in c["runs"]:
+        add(f"| {run['masters']} | {run['offered_rate']} | {run['throughput_per_second']} | {pct(run['commandToLastDevice'])} | "
+            f"{reached(run)} | {run['daemon_cpu_percent']} | {' / '.join(str(x) for x in run.get('redis_cpu_percent', []))} |")
+    if c.get("light_runs"):
+        add("")
+        add(f"The command path alone, as in the side-by-side with nchan: {c['light_users']} users x 4 devices, the light "
+            "client, `seek` commands.")
+        add("")
+        add("| masters | offered/s | answered/s | → last device p50 / p90 / p99 / p99.9 / max (ms) | reached every device | daemon CPU % | CPU % of each master |")
+        add("|---|---|---|---|---|---|---|")
+        for run in c["light_runs"]:
+            add(f"| {run['masters']} | {run['offered_rate']} | {run['throughput_per_second']} | {pct(run['commandToLastDevice'])} | "
+                f"{reached(run)} | {run['daemon_cpu_percent']} | {' / '.join(str(x) for x in run.get('redis_cpu_percent', []))} |")
+    add("")
+
 analysis = root / "docs/bench/analysis.md"
 if analysis.exists():
     add(analysis.read_text().rstrip())

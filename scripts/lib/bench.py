@@ -368,11 +368,14 @@ def command_purpose(name, words):
 def cluster():
     """The Redis engine on a Redis Cluster of 1 master and of 3 masters (no replicas, made here on
     ports of their own), the same daemon and load: commands/s, p99 command → last device, and the
-    CPU of the daemon and of each master, at rising rates."""
+    CPU of the daemon and of each master, at rising rates; with the throughput scenario's load
+    (2,500 users, the full client) and with the versus scenario's (250 users, light client, seeks)."""
     rates = [100] if quick else [2000, 5000, 10000]
     users = 25 if quick else 2500
     seconds = 3 if quick else 15
-    result = {"users": users, "devices_per_user": 4, "runs": []}
+    light_rates = [100] if quick else [1000, 2500, 5000]
+    light_users = 25 if quick else 250
+    result = {"users": users, "devices_per_user": 4, "runs": [], "light_users": light_users, "light_runs": []}
     for masters in (1, 3):
         ports, directory = make_cluster(masters)
         try:
@@ -382,6 +385,13 @@ def cluster():
             for rate in rates:
                 run = run_load(users, rate, seconds, processes=1 if quick else 2, redis=url, watch=pids)
                 result["runs"].append({"masters": masters, "offered_rate": rate, **run})
+                print(f"bench: cluster {masters} master(s) {rate}/s: {run['throughput_per_second']}/s, "
+                      f"p99 {run['commandToLastDevice']['p99']} ms, daemon {run['daemon_cpu_percent']} %, "
+                      f"redis {run['redis_cpu_percent']} %", file=sys.stderr)
+            # The command path alone, as in `versus`: 250 users, the light client, seeks.
+            for rate in light_rates:
+                run = run_load(light_users, rate, seconds, mix="seek:1", processes=1 if quick else 2, light=True, redis=url, watch=pids)
+                result["light_runs"].append({"masters": masters, "offered_rate": rate, **run})
                 print(f"bench: cluster {masters} master(s) {rate}/s: {run['throughput_per_second']}/s, "
                       f"p99 {run['commandToLastDevice']['p99']} ms, daemon {run['daemon_cpu_percent']} %, "
                       f"redis {run['redis_cpu_percent']} %", file=sys.stderr)
@@ -466,7 +476,7 @@ else:
         if name == "versus":
             runs = [row["daemon"] for row in result["rows"]] + [row["nchan"] for row in result["rows"]]
         if name == "cluster":
-            runs = result["runs"]
+            runs = result["runs"] + result["light_runs"]
         for run in runs:
             if run.get("skipped"):
                 continue

@@ -62,10 +62,8 @@ public final class RedisStorage: PlaybackStorage {
         if configuration.isCluster {
             let cluster = RedisClusterClient(configuration: commands, logger: logger)
             redis = cluster
-            var shards = cluster
-            if pubsub.clientName != commands.clientName { shards = RedisClusterClient(configuration: pubsub, logger: logger) }
             subscriber = RedisShardedSubscriber(
-                cluster: shards, logger: logger,
+                cluster: cluster, configuration: pubsub, logger: logger,
                 onResubscribed: { channels in handlers.current?.resubscribed(channels.compactMap(RedisKeys.user(ofChannel:))) },
                 onMessage: onMessage)
         } else {
