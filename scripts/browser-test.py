@@ -8,6 +8,7 @@ Exits non-zero on any failure."""
 import json
 import pathlib
 import random
+import re
 import subprocess
 import sys
 import time
@@ -39,6 +40,7 @@ def browser():
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,1250",
                      "--disable-gpu", "--force-device-scale-factor=1"):
         options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 
 
@@ -84,6 +86,22 @@ try:
     pages = [a, b]
     sign_in(a, port, user, "page-a", "Page A")
     sign_in(b, port, user, "page-b", "Page B")
+    errors = [entry["message"] for entry in a.get_log("browser") if entry["level"] == "SEVERE"]
+    check(not errors, f"no console error on load: {errors}")
+    check(re.fullmatch(r"\d+ %", a.find_element(By.ID, "volume-value").text or "") is not None,
+          f"the volume shows its number: {a.find_element(By.ID, 'volume-value').text!r}")
+
+    # A bad token: the page says so and returns to the sign-in form (no reconnecting forever).
+    bad = browser()
+    pages.append(bad)
+    bad.get(f"http://127.0.0.1:{port}/?device=page-bad&name=Bad")
+    bad.find_element(By.ID, "token").send_keys("not.a.token")
+    bad.find_element(By.ID, "signin-button").click()
+    wait(bad, lambda d: d.find_element(By.ID, "signin").is_displayed() and d.find_element(By.ID, "signin-error").is_displayed(),
+         "a bad token returns to the sign-in form")
+    message = bad.find_element(By.ID, "signin-error").text
+    check("Signed out" in message, f"a bad token says why: {message!r}")
+    check(bad.find_element(By.ID, "connection").get_attribute("data-state") == "offline", "a bad token does not keep reconnecting")
     listed = lambda d: sorted(e.get_attribute("data-device") for e in d.find_elements(By.CSS_SELECTOR, "#devices li"))
     if not wait(a, lambda d: listed(d) == ["kitchen", "page-a", "page-b"], "Page A lists three devices", timeout=20):
         print(f"browser test: Page A lists {listed(a)}, Page B {listed(b)}; device-sim is "
@@ -94,7 +112,9 @@ try:
     a.find_element(By.CSS_SELECTOR, "#search-form button").click()
     result = wait(a, lambda d: d.find_element(By.CSS_SELECTOR, '#results li[data-track="t0042"]'), "Page A finds t0042")
     if result:
-        result.find_element(By.XPATH, "./button[text()='Play']").click()
+        play = result.find_element(By.XPATH, "./button[starts-with(text(), 'Play')]")
+        check(play.text == "Play on this browser", f"'Play' says where it plays: {play.text!r}")
+        play.click()
     wait(a, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-active") == "true", "Page A becomes the active device")
     wait(a, lambda d: "active" in device_row(d, "page-a").get_attribute("class"), "Page A marks itself active")
     wait(b, lambda d: "active" in device_row(d, "page-a").get_attribute("class"), "Page B sees Page A active")

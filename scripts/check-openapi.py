@@ -123,6 +123,19 @@ try:
         check("GET", P, P, None, None, "not-a-token", expect=401)
         check("POST", "/v1/dev/token", "/v1/dev/token", None, '{"user":"web-user"}', token, expect=200)
         check("POST", "/v1/dev/token", "/v1/dev/token", None, '{"user":"bad user!"}', token, expect=400)
+        # The original design's shape.
+        A = "/api/playback"
+        check("POST", A + "/play", A + "/play", None,
+              '{"song_id":"t0001","device_id":"speaker","context":"album:a01","position":3}', token, expect=200)
+        check("POST", A + "/play", A + "/play", None, '{"context":"no-kind"}', token, expect=400)
+        check("GET", A + "/current", A + "/current", None, None, token, expect=200)
+        check("POST", A + "/pause", A + "/pause", None, '{"device_id":"speaker","position":4}', token, expect=200)
+        check("POST", A + "/seek", A + "/seek", None, '{"song_id":"t0001","position":10}', token, expect=200)
+        check("POST", A + "/seek", A + "/seek", None, '{"song_id":"t0002","position":10}', token, expect=409)
+        check("POST", A + "/update", A + "/update", None, '{"device_id":"speaker","position":11}', token, expect=200)
+        check("POST", A + "/report", A + "/report", None, '{"device_id":"speaker","song_id":"t0001","position":12}', token, expect=200)
+        check("POST", A + "/report", A + "/report", None, '{"device_id":"phone","position":12}', token, expect=409)
+        check("POST", A + "/transfer", A + "/transfer", None, '{"device":"speaker"}', token, expect=200)
         regional = mint(user, 3600, "DE")
         check("POST", P + "/queue", P + "/queue?track_id=t0013", None, None, regional, expect=451)
 finally:

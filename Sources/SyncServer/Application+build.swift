@@ -36,10 +36,11 @@ public func buildApplication(
     OpsRoutes(engine: engine, metrics: metrics).register(on: router)
     ConnectRoute(authenticator: authenticator).register(on: router)
     WebRoutes(authenticator: authenticator, developmentTokens: configuration.usesDevelopmentSecret).register(on: router)
-    PlayerRoutes(
+    let player = PlayerRoutes(
         engine: engine, authenticator: authenticator,
-        limiter: UserRateLimiter(rate: configuration.messagesPerSecond, burst: configuration.messageBurst), logger: logger
-    ).register(on: router)
+        limiter: UserRateLimiter(rate: configuration.messagesPerSecond, burst: configuration.messageBurst), logger: logger)
+    player.register(on: router)
+    SeedRoutes(player: player).register(on: router)
 
     let tls = try configuration.tls.map(tlsConfiguration)
     return Application(

@@ -115,7 +115,7 @@ struct PlayerRoutes {
     // MARK: Plumbing
 
     /// Authenticates, rate-limits, runs `body`, and turns every failure into a JSON error.
-    private func respond(_ request: Request, _ body: (UserIdentity, inout Request) async throws -> Response) async -> Response {
+    func respond(_ request: Request, _ body: (UserIdentity, inout Request) async throws -> Response) async -> Response {
         var request = request
         let user: UserIdentity
         do throws(AuthError) {
@@ -146,6 +146,13 @@ struct PlayerRoutes {
     }
 
     private func submit(_ command: Command, user: UserIdentity, request: Request) async throws -> Response {
+        let receipt = try await run(command, user: user, request: request)
+        return try RESTResponse.json(CommandBody(version: receipt.version, entry: receipt.entry), version: receipt.version)
+    }
+
+    /// A command through the engine, as a WebSocket command goes: `Idempotency-Key` is its id,
+    /// `If-Match` its `if_version`.
+    func run(_ command: Command, user: UserIdentity, request: Request) async throws -> Receipt {
         let ifVersion = try Self.ifMatch(request.headers[.ifMatch])
         let key = request.headers[Self.idempotencyKey]
         if let key, !ProtocolInfo.isValidRequestID(key) {
@@ -157,14 +164,14 @@ struct PlayerRoutes {
         switch result {
         case .success(let receipt):
             ServerMetrics.command(command.op.rawValue, result: "ok")
-            return try RESTResponse.json(CommandBody(version: receipt.version, entry: receipt.entry), version: receipt.version)
+            return receipt
         case .failure(let error):
             ServerMetrics.command(command.op.rawValue, result: error.code.rawValue)
             throw error
         }
     }
 
-    private func snapshot(_ user: UserIdentity) async throws -> (PlayerState, [DeviceInfo]) {
+    func snapshot(_ user: UserIdentity) async throws -> (PlayerState, [DeviceInfo]) {
         try await engine.snapshot(user: user)
     }
 

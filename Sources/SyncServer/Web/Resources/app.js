@@ -101,7 +101,9 @@ function connect() {
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const ws = new WebSocket(`${scheme}://${location.host}/v1/connect?access_token=${encodeURIComponent(app.token)}`);
   app.ws = ws;
+  let opened = false;
   ws.onopen = () => {
+    opened = true;
     const hello = { type: "hello", device: app.device };
     if (app.player) hello.last_seen = { epoch: app.player.epoch, version: app.player.version };
     send(hello);
@@ -122,17 +124,51 @@ function connect() {
       app.stopped = true;
       setStatus("offline", "replaced by another tab");
     } else if (event.code === 1008 && /token/.test(event.reason)) {
-      app.stopped = true;
-      setStatus("offline", "signed out: " + event.reason);
-      $("signin").hidden = false;
+      signOut(event.reason);
     }
     render();
     if (app.stopped) return;
-    const delay = app.reconnectDelay * (0.5 + Math.random());
-    app.reconnectDelay = Math.min(app.reconnectDelay * 2, 15000);
-    setStatus("offline", `offline, reconnecting in ${Math.round(delay / 100) / 10} s`);
-    app.reconnectTimer = setTimeout(connect, delay);
+    if (!opened) {
+      // Refused before the upgrade: a bad or expired token is answered 401, which a browser does
+      // not show to WebSocket code. Ask the REST API what it thinks of the token.
+      checkToken().then((refusal) => { if (refusal) signOut(refusal); else retry(); });
+      return;
+    }
+    retry();
   };
+}
+
+async function checkToken() {
+  try {
+    const response = await fetch("/v1/me/player/devices", { headers: { Authorization: `Bearer ${app.token}` } });
+    if (response.status !== 401) return null;
+    const body = await response.json().catch(() => ({}));
+    return body.error && body.error.message ? body.error.message : "the token was refused";
+  } catch (_) {
+    return null;  // the daemon is unreachable: keep retrying
+  }
+}
+
+// The token is no good (bad, expired, revoked): back to the sign-in form, saying why.
+function signOut(reason) {
+  clearTimeout(app.reconnectTimer);
+  app.stopped = true;
+  app.token = null;
+  setStatus("offline", "signed out");
+  const error = $("signin-error");
+  error.textContent = `Signed out: ${reason}. Sign in again.`;
+  error.hidden = false;
+  $("token").value = "";
+  $("remote").hidden = true;
+  $("signin").hidden = false;
+}
+
+function retry() {
+  if (app.stopped) return;
+  const delay = app.reconnectDelay * (0.5 + Math.random());
+  app.reconnectDelay = Math.min(app.reconnectDelay * 2, 15000);
+  setStatus("offline", `offline, reconnecting in ${Math.round(delay / 100) / 10} s`);
+  app.reconnectTimer = setTimeout(connect, delay);
 }
 
 function send(message) {
@@ -155,12 +191,23 @@ async function command(op, args) {
   return answer;
 }
 
-function flash(text) {
+// One notice at a time: an error or a takeover. It fades after a while, a click dismisses it,
+// and a newer state from a command clears it, so an old notice never lingers under a new state.
+function notify(text, kind) {
   const notice = $("takeover");
   notice.textContent = text;
+  notice.dataset.kind = kind;
   notice.hidden = false;
-  notice.dataset.kind = "error";
+  clearTimeout(app.noticeTimer);
+  app.noticeTimer = setTimeout(dismissNotice, kind === "error" ? 6000 : 10000);
 }
+
+function dismissNotice() {
+  clearTimeout(app.noticeTimer);
+  $("takeover").hidden = true;
+}
+
+function flash(text) { notify(text, "error"); }
 
 // MARK: Messages
 
@@ -183,6 +230,7 @@ function handle(message) {
       app.player = { ...message.state, queue: queue || [] };
       if (message.state.active_device !== app.device.id) app.active = false;
       if (message.cause.op !== "report" && message.cause.op !== "volume") scheduleHistory();
+      if (message.cause.op !== "report" && $("takeover").dataset.kind === "error") dismissNotice();
       break;
     }
     case "lease_granted":
@@ -191,7 +239,7 @@ function handle(message) {
       app.active = true;
       if (newer(message.state)) app.player = message.state;
       app.lastReportAt = 0;
-      $("takeover").hidden = true;
+      dismissNotice();
       scheduleHistory();
       break;
     case "lease_revoked":
@@ -199,10 +247,7 @@ function handle(message) {
       app.epoch = message.epoch;
       app.active = false;
       if (message.reason === "taken_over" || message.reason === "transferred") {
-        const notice = $("takeover");
-        notice.textContent = message.message + (message.by ? ` (${deviceName(message.by)})` : "");
-        notice.dataset.kind = "takeover";
-        notice.hidden = false;
+        notify(message.message + (message.by ? ` (${deviceName(message.by)})` : ""), "takeover");
       }
       scheduleHistory();
       break;
@@ -293,7 +338,15 @@ function button(label, title, onClick, disabled) {
   return element;
 }
 
+/// "Play on Kitchen": the label follows the active device (render() keeps it current).
+function playButton(track) {
+  const element = button(`Play on ${playTargetName()}`, "Play now", () => command("play", { track_id: track.id, ...playTarget() }));
+  element.dataset.playTarget = "";
+  return element;
+}
+
 function render() {
+  for (const element of document.querySelectorAll("[data-play-target]")) element.textContent = `Play on ${playTargetName()}`;
   const p = app.player;
   const online = app.ws && app.ws.readyState === WebSocket.OPEN;
   const loaded = !!(p && p.track);
@@ -312,6 +365,7 @@ function render() {
   $("repeat").title = `Repeat: ${p ? p.repeat : "off"}`;
   $("shuffle").setAttribute("aria-pressed", p && p.shuffle ? "true" : "false");
   if (document.activeElement !== $("volume") && p) $("volume").value = p.volume;
+  $("volume-value").textContent = `${$("volume").value} %`;
   document.body.dataset.active = app.active ? "true" : "false";
 
   const devices = $("devices");
@@ -369,6 +423,8 @@ function wireControls() {
   $("repeat").addEventListener("click", () => command("repeat", { mode: REPEAT_NEXT[(app.player && app.player.repeat) || "off"] }));
   $("shuffle").addEventListener("click", () => command("shuffle", { on: !(app.player && app.player.shuffle) }));
   $("volume").addEventListener("change", (event) => command("volume", { percent: Number(event.target.value) }));
+  $("volume").addEventListener("input", (event) => { $("volume-value").textContent = `${event.target.value} %`; });
+  $("takeover").addEventListener("click", dismissNotice);
   $("progress-bar").addEventListener("click", (event) => {
     const p = app.player;
     if (!p || !p.track) return;
@@ -382,6 +438,12 @@ function wireControls() {
 /// Play resumes on the active device, or here when nobody is active.
 function playTarget() {
   return app.player && app.player.active_device ? {} : { device: app.device.id };
+}
+
+/// Where "Play" in the search results plays, for its label.
+function playTargetName() {
+  const active = app.player && app.player.active_device;
+  return active && active !== app.device.id ? deviceName(active) : "this browser";
 }
 
 async function search(event) {
@@ -400,7 +462,7 @@ async function search(event) {
     text.className = "grow";
     text.textContent = `${track.title} — ${track.artist} (${clock(track.duration_ms)})`;
     item.append(text,
-      button("Play", "Play now", () => command("play", { track_id: track.id, ...playTarget() })),
+      playButton(track),
       button("Add", "Add to the queue", () => command("queue_add", { track_id: track.id })));
     results.append(item);
   }
