@@ -208,9 +208,8 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
         perform { await self.user(user).regrant(device) }
     }
 
-    /// After the bus came back, frames may have been lost: every local user re-reads its state and
-    /// sends it to its devices when it is newer than what they saw.
-    /// The bus may have lost frames of these users (nil: of all): their devices catch up.
+    /// The bus may have lost frames of these users (nil: of all, after it reconnected): each of them
+    /// with devices here re-reads its state and sends it to them when it is newer than what they saw.
     private func resubscribed(_ users: [String]?) {
         let local = Set(environment.fanouts.users)
         for user in users.map({ $0.filter(local.contains) }) ?? Array(local) {

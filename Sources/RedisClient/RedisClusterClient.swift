@@ -99,23 +99,34 @@ public final class RedisClusterClient: RedisCommands {
         slot: Int?, attempt: Int, run: @escaping @Sendable (RedisClient) -> EventLoopFuture<RESPValue>,
         asking: @escaping @Sendable (RedisConnection) -> EventLoopFuture<RESPValue>
     ) -> EventLoopFuture<RESPValue> {
-        topologyFuture(refresh: false).flatMap { topology -> EventLoopFuture<RESPValue> in
-            let loop = self.group.any()
-            guard let address = slot.map({ topology.master(ofSlot: $0) }) ?? topology.allMasters.first else {
-                self.refreshSoon()
-                return loop.makeFailedFuture(RedisError(.unavailable, "no master serves slot \(slot ?? -1) of the cluster"))
-            }
-            return run(self.node(address))
-                .flatMapError { error in
-                    // The master may be gone (a failover): look again, and let the caller decide.
-                    self.refreshSoon()
-                    return loop.makeFailedFuture(error)
-                }
-                .flatMap { reply in
-                    guard let redirect = ClusterRedirect(reply) else { return loop.makeSucceededFuture(reply) }
-                    return self.follow(redirect, reply: reply, slot: slot, attempt: attempt, run: run, asking: asking)
-                }
+        // The map in hand: no hop through another event loop on the way to the master.
+        if let topology = state.withLock({ $0.topology }) {
+            return send(on: topology, slot: slot, attempt: attempt, run: run, asking: asking)
         }
+        return topologyFuture(refresh: false).flatMap { topology in
+            self.send(on: topology, slot: slot, attempt: attempt, run: run, asking: asking)
+        }
+    }
+
+    private func send(
+        on topology: ClusterTopology, slot: Int?, attempt: Int, run: @escaping @Sendable (RedisClient) -> EventLoopFuture<RESPValue>,
+        asking: @escaping @Sendable (RedisConnection) -> EventLoopFuture<RESPValue>
+    ) -> EventLoopFuture<RESPValue> {
+        guard let address = slot.map({ topology.master(ofSlot: $0) }) ?? topology.allMasters.first else {
+            refreshSoon()
+            return group.any().makeFailedFuture(RedisError(.unavailable, "no master serves slot \(slot ?? -1) of the cluster"))
+        }
+        let sent = run(node(address))
+        return sent
+            .flatMapError { error in
+                // The master may be gone (a failover): look again, and let the caller decide.
+                self.refreshSoon()
+                return sent.eventLoop.makeFailedFuture(error)
+            }
+            .flatMap { reply in
+                guard let redirect = ClusterRedirect(reply) else { return sent.eventLoop.makeSucceededFuture(reply) }
+                return self.follow(redirect, reply: reply, slot: slot, attempt: attempt, run: run, asking: asking)
+            }
     }
 
     private func follow(

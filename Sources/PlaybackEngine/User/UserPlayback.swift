@@ -496,7 +496,8 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
 
     /// True when the stored playback is older than what this node saw of the user: the storage
     /// went back in time (a Redis failover that lost acknowledged writes, a restart from an old
-    /// dump). Epochs and versions only ever rise in storage, so this is never a race.
+    /// dump). Epochs and versions only ever rise in storage; the one look-alike, a read answered
+    /// just before a commit whose frame arrived first, is told apart by reading again.
     static func wentBack(_ stored: Playback, seen: (epoch: Int64, version: Int64)) -> Bool {
         stored.epoch < seen.epoch || stored.version < seen.version
     }
