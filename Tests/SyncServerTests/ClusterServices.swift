@@ -26,6 +26,23 @@ final class RedisClusterProcess: Sendable {
             "/usr/bin/redis-cli", ["--cluster", "create"] + ports.map { "127.0.0.1:\($0)" } + ["--cluster-replicas", "1", "--cluster-yes"])
         guard create.code == 0 else { throw TestFailure("redis-cli --cluster create failed: \(create.output.suffix(1_000))") }
         try waitUntilHealthy(seconds: 30)
+        try waitForReplicas(seconds: 30)
+    }
+
+    /// Until each master has a replica whose link to it is up (a replica still attaching or
+    /// syncing cannot take over; a failover test would wait for nothing).
+    func waitForReplicas(seconds: Double) throws {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            let replicas = (try? nodes().filter { !$0.isMaster }) ?? []
+            let synced = replicas.filter { replica in
+                (try? runProgram("/usr/bin/redis-cli", ["-p", String(replica.port), "info", "replication"]))?.output
+                    .contains("master_link_status:up") == true
+            }
+            if synced.count == 3 { return }
+            Thread.sleep(forTimeInterval: 0.2)
+        }
+        throw TestFailure("the cluster's replicas did not all sync within \(seconds) s")
     }
 
     /// The seeds: the first three nodes.
