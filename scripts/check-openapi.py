@@ -109,6 +109,7 @@ try:
         check("PUT", P + "/seek", P + "/seek?position_ms=1000", None, None, token, expect=200)
         check("PUT", P + "/volume", P + "/volume?volume_percent=40", None, None, token, expect=200)
         check("PUT", P + "/volume", P + "/volume?volume_percent=400", None, None, token, expect=400)
+        check("PUT", P + "/volume", P + "/volume?volume_percent=30&device_id=nowhere", None, None, token, expect=404)
         check("PUT", P + "/repeat", P + "/repeat?state=track", None, None, token, expect=200)
         check("PUT", P + "/shuffle", P + "/shuffle?state=true", None, None, token, expect=200)
         check("POST", P + "/queue", P + "/queue?track_id=t0042", None, None, token, expect=200)

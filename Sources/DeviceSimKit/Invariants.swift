@@ -55,7 +55,7 @@ public struct SentCommand: Sendable {
     /// The checkable effect of a command, when it has one.
     public static func effect(of command: Command) -> Effect? {
         switch command {
-        case .volume(let percent): .volume(percent)
+        case .volume(let percent, nil): .volume(percent)
         case .pause: .playing(false)
         case .resume: .playing(true)
         case .transfer(let device, _): .activeDevice(device)

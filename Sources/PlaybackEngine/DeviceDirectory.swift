@@ -58,10 +58,17 @@ public struct DeviceDirectory: Sendable {
 
     /// The wire list, online devices first, then by name.
     public func list(activeDevice: String?) -> [DeviceInfo] {
+        var playback = Playback()
+        playback.activeDevice = activeDevice
+        return list(for: playback, volumes: false)
+    }
+
+    /// The devices with their state in `playback`: which one is active, each one's volume.
+    public func list(for playback: Playback, volumes: Bool = true) -> [DeviceInfo] {
         records.map { id, record in
             DeviceInfo(
-                id: id, name: record.name, kind: record.kind, online: record.online, active: id == activeDevice,
-                lastSeen: record.lastSeen)
+                id: id, name: record.name, kind: record.kind, online: record.online, active: id == playback.activeDevice,
+                lastSeen: record.lastSeen, volumePercent: volumes ? playback.volume(of: id) : nil)
         }.sorted { ($0.online ? 0 : 1, $0.name, $0.id) < ($1.online ? 0 : 1, $1.name, $1.id) }
     }
 }

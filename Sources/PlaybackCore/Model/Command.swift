@@ -7,7 +7,8 @@ public enum Command: Sendable, Equatable {
     case next
     case previous
     case seek(positionMs: Int64)
-    case volume(percent: Int)
+    /// The active device's volume, or `device`'s own.
+    case volume(percent: Int, device: String? = nil)
     case setRepeat(RepeatMode)
     case setShuffle(Bool)
     case queueAdd(trackID: String, at: QueuePlacement)
@@ -84,7 +85,7 @@ public enum Command: Sendable, Equatable {
 
 extension Command {
     private struct SeekArgs: Codable { var position_ms: Int64 }
-    private struct VolumeArgs: Codable { var percent: Int }
+    private struct VolumeArgs: Codable { var percent: Int; var device: String? }
     private struct RepeatArgs: Codable { var mode: RepeatMode }
     private struct ShuffleArgs: Codable { var on: Bool }
     private struct QueueAddArgs: Codable { var track_id: String; var at: QueuePlacement? }
@@ -104,7 +105,9 @@ extension Command {
         case .next: self = .next
         case .previous: self = .previous
         case .seek: self = .seek(positionMs: try args(SeekArgs.self).position_ms)
-        case .volume: self = .volume(percent: try args(VolumeArgs.self).percent)
+        case .volume:
+            let a = try args(VolumeArgs.self)
+            self = .volume(percent: a.percent, device: a.device)
         case .repeat: self = .setRepeat(try args(RepeatArgs.self).mode)
         case .shuffle: self = .setShuffle(try args(ShuffleArgs.self).on)
         case .queueAdd:
@@ -127,7 +130,7 @@ extension Command {
         case .play(let play): try container.encode(play, forKey: key)
         case .pause, .resume, .next, .previous, .queueClear: break
         case .seek(let position): try container.encode(SeekArgs(position_ms: position), forKey: key)
-        case .volume(let percent): try container.encode(VolumeArgs(percent: percent), forKey: key)
+        case .volume(let percent, let device): try container.encode(VolumeArgs(percent: percent, device: device), forKey: key)
         case .setRepeat(let mode): try container.encode(RepeatArgs(mode: mode), forKey: key)
         case .setShuffle(let on): try container.encode(ShuffleArgs(on: on), forKey: key)
         case .queueAdd(let trackID, let at):

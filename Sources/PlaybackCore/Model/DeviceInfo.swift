@@ -12,19 +12,24 @@ public struct DeviceInfo: Codable, Sendable, Hashable {
     public var active: Bool
     /// Server time (ms since the epoch) the device was last connected.
     public var lastSeen: Int64
+    /// The device's own volume (the state's `volume` for the active device); absent until the
+    /// device had one.
+    public var volumePercent: Int?
 
-    public init(id: String, name: String, kind: DeviceKind, online: Bool, active: Bool, lastSeen: Int64) {
+    public init(id: String, name: String, kind: DeviceKind, online: Bool, active: Bool, lastSeen: Int64, volumePercent: Int? = nil) {
         self.id = id
         self.name = name
         self.kind = kind
         self.online = online
         self.active = active
         self.lastSeen = lastSeen
+        self.volumePercent = volumePercent
     }
 
     enum CodingKeys: String, CodingKey {
         case id, name, kind, online, active
         case lastSeen = "last_seen"
+        case volumePercent = "volume_percent"
     }
 }
 

@@ -42,6 +42,9 @@ public struct Playback: Codable, Sendable, Equatable {
     public var contextTracks: [String: Track] = [:]
     /// The play in progress, for play history; nil when nothing is loaded.
     public var listening: Listening?
+    /// Each device's own volume, remembered across transfers (`volume` is the active device's).
+    /// nil until a volume is set or the lease moves; only devices of the user's directory.
+    public var deviceVolumes: [String: Int]?
 
     public init() {}
 
@@ -72,6 +75,11 @@ public struct Playback: Codable, Sendable, Equatable {
         return entries
     }
 
+    /// A device's volume: the state's for the active device, else the one it last had.
+    public func volume(of device: String) -> Int? {
+        device == activeDevice ? volume : deviceVolumes?[device]
+    }
+
     /// The wire view; `includeQueue: false` leaves `queue` out, as `state` events do when it did not change.
     public func playerState(includeQueue: Bool = true) -> PlayerState {
         PlayerState(
@@ -93,5 +101,6 @@ public struct Playback: Codable, Sendable, Equatable {
         case playOrder = "play_order"
         case userQueue = "user_queue"
         case nextEntry = "next_entry"
+        case deviceVolumes = "device_volumes"
     }
 }

@@ -47,6 +47,13 @@ public enum PlaybackJSON {
             out.key(entry); out.track(track)
         }
         out.close("}")
+        if let volumes = playback.deviceVolumes {
+            out.key("device_volumes"); out.open("{")
+            for (device, volume) in volumes.sorted(by: { $0.key < $1.key }) {
+                out.key(device); out.int(Int64(volume))
+            }
+            out.close("}")
+        }
         if let listening = playback.listening {
             out.key("listening"); out.open("{")
             out.key("entry"); out.string(listening.entry)

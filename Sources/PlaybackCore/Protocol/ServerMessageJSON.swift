@@ -131,6 +131,7 @@ extension JSONWriter {
             key("last_seen"); int(device.lastSeen)
             key("name"); string(device.name)
             key("online"); bool(device.online)
+            if let volume = device.volumePercent { key("volume_percent"); int(Int64(volume)) }
             close("}")
         }
         close("]")

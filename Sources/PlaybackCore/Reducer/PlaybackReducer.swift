@@ -117,9 +117,7 @@ private struct Step {
             advance(natural: false)
         case .previous: try previous()
         case .seek(let position): try seek(position)
-        case .volume(let percent):
-            guard (0...100).contains(percent) else { throw .badRequest("volume percent must be an integer from 0 to 100") }
-            state.volume = percent
+        case .volume(let percent, let device): try setVolume(percent, device: device)
         case .setRepeat(let mode): state.repeatMode = mode
         case .setShuffle(let on): setShuffle(on)
         case .queueAdd(let trackID, let at): try queueAdd(trackID: trackID, at: at)
@@ -350,9 +348,37 @@ private struct Step {
         moveLease(to: nil, reason: reason)
     }
 
+    /// The active device's volume (the state's), or a named device's own.
+    mutating func setVolume(_ percent: Int, device: String?) throws(PlaybackError) {
+        guard (0...100).contains(percent) else { throw .badRequest("volume percent must be an integer from 0 to 100") }
+        if let device, device != state.activeDevice {
+            guard env.devices[device] != nil else { throw PlaybackError(.deviceNotFound, "no device \(device)") }
+            rememberVolume(percent, of: device)
+            return
+        }
+        state.volume = percent
+        if let active = state.activeDevice { rememberVolume(percent, of: active) }
+    }
+
+    /// Keeps a device's volume; devices the user no longer has are forgotten (bounded by the directory).
+    mutating func rememberVolume(_ percent: Int, of device: String) {
+        var volumes = state.deviceVolumes ?? [:]
+        guard volumes[device] != percent else { return }
+        volumes[device] = percent
+        if !env.devices.isEmpty { volumes = volumes.filter { env.devices[$0.key] != nil || $0.key == device } }
+        state.deviceVolumes = volumes
+    }
+
     mutating func moveLease(to device: String?, reason: LeaseReason) {
         guard device != state.activeDevice else { return }
         let previous = state.activeDevice
+        // Each device keeps its own volume: the new holder plays at the one it had (a device
+        // never seen before starts at the one playing now).
+        if let previous { rememberVolume(state.volume, of: previous) }
+        if let device {
+            state.volume = state.deviceVolumes?[device] ?? state.volume
+            rememberVolume(state.volume, of: device)
+        }
         state.epoch += 1
         state.activeDevice = device
         lease = LeaseChange(epoch: state.epoch, revoked: previous, granted: device, reason: reason)

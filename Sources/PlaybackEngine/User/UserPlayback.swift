@@ -114,7 +114,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
             var directory = before
             directory.markOnline(id: device, name: hello.device.name, kind: hello.device.kind, now: now)
             directory.prune(now: now, retentionMs: configuration.deviceRetentionMs, cap: cap)
-            let devices = directory.list(activeDevice: playback.activeDevice)
+            let devices = directory.list(for: playback)
             // The cap as this node sees it, then as the storage does (atomically, across nodes).
             guard before.isOnline(device) || before.onlineCount < cap,
                 try await storage.join(
@@ -168,7 +168,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
                 left = try await storage.leave(
                     user: userID, device: device, session: sessionID,
                     entry: presence.entry(of: identity, session: nil, now: now),
-                    frame: BusMessage(devices: directory.list(activeDevice: playback.activeDevice)))
+                    frame: BusMessage(devices: directory.list(for: playback)))
                 if left {
                     fanout.remember(directory: directory)
                     environment.durability.deviceSeen(user: userID, id: device, name: identity.name, kind: identity.kind, at: now)
@@ -269,7 +269,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
                 playback: next, json: ByteBuffer(bytes: PlaybackJSON.encode(next)), lease: leaseOperation,
                 frame: BusMessage(
                     event: PlaybackEvent(transition, cause: cause).prepared,
-                    devices: transition.lease == nil ? nil : directory.list(activeDevice: next.activeDevice)))
+                    devices: transition.lease == nil && next.deviceVolumes == playback.deviceVolumes ? nil : directory.list(for: next)))
         }
         let change = proposed
         let call = CommandCall(
@@ -323,7 +323,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
     func snapshot() async throws(PlaybackError) -> (state: PlayerState, devices: [DeviceInfo]) {
         do {
             let (playback, directory) = try await gate.run { try await loadBoth() }
-            return (playback.playerState(includeQueue: true), directory.list(activeDevice: playback.activeDevice))
+            return (playback.playerState(includeQueue: true), directory.list(for: playback))
         } catch {
             throw unavailable(error)
         }

@@ -70,7 +70,9 @@ struct PlayerRoutes {
         }
         router.put("/v1/me/player/volume") { request, _ in
             await respond(request) { user, request in
-                try await submit(.volume(percent: try Self.query(request, "volume_percent", as: Int.self)), user: user, request: request)
+                let percent = try Self.query(request, "volume_percent", as: Int.self)
+                let device: String? = request.uri.queryParameters.get("device_id").map { String($0) }
+                return try await submit(.volume(percent: percent, device: device), user: user, request: request)
             }
         }
         router.put("/v1/me/player/repeat") { request, _ in

@@ -381,6 +381,9 @@ function render() {
     const kind = document.createElement("span");
     kind.className = "small";
     kind.textContent = device.online ? device.kind : `${device.kind}, offline`;
+    // Each device keeps its own volume; the active one's is the slider's.
+    const volume = isActive && p ? p.volume : device.volume_percent;
+    if (volume !== undefined) kind.textContent += `, volume ${volume} %`;
     item.append(name, kind);
     const mine = device.id === app.device.id;
     const label = mine ? "Play here" : "Transfer";
