@@ -132,7 +132,7 @@ public struct Swarm: Sendable {
                     switch summary.type {
                     case "welcome": if state.welcomedNs == nil { state.welcomedNs = ns }
                     case "ack", "error": state.answers += 1
-                    case "state": break
+                    case "state", "lease_granted", "lease_revoked": break
                     default: return
                     }
                     state.events.append(.summary(summary, ns: ns))

@@ -40,6 +40,11 @@ public struct SwarmReport: Codable, Sendable {
     public var commandToAck: Percentiles
     /// Command sent → the state it caused reached the last device of the user, ms.
     public var commandToLastDevice: Percentiles
+    /// The audible gap of a transfer, ms: the old device's last playing moment (it hears
+    /// `lease_revoked` and stops) to the new one's first (it hears `lease_granted` and starts), on
+    /// this process's clock; 0 when the new one started first. Transfers of paused playback are
+    /// left out when the messages were decoded (light runs count every handover).
+    public var transferGap: Percentiles?
     public var errors: [String: Int]
     /// The six invariants and what became of every command.
     public var invariants: InvariantReport
@@ -135,9 +140,46 @@ public struct SwarmReport: Codable, Sendable {
             errors: errors, invariants: invariants)
         report.disconnections = disconnections
         report.closeCodes = closeCodes
+        report.transferGap = transferGaps(histories)
         report.invariantViolations = invariants.total + (options.reconnect ? 0 : disconnections)
         report.stores = stored.map { Stores(redis: $0.redis, postgres: $0.postgres) }
         return report
+    }
+
+    /// Each handover's gap: every `lease_granted` (that starts playback) paired with the closest
+    /// `lease_revoked` of another device of the same user within a second.
+    static func transferGaps(_ histories: [DeviceHistory]) -> Percentiles? {
+        struct Handover {
+            var ns: UInt64
+            var device: String
+            var granted: Bool
+        }
+        var byUser: [String: [Handover]] = [:]
+        for history in histories {
+            for event in history.events {
+                switch event {
+                case .received(.leaseGranted(let grant), let ns) where grant.state.isPlaying:
+                    byUser[history.user, default: []].append(Handover(ns: ns, device: history.device, granted: true))
+                case .received(.leaseRevoked(let revoked), let ns) where revoked.reason == .transferred:
+                    byUser[history.user, default: []].append(Handover(ns: ns, device: history.device, granted: false))
+                case .summary(let summary, let ns) where summary.type == "lease_granted" || summary.type == "lease_revoked":
+                    byUser[history.user, default: []].append(Handover(ns: ns, device: history.device, granted: summary.type == "lease_granted"))
+                default:
+                    break
+                }
+            }
+        }
+        var gaps = Histogram<UInt64>(highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+        for handovers in byUser.values {
+            let revokes = handovers.filter { !$0.granted }
+            for grant in handovers where grant.granted {
+                let closest = revokes.filter { $0.device != grant.device }
+                    .min { abs(Int64(bitPattern: $0.ns &- grant.ns)) < abs(Int64(bitPattern: $1.ns &- grant.ns)) }
+                guard let revoke = closest, abs(Int64(bitPattern: revoke.ns &- grant.ns)) <= 1_000_000_000 else { continue }
+                _ = gaps.record(grant.ns > revoke.ns ? (grant.ns - revoke.ns) / 1_000 : 0)
+            }
+        }
+        return gaps.totalCount > 0 ? Percentiles(gaps) : nil
     }
 
     /// A report for people.
@@ -151,7 +193,7 @@ public struct SwarmReport: Codable, Sendable {
             users=\(users) devices/user=\(devicesPerUser) sent=\(commandsSent) answered=\(commandsAnswered) in \(durationSeconds) s \
             (\(throughputPerSecond)/s), state deliveries=\(stateDeliveries)
             \(line("command→ack", commandToAck))
-            \(line("command→last device", commandToLastDevice))
+            \(line("command→last device", commandToLastDevice))\(transferGap.map { "\n" + line("transfer gap (revoke→grant)", $0) } ?? "")
             errors: \(errorText); connections lost: \(disconnections)
             \(invariants.text)
             """

@@ -178,6 +178,14 @@ struct SessionStateMachineTests {
         if let disconnect = row.disconnect { #expect(machine.disconnectKind == disconnect) }
     }
 
+    @Test func thePongToAHeartbeatPingGivesTheRoundTrip() {
+        var machine = SessionStateMachine(settings: Self.settings, expiresAtMs: 60_000, inflates: false, nowNs: 0)
+        #expect(machine.frame(Self.frame(.pong), nowNs: 1_000_000, nowMs: 1).isEmpty, "an unsolicited pong measures nothing")
+        #expect(machine.heartbeat(nowNs: 500_000_000) == [.ping])
+        #expect(machine.frame(Self.frame(.pong), nowNs: 512_000_000, nowMs: 512) == [.roundTrip(ns: 12_000_000)])
+        #expect(machine.frame(Self.frame(.pong), nowNs: 520_000_000, nowMs: 520).isEmpty, "one measure per ping")
+    }
+
     @Test func openingArmsTheHelloDeadlineAndTheTokenExpiry() {
         let machine = SessionStateMachine(settings: Self.settings, expiresAtMs: 60_000, inflates: false, nowNs: 0)
         #expect(machine.opened(nowMs: 10_000) == [.armHelloTimer(ms: 1_000), .armExpiryTimer(ms: 50_000)])

@@ -65,6 +65,9 @@ for name, title in (("latency", "Latency at 5,000 commands/s"), ("transfer", "Tr
         add("")
         add(f"- command → ack: {pct(r['commandToAck'])}")
         add(f"- command → last device's state: {pct(r['commandToLastDevice'])}")
+        if r.get("transferGap"):
+            add(f"- the audible gap of a transfer (the old device hears `lease_revoked` and stops → the new one hears "
+                f"`lease_granted` and starts; 0 when it started first): {pct(r['transferGap'])} (n={r['transferGap']['count']})")
         add("")
 
 if "reconnect" in results:

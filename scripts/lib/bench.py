@@ -195,9 +195,10 @@ def merge(reports, cpu, rss):
         "errors": {}, "invariant_violations": sum(r["invariantViolations"] for r in reports),
         "connects_per_second": round(sum(r.get("connectsPerSecond", 0) for r in reports)),
     }
-    for key in ("commandToAck", "commandToLastDevice"):
-        worst = max(reports, key=lambda r: r[key]["p99"])[key]
-        merged[key] = worst
+    for key in ("commandToAck", "commandToLastDevice", "transferGap"):
+        measured = [r for r in reports if r.get(key)]
+        if measured:
+            merged[key] = max(measured, key=lambda r: r[key]["p99"])[key]
     # Timed commands whose state reached every device of the user, over all the generators.
     merged["complete_deliveries"] = sum(r["commandToLastDevice"]["count"] for r in reports)
     for r in reports:

@@ -251,6 +251,12 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
         let reducerEnvironment = ReducerEnvironment(
             now: now, sender: submission.device, country: submission.user.country, devices: directory.presence,
             randomSeed: UInt64.random(in: 0...UInt64.max))
+        if number == 0, case .report(let epoch, let positionMs, _, let trackID) = submission.input, epoch == playback.epoch,
+            submission.device == playback.activeDevice, trackID == playback.current?.track.id
+        {
+            // How far the holder's own position is from the server's extrapolation: sync you can see.
+            Metrics.Timer(label: "playback_report_drift_seconds").recordNanoseconds(abs(positionMs - playback.position(at: reducerEnvironment.now)) * 1_000_000)
+        }
         let outcome = Result { () throws(PlaybackError) -> Transition in
             try environment.reducer.apply(submission.input, to: playback, environment: reducerEnvironment, ifVersion: submission.ifVersion)
         }

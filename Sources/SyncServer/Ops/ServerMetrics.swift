@@ -9,6 +9,8 @@ enum ServerMetrics {
     static let upgrades = Counter(label: "playback_ws_upgrades_total")
     static let sessions = Meter(label: "playback_sessions")
     static let commandDuration = Metrics.Timer(label: "playback_command_duration_seconds")
+    /// Ping → pong per connection (each heartbeat): how far the devices are, network and client included.
+    static let roundTrip = Metrics.Timer(label: "playback_ws_round_trip_seconds")
     /// Connections closed because their TLS handshake and request head took longer than the request timeout.
     static let requestTimeouts = Counter(label: "playback_http_request_timeouts_total")
 

@@ -164,6 +164,8 @@ final class SessionHandler: ChannelDuplexHandler {
             ServerMetrics.message("any", result: "rate_limited")
         case .countMalformed(let code):
             ServerMetrics.message("malformed", result: code.rawValue)
+        case .roundTrip(let ns):
+            ServerMetrics.roundTrip.recordNanoseconds(Int64(clamping: ns))
         }
     }
 

@@ -61,6 +61,8 @@ struct SessionStateMachine {
         /// Count a refused message (rate limit) or a malformed one (its error code).
         case countRateLimited
         case countMalformed(PlaybackError.Code)
+        /// The pong to our last ping came back after this long (the connection's round trip).
+        case roundTrip(ns: UInt64)
     }
 
     let settings: Settings
@@ -76,6 +78,8 @@ struct SessionStateMachine {
     private var rateStrikes = 0
     private var rateStrikeWindowNs: UInt64 = 0
     private var lastHeardNs: UInt64
+    /// When our last ping went out, until its pong comes back.
+    private var pingSentNs: UInt64?
     private var pending = Deque<ClientMessage>()
     private var working = false
     private var readsHeld = false
@@ -107,7 +111,12 @@ struct SessionStateMachine {
             return []
         case .pong:
             // Control frames count toward the rate limit too: a pong flood costs like any other.
-            return admit(nowNs: nowNs).actions
+            var actions = admit(nowNs: nowNs).actions
+            if let sent = pingSentNs, nowNs >= sent {
+                pingSentNs = nil
+                actions.append(.roundTrip(ns: nowNs - sent))
+            }
+            return actions
         case .ping(let payload):
             // Answered like any message: within the rate limit and the send buffer (a client that
             // pings and never reads ends with 4008, one that floods with 4029).
@@ -171,11 +180,14 @@ struct SessionStateMachine {
         return actions + pump()
     }
 
-    /// The heartbeat's tick: a client silent for two intervals is dropped, the others pinged.
-    func heartbeat(nowNs: UInt64) -> [Action] {
+    /// The heartbeat's tick: a client silent for two intervals is dropped, the others pinged (the
+    /// pong's delay is the connection's round trip).
+    mutating func heartbeat(nowNs: UInt64) -> [Action] {
         guard phase != .closed else { return [] }
         if nowNs > lastHeardNs, nowNs - lastHeardNs > UInt64(2 * settings.heartbeatMs) * 1_000_000 { return [.drop] }
-        return handshake.closeSent ? [] : [.ping]
+        guard !handshake.closeSent else { return [] }
+        pingSentNs = nowNs
+        return [.ping]
     }
 
     mutating func helloTimedOut() -> [Action] {
