@@ -221,3 +221,33 @@ struct PerUserBoundsTests {
         }
     }
 }
+
+/// A device connection that records the types of what it is sent.
+final class RecordingSink: DeviceSink {
+    let sessionID = UUID().uuidString
+    private let sent = Mutex<[String]>([])
+
+    func send(_ message: EncodedMessage) { sent.withLock { $0.append(message.type) } }
+    func close(_ code: CloseCode, reason: String) {}
+    var types: [String] { sent.withLock { $0 } }
+}
+
+@Suite("delivery to local devices")
+struct LocalDeliveryTests {
+    /// A recovery (the bus reconnected) of a state a device was just welcomed with sends nothing:
+    /// a device never gets the same version twice.
+    @Test func aRecoveredStateIsNotSentAgainToADeviceWelcomedWithIt() throws {
+        let fanout = UserFanout()
+        let sink = RecordingSink()
+        _ = fanout.beginWelcome(sink, device: "phone")
+        fanout.finishWelcome(device: "phone", sessionID: sink.sessionID, welcome: EncodedMessage(.devices([])), version: 5, epoch: 1, active: false)
+        var state = PlayerState()
+        state.version = 5
+        let recovered = PlaybackEvent(state: state, queueChanged: true, lease: nil, cause: .init(op: "recovered", device: nil, request: nil))
+        _ = fanout.receive(BusMessage(event: recovered.prepared))
+        #expect(sink.types == ["devices"], "only the welcome (a stand-in): \(sink.types)")
+        state.version = 6
+        _ = fanout.receive(BusMessage(event: PlaybackEvent(state: state, queueChanged: false, lease: nil, cause: .init(op: "seek", device: nil, request: nil)).prepared))
+        #expect(sink.types == ["devices", "state"], "a newer version goes out: \(sink.types)")
+    }
+}

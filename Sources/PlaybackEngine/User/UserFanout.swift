@@ -133,7 +133,7 @@ final class UserFanout: Sendable {
             guard let waiting = state.waiting[device], waiting.sink.sessionID == sessionID else { return }
             state.waiting[device] = nil
             waiting.sink.send(welcome)
-            _ = state.devices.attach(waiting.sink, device: device)
+            _ = state.devices.attach(waiting.sink, device: device, version: version)
             if active { state.holder = (device, epoch) }
             for message in waiting.buffer {
                 if let event = message.event, event.version > version {
