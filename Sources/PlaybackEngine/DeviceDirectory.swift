@@ -56,19 +56,13 @@ public struct DeviceDirectory: Sendable {
         records.mapValues { $0.online ? .online : .offline }
     }
 
-    /// The wire list, online devices first, then by name.
-    public func list(activeDevice: String?) -> [DeviceInfo] {
-        var playback = Playback()
-        playback.activeDevice = activeDevice
-        return list(for: playback, volumes: false)
-    }
-
-    /// The devices with their state in `playback`: which one is active, each one's volume.
-    public func list(for playback: Playback, volumes: Bool = true) -> [DeviceInfo] {
+    /// The wire list, online devices first, then by name, with their state in `playback`: which
+    /// one is active, each one's volume.
+    public func list(for playback: Playback) -> [DeviceInfo] {
         records.map { id, record in
             DeviceInfo(
                 id: id, name: record.name, kind: record.kind, online: record.online, active: id == playback.activeDevice,
-                lastSeen: record.lastSeen, volumePercent: volumes ? playback.volume(of: id) : nil)
+                lastSeen: record.lastSeen, volumePercent: playback.volume(of: id))
         }.sorted { ($0.online ? 0 : 1, $0.name, $0.id) < ($1.online ? 0 : 1, $1.name, $1.id) }
     }
 }

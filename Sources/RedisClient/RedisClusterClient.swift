@@ -158,12 +158,7 @@ public final class RedisClusterClient: RedisCommands {
     private func node(_ address: RedisNodeAddress) -> RedisClient {
         state.withLock { state in
             if let client = state.nodes[address] { return client }
-            var configuration = self.configuration
-            configuration.host = address.host
-            configuration.port = address.port
-            configuration.clusterSeeds = nil
-            configuration.database = 0  // the only one a cluster has
-            let client = RedisClient(configuration: configuration, group: group, logger: logger)
+            let client = RedisClient(configuration: configuration.node(at: address), group: group, logger: logger)
             state.nodes[address] = client
             return client
         }

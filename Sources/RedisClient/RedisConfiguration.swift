@@ -68,6 +68,16 @@ public struct RedisConfiguration: Sendable, Equatable {
         clusterSeeds = seeds
     }
 
+    /// The same settings for one node of a cluster (database 0, the only one a cluster has).
+    func node(at address: RedisNodeAddress) -> RedisConfiguration {
+        var configuration = self
+        configuration.host = address.host
+        configuration.port = address.port
+        configuration.clusterSeeds = nil
+        configuration.database = 0
+        return configuration
+    }
+
     /// Where it connects, for logs: no password.
     public var redacted: String {
         let user = username.map { "\($0)\(password == nil ? "" : ":***")@" } ?? (password == nil ? "" : ":***@")

@@ -207,13 +207,9 @@ public final class RedisShardedSubscriber: RedisPubSub {
     /// The connection to a master, connecting when there is none.
     private func link(to address: RedisNodeAddress) async throws -> RedisConnection {
         if let link = state.withLock({ $0.links[address] }), link.isActive { return link }
-        var configuration = self.configuration
-        configuration.host = address.host
-        configuration.port = address.port
-        configuration.clusterSeeds = nil
         let onMessage = self.onMessage
         let connection = try await RedisConnection.connect(
-            configuration, group: group,
+            configuration.node(at: address), group: group,
             onPush: { [weak self] push in
                 guard case .array(let parts) = push, let kind = parts.first?.string else { return }
                 switch kind {
