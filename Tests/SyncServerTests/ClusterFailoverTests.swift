@@ -68,15 +68,20 @@ struct ClusterFailoverTests {
             _ = script.wait(seconds: 30)
         }
         var ready = false
-        for _ in 0..<600 where script.isRunning {
+        for _ in 0..<600 {
+            guard script.isRunning else { break }
             if (try? runProgram("/usr/bin/curl", ["-sf", "-m", "1", "http://127.0.0.1:\(proxy)/readyz"]))?.code == 0 {
                 ready = true
                 break
             }
             try await Task.sleep(for: .milliseconds(200))
         }
-        let startLog = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
-        try #require(ready, "the deployment came up: \(startLog.suffix(2_000))")
+        if !ready {
+            let startLog = FileManager.default.contents(atPath: log).map { String(decoding: $0, as: UTF8.self) } ?? "(no log at \(log))"
+            let ended = script.wait(seconds: 0).map { "\($0)" } ?? "still running"
+            Issue.record("the deployment did not come up (script: \(ended)): \(startLog.suffix(3_000))")
+            return
+        }
 
         var options = Swarm.Options(servers: [ServerAddress(host: "127.0.0.1", port: proxy)])
         options.users = 20
