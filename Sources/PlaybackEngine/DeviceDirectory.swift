@@ -5,6 +5,10 @@ public struct DeviceDirectory: Sendable {
         public var kind: DeviceKind
         public var online: Bool
         public var lastSeen: Int64
+        /// Known capabilities from the device's `hello` (`Capability`).
+        public var capabilities: [String] = []
+        /// The connection's last measured round trip (ms), while online.
+        public var rttMs: Int?
     }
 
     public private(set) var records: [String: Record] = [:]
@@ -17,14 +21,18 @@ public struct DeviceDirectory: Sendable {
         for (id, device) in entries {
             let online = (presence[id] ?? 0) > now
             if !online, now - device.lastSeen > retentionMs { continue }
-            records[id] = Record(name: device.name, kind: device.kind, online: online, lastSeen: device.lastSeen)
+            records[id] = Record(
+                name: device.name, kind: device.kind, online: online, lastSeen: device.lastSeen,
+                capabilities: device.capabilities ?? [], rttMs: online ? device.rttMs : nil)
         }
     }
 
     /// The directory a device list shows.
     public init(_ list: [DeviceInfo]) {
         for device in list {
-            records[device.id] = Record(name: device.name, kind: device.kind, online: device.online, lastSeen: device.lastSeen)
+            records[device.id] = Record(
+                name: device.name, kind: device.kind, online: device.online, lastSeen: device.lastSeen,
+                capabilities: device.capabilities ?? [], rttMs: device.rttMs)
         }
     }
 
@@ -32,13 +40,24 @@ public struct DeviceDirectory: Sendable {
 
     public func isOnline(_ id: String) -> Bool { records[id]?.online == true }
 
-    public mutating func markOnline(id: String, name: String, kind: DeviceKind, now: Int64) {
-        records[id] = Record(name: name, kind: kind, online: true, lastSeen: now)
+    public mutating func markOnline(id: String, name: String, kind: DeviceKind, capabilities: [String] = [], now: Int64) {
+        records[id] = Record(name: name, kind: kind, online: true, lastSeen: now, capabilities: capabilities)
     }
 
     public mutating func markOffline(id: String, now: Int64) {
         records[id]?.online = false
         records[id]?.lastSeen = now
+        records[id]?.rttMs = nil
+    }
+
+    /// Records the round trips of connected devices (device → ms).
+    public mutating func setRoundTrips(_ rtts: [String: Int]) {
+        for (id, rtt) in rtts where records[id]?.online == true { records[id]?.rttMs = rtt }
+    }
+
+    /// The online devices that confirm the start of a transfer, for the reducer.
+    public var confirmingDevices: Set<String> {
+        Set(records.lazy.filter { $0.value.online && $0.value.capabilities.contains(Capability.transferConfirm) }.map(\.key))
     }
 
     /// Forgets devices offline for longer than `retentionMs`, then, past `cap` devices, the offline
@@ -62,7 +81,8 @@ public struct DeviceDirectory: Sendable {
         records.map { id, record in
             DeviceInfo(
                 id: id, name: record.name, kind: record.kind, online: record.online, active: id == playback.activeDevice,
-                lastSeen: record.lastSeen, volumePercent: playback.volume(of: id))
+                lastSeen: record.lastSeen, volumePercent: playback.volume(of: id), rttMs: record.online ? record.rttMs : nil,
+                capabilities: record.capabilities)
         }.sorted { ($0.online ? 0 : 1, $0.name, $0.id) < ($1.online ? 0 : 1, $1.name, $1.id) }
     }
 }

@@ -68,6 +68,12 @@ public protocol DeviceSink: AnyObject, Sendable {
     func send(_ message: EncodedMessage)
     /// Closes the connection with a WebSocket close code (e.g. 4001 when replaced).
     func close(_ code: CloseCode, reason: String)
+    /// The connection's last measured WebSocket round trip (ping → pong) in ms; nil before the first.
+    var roundTripMs: Int? { get }
+}
+
+extension DeviceSink {
+    public var roundTripMs: Int? { nil }
 }
 
 /// What the session adds to `welcome`.

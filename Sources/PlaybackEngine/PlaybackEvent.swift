@@ -32,7 +32,7 @@ public struct PlaybackEvent: Codable, Sendable, Equatable {
                 revoked = (old, EncodedMessage(.leaseRevoked(.init(epoch: lease.epoch, reason: lease.reason, by: lease.granted))))
             }
             if let new = lease.granted {
-                granted = (new, EncodedMessage(.leaseGranted(.init(epoch: lease.epoch, state: state))))
+                granted = (new, EncodedMessage(.leaseGranted(.init(epoch: lease.epoch, state: state, confirmBy: lease.confirmBy))))
             }
         }
         var broadcast = state

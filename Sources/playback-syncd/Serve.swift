@@ -29,6 +29,8 @@ struct Serve: AsyncParsableCommand {
     var redisTimeoutMs: Int64?
     @Option(help: "How long an active device that vanished keeps the lease, ms. [PLAYBACK_GRACE_MS, default 10000]")
     var graceMs: Int64?
+    @Option(help: "How long a device that declared transfer_confirm has to report that it plays after a transfer, ms; unconfirmed, playback goes back. [PLAYBACK_TRANSFER_CONFIRM_MS, default 3000]")
+    var transferConfirmMs: Int64?
     @Option(help: "Server ping interval, ms. [PLAYBACK_HEARTBEAT_MS, default 15000]")
     var heartbeatMs: Int64?
     @Option(help: "Time allowed for hello after the upgrade, ms. [PLAYBACK_HELLO_TIMEOUT_MS, default 10000]")
@@ -79,6 +81,10 @@ struct Serve: AsyncParsableCommand {
         if let secret = setting(jwtSecret, "PLAYBACK_JWT_SECRET") { config.jwtSecret = secret }
         config.insecureDevelopmentSecretOnNetwork = insecureDevelopmentSecretOnNetwork
         config.engine.graceMs = try number(graceMs, "PLAYBACK_GRACE_MS") ?? config.engine.graceMs
+        if let confirmMs = try number(transferConfirmMs, "PLAYBACK_TRANSFER_CONFIRM_MS") {
+            guard confirmMs > 0 else { throw ValidationError("--transfer-confirm-ms must be positive") }
+            config.engine.limits.transferConfirmMs = confirmMs
+        }
         config.heartbeatMs = try number(heartbeatMs, "PLAYBACK_HEARTBEAT_MS") ?? config.heartbeatMs
         config.helloTimeoutMs = try number(helloTimeoutMs, "PLAYBACK_HELLO_TIMEOUT_MS") ?? config.helloTimeoutMs
         config.requestTimeoutMs = try number(requestTimeoutMs, "PLAYBACK_REQUEST_TIMEOUT_MS") ?? config.requestTimeoutMs

@@ -34,6 +34,9 @@ struct Player {
     var state = Playback.initial
     var reducer = Fixture.reducer
     var last: Transition?
+    /// Devices that declared `transfer_confirm`, and who is online.
+    var confirming: Set<String> = []
+    var devices = Fixture.devices
 
     init(reducer: PlaybackReducer = Fixture.reducer) { self.reducer = reducer }
 
@@ -41,7 +44,7 @@ struct Player {
     mutating func apply(
         _ input: Input, at now: Int64, from sender: String? = "phone", ifVersion: Int64? = nil
     ) throws(PlaybackError) -> Transition {
-        let transition = try reducer.apply(input, to: state, environment: Fixture.env(now, from: sender), ifVersion: ifVersion)
+        let transition = try reducer.apply(input, to: state, environment: env(now, from: sender), ifVersion: ifVersion)
         state = transition.playback
         last = transition
         return transition
@@ -56,12 +59,19 @@ struct Player {
     mutating func reject(_ input: Input, at now: Int64, from sender: String? = "phone", ifVersion: Int64? = nil) -> PlaybackError? {
         let before = state
         do {
-            _ = try reducer.apply(input, to: state, environment: Fixture.env(now, from: sender), ifVersion: ifVersion)
+            _ = try reducer.apply(input, to: state, environment: env(now, from: sender), ifVersion: ifVersion)
             return nil
         } catch {
             precondition(state == before)
             return error
         }
+    }
+
+    func env(_ now: Int64, from sender: String?) -> ReducerEnvironment {
+        var env = Fixture.env(now, from: sender)
+        env.confirmingDevices = confirming
+        env.devices = devices
+        return env
     }
 
     var trackID: String? { state.current?.track.id }

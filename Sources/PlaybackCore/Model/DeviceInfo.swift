@@ -15,8 +15,16 @@ public struct DeviceInfo: Codable, Sendable, Hashable {
     /// The device's own volume (the state's `volume` for the active device); absent until the
     /// device had one.
     public var volumePercent: Int?
+    /// The WebSocket round trip (ping → pong) of the device's connection, in ms, as last measured;
+    /// absent while the device is offline or not yet measured.
+    public var rttMs: Int?
+    /// What the device said it can do in its `hello` (`transfer_confirm`); absent when nothing.
+    public var capabilities: [String]?
 
-    public init(id: String, name: String, kind: DeviceKind, online: Bool, active: Bool, lastSeen: Int64, volumePercent: Int? = nil) {
+    public init(
+        id: String, name: String, kind: DeviceKind, online: Bool, active: Bool, lastSeen: Int64, volumePercent: Int? = nil,
+        rttMs: Int? = nil, capabilities: [String]? = nil
+    ) {
         self.id = id
         self.name = name
         self.kind = kind
@@ -24,12 +32,15 @@ public struct DeviceInfo: Codable, Sendable, Hashable {
         self.active = active
         self.lastSeen = lastSeen
         self.volumePercent = volumePercent
+        self.rttMs = rttMs
+        self.capabilities = capabilities?.isEmpty == true ? nil : capabilities
     }
 
     enum CodingKeys: String, CodingKey {
-        case id, name, kind, online, active
+        case id, name, kind, online, active, capabilities
         case lastSeen = "last_seen"
         case volumePercent = "volume_percent"
+        case rttMs = "rtt_ms"
     }
 }
 

@@ -8,6 +8,9 @@ public enum LeaseReason: String, Codable, Sendable, CaseIterable {
     case expired
     /// The holder released the lease (clean close or `release`).
     case released
+    /// The device a transfer went to did not confirm that it started in time (`transfer_confirm`):
+    /// playback went back to the device it came from, or paused.
+    case transferFailed = "transfer_failed"
 
     /// The sentence shown to the person on the device that lost the lease.
     public var message: String {
@@ -16,6 +19,7 @@ public enum LeaseReason: String, Codable, Sendable, CaseIterable {
         case .transferred: "Playback moved to another device"
         case .expired: "Playback paused: this device was away for too long"
         case .released: "Playback released"
+        case .transferFailed: "Playback went back: this device did not start in time"
         }
     }
 }
@@ -26,11 +30,14 @@ public struct LeaseChange: Codable, Sendable, Equatable {
     public var revoked: String?
     public var granted: String?
     public var reason: LeaseReason
+    /// Set when the new holder must confirm that it started (server ms): see `Playback.PendingTransfer`.
+    public var confirmBy: Int64?
 
-    public init(epoch: Int64, revoked: String?, granted: String?, reason: LeaseReason) {
+    public init(epoch: Int64, revoked: String?, granted: String?, reason: LeaseReason, confirmBy: Int64? = nil) {
         self.epoch = epoch
         self.revoked = revoked
         self.granted = granted
         self.reason = reason
+        self.confirmBy = confirmBy
     }
 }

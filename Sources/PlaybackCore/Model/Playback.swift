@@ -45,6 +45,28 @@ public struct Playback: Codable, Sendable, Equatable {
     /// Each device's own volume, remembered across transfers (`volume` is the active device's).
     /// nil until a volume is set or the lease moves; only devices of the user's directory.
     public var deviceVolumes: [String: Int]?
+    /// A transfer to a device that confirms its start (`transfer_confirm`) waiting for that
+    /// confirmation; nil otherwise. `activeDevice` is the target.
+    public var pendingTransfer: PendingTransfer?
+
+    /// The second phase of a transfer: where playback goes back to unless the new holder confirms
+    /// it started by `confirmBy`.
+    public struct PendingTransfer: Codable, Sendable, Equatable {
+        /// The device that held the lease before the transfer; nil when none did.
+        public var source: String?
+        /// Server time (ms) by which the new holder must report that it plays.
+        public var confirmBy: Int64
+
+        public init(source: String?, confirmBy: Int64) {
+            self.source = source
+            self.confirmBy = confirmBy
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case source
+            case confirmBy = "confirm_by"
+        }
+    }
 
     public init() {}
 
@@ -102,5 +124,6 @@ public struct Playback: Codable, Sendable, Equatable {
         case userQueue = "user_queue"
         case nextEntry = "next_entry"
         case deviceVolumes = "device_volumes"
+        case pendingTransfer = "pending_transfer"
     }
 }

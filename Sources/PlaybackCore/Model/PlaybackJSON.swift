@@ -54,6 +54,12 @@ public enum PlaybackJSON {
             }
             out.close("}")
         }
+        if let pending = playback.pendingTransfer {
+            out.key("pending_transfer"); out.open("{")
+            if let source = pending.source { out.key("source"); out.string(source) }
+            out.key("confirm_by"); out.int(pending.confirmBy)
+            out.close("}")
+        }
         if let listening = playback.listening {
             out.key("listening"); out.open("{")
             out.key("entry"); out.string(listening.entry)

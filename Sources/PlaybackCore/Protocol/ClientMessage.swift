@@ -36,14 +36,22 @@ public enum ClientMessage: Sendable, Equatable {
 
         public var device: Device
         public var lastSeen: LastSeen?
+        /// What the device can do beyond the base protocol (`Capability`); unknown names are ignored.
+        public var capabilities: [String]?
 
-        public init(device: Device, lastSeen: LastSeen? = nil) {
+        public init(device: Device, lastSeen: LastSeen? = nil, capabilities: [String]? = nil) {
             self.device = device
             self.lastSeen = lastSeen
+            self.capabilities = capabilities
+        }
+
+        /// The capabilities this server knows, each once, in a stable order.
+        public var knownCapabilities: [String] {
+            Capability.all.filter { capabilities?.contains($0) == true }
         }
 
         enum CodingKeys: String, CodingKey {
-            case device
+            case device, capabilities
             case lastSeen = "last_seen"
         }
     }
@@ -147,6 +155,12 @@ extension ClientMessage: Codable {
             guard !hello.device.name.isEmpty, hello.device.name.count <= DeviceID.maxNameLength else {
                 throw MessageDecodingError(.badRequest, "device.name must be 1–\(DeviceID.maxNameLength) characters")
             }
+            if let capabilities = hello.capabilities {
+                guard capabilities.count <= Capability.maxCount, capabilities.allSatisfy({ (1...Capability.maxLength).contains($0.utf8.count) }) else {
+                    throw MessageDecodingError(
+                        .badRequest, "capabilities holds at most \(Capability.maxCount) names of 1–\(Capability.maxLength) bytes")
+                }
+            }
             self = .hello(hello)
         case "command":
             let id = try Self.requestID(c.decode(String.self, forKey: .id))
@@ -218,4 +232,16 @@ public struct MessageDecodingError: Error, Sendable {
     public init(_ code: PlaybackError.Code, _ message: String) {
         error = PlaybackError(code, message)
     }
+}
+
+/// What a device may declare in its `hello` beyond the base protocol.
+public enum Capability {
+    /// The device confirms that it started after a `transfer` gave it playback (a `report` that
+    /// plays at the new epoch, before the grant's `confirm_by`); unconfirmed, playback goes back.
+    public static let transferConfirm = "transfer_confirm"
+    /// Every capability this server knows.
+    public static let all = [transferConfirm]
+    /// Bounds on the `capabilities` of a `hello`.
+    public static let maxCount = 16
+    public static let maxLength = 64
 }

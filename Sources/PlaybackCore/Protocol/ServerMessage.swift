@@ -161,10 +161,34 @@ public enum ServerMessage: Sendable, Equatable {
     public struct LeaseGranted: Codable, Sendable, Equatable {
         public var epoch: Int64
         public var state: PlayerState
+        /// For a device that declared `transfer_confirm`, taking over by a `transfer` that plays:
+        /// the server time (ms) by which it must report that it plays at `epoch`, else playback
+        /// goes back (`transfer_failed`). Null otherwise.
+        public var confirmBy: Int64?
 
-        public init(epoch: Int64, state: PlayerState) {
+        public init(epoch: Int64, state: PlayerState, confirmBy: Int64? = nil) {
             self.epoch = epoch
             self.state = state
+            self.confirmBy = confirmBy
+        }
+
+        public init(from decoder: any Decoder) throws {
+            let c = try decoder.container(keyedBy: CodingKeys.self)
+            epoch = try c.decode(Int64.self, forKey: .epoch)
+            state = try c.decode(PlayerState.self, forKey: .state)
+            confirmBy = try c.decodeIfPresent(Int64.self, forKey: .confirmBy)
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(confirmBy, forKey: .confirmBy)
+            try c.encode(epoch, forKey: .epoch)
+            try c.encode(state, forKey: .state)
+        }
+
+        enum CodingKeys: String, CodingKey {
+            case epoch, state
+            case confirmBy = "confirm_by"
         }
     }
 

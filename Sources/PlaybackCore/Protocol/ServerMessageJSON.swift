@@ -23,6 +23,8 @@ public enum ServerMessageJSON {
             out.close("}")
         case .leaseGranted(let granted):
             out.open("{")
+            out.key("confirm_by")
+            if let confirmBy = granted.confirmBy { out.int(confirmBy) } else { out.null() }
             out.key("epoch"); out.int(granted.epoch)
             out.key("state"); out.playerState(granted.state)
             out.key("type"); out.string("lease_granted")
@@ -126,11 +128,13 @@ extension JSONWriter {
         for device in devices {
             element(); open("{")
             key("active"); bool(device.active)
+            if let capabilities = device.capabilities { key("capabilities"); strings(capabilities) }
             key("id"); string(device.id)
             key("kind"); string(device.kind.rawValue)
             key("last_seen"); int(device.lastSeen)
             key("name"); string(device.name)
             key("online"); bool(device.online)
+            if let rtt = device.rttMs { key("rtt_ms"); int(Int64(rtt)) }
             if let volume = device.volumePercent { key("volume_percent"); int(Int64(volume)) }
             close("}")
         }

@@ -12,6 +12,9 @@ public enum Input: Sendable, Equatable {
     /// last known connected: the position is frozen where it was then (not where the track got to
     /// by the end of the grace period); nil means now.
     case expire(device: String, lostAt: Int64? = nil)
+    /// The server's check of a transfer's confirmation (`Playback.PendingTransfer`) at `epoch`: past
+    /// its `confirm_by` and still unconfirmed, playback goes back (`transfer_failed`).
+    case confirmDeadline(epoch: Int64)
 
     /// The `cause.op` of the state this input produces.
     public var causeOp: String {
@@ -21,6 +24,7 @@ public enum Input: Sendable, Equatable {
         case .trackEnded: "track_ended"
         case .release: "released"
         case .expire: "expired"
+        case .confirmDeadline: "transfer_failed"
         }
     }
 }
@@ -42,16 +46,19 @@ public struct ReducerEnvironment: Sendable {
     /// The user's known devices; a device missing here is `device_not_found`.
     public var devices: [String: DevicePresence]
     public var randomSeed: UInt64
+    /// The devices that declared `transfer_confirm`: a transfer to one of them waits for its start.
+    public var confirmingDevices: Set<String>
 
     public init(
         now: Int64, sender: String? = nil, country: String? = nil, devices: [String: DevicePresence] = [:],
-        randomSeed: UInt64 = 0
+        randomSeed: UInt64 = 0, confirmingDevices: Set<String> = []
     ) {
         self.now = now
         self.sender = sender
         self.country = country
         self.devices = devices
         self.randomSeed = randomSeed
+        self.confirmingDevices = confirmingDevices
     }
 }
 
@@ -61,10 +68,13 @@ public struct PlaybackLimits: Sendable {
     public var queueCapacity: Int
     /// Most tracks in one `play {track_ids}`.
     public var maxTracksPerPlay: Int
+    /// How long a device that confirms its start (`transfer_confirm`) has to do so after a transfer.
+    public var transferConfirmMs: Int64
 
-    public init(queueCapacity: Int = 1000, maxTracksPerPlay: Int = 1000) {
+    public init(queueCapacity: Int = 1000, maxTracksPerPlay: Int = 1000, transferConfirmMs: Int64 = 3_000) {
         self.queueCapacity = queueCapacity
         self.maxTracksPerPlay = maxTracksPerPlay
+        self.transferConfirmMs = transferConfirmMs
     }
 }
 

@@ -26,6 +26,7 @@ public struct PlaybackReducer: Sendable {
         case .trackEnded(let epoch, let trackID): try step.trackEnded(epoch: epoch, trackID: trackID)
         case .release: try step.release()
         case .expire(let device, let lostAt): step.expire(device: device, lostAt: lostAt)
+        case .confirmDeadline(let epoch): step.confirmDeadline(epoch: epoch)
         }
         return step.finish(from: state)
     }
@@ -244,13 +245,23 @@ private struct Step {
             freezePosition()
             state.isPlaying = play ?? state.isPlaying
         }
+        let source = state.activeDevice
         moveLease(to: device, reason: .transferred)
+        // Two-phase: a device that confirms its start gets a deadline for it; playback goes back
+        // to `source` without the confirmation (`confirmDeadline`).
+        if env.confirmingDevices.contains(device), state.current != nil, state.isPlaying {
+            let pending = Playback.PendingTransfer(source: source, confirmBy: now + limits.transferConfirmMs)
+            state.pendingTransfer = pending
+            lease?.confirmBy = pending.confirmBy
+        }
     }
 
     // MARK: Signals from the active device and the server
 
     mutating func report(epoch: Int64, positionMs: Int64, isPlaying: Bool, trackID: String) throws(PlaybackError) {
         try requireLease(epoch: epoch)
+        // A holder that reports playing at its epoch confirms the start of a transfer.
+        if isPlaying { state.pendingTransfer = nil }
         guard let current = state.current, current.track.id == trackID else {
             throw .badRequest("the report names track \(trackID) but the current track is \(state.current?.track.id ?? "none")")
         }
@@ -265,17 +276,22 @@ private struct Step {
     mutating func trackEnded(epoch: Int64, trackID: String) throws(PlaybackError) {
         try requireLease(epoch: epoch)
         guard state.current?.track.id == trackID else { return }
+        state.pendingTransfer = nil
         naturalEnd = true
         advance(natural: true)
     }
 
     mutating func release() throws(PlaybackError) {
         guard let sender = env.sender, sender == state.activeDevice else { throw .staleEpoch(current: state.epoch) }
+        // A transfer's target that lets go before it confirmed did not start.
+        if state.pendingTransfer != nil { return goBack() }
         endLease(reason: .released)
     }
 
     mutating func expire(device: String, lostAt: Int64?) {
         guard device == state.activeDevice else { return }
+        // A transfer's target lost before it confirmed never played: nothing to freeze.
+        if state.pendingTransfer != nil { return goBack() }
         if let lostAt, state.isPlaying, state.current != nil {
             // Frozen where it was at the moment of loss, or at the last change made after it.
             let moment = min(now, max(lostAt, state.positionAt))
@@ -284,6 +300,28 @@ private struct Step {
             state.isPlaying = false
         }
         endLease(reason: .expired)
+    }
+
+    /// Past the confirmation deadline of the transfer at `epoch`, unconfirmed: playback goes back.
+    mutating func confirmDeadline(epoch: Int64) {
+        guard let pending = state.pendingTransfer, epoch == state.epoch, now >= pending.confirmBy else { return }
+        goBack()
+    }
+
+    /// Undoes a transfer whose target did not start: the lease goes back to the device it came
+    /// from if that one is online, else nobody holds it and playback pauses. The position is where
+    /// the transfer (or a later change) left it, since nothing played meanwhile; the play state is
+    /// the user's.
+    mutating func goBack() {
+        guard let pending = state.pendingTransfer else { return }
+        state.pendingTransfer = nil
+        if state.current != nil { state.positionAt = now }
+        if let source = pending.source, env.devices[source] == .online {
+            moveLease(to: source, reason: .transferFailed)
+        } else {
+            state.isPlaying = false
+            moveLease(to: nil, reason: .transferFailed)
+        }
     }
 
     // MARK: Building blocks
@@ -372,6 +410,7 @@ private struct Step {
     mutating func moveLease(to device: String?, reason: LeaseReason) {
         guard device != state.activeDevice else { return }
         let previous = state.activeDevice
+        state.pendingTransfer = nil
         // Each device keeps its own volume: the new holder plays at the one it had (a device
         // never seen before starts at the one playing now).
         if let previous { rememberVolume(state.volume, of: previous) }

@@ -113,6 +113,19 @@ final class UserFanout: Sendable {
 
     func hasDevice(_ device: String) -> Bool { state.withLock { $0.devices.sink(for: device) != nil } }
 
+    /// The last measured round trip of each connected device here that has one (device → ms).
+    var roundTrips: [String: Int] {
+        let sinks = state.withLock { state in state.devices.deviceIDs.compactMap { id in state.devices.sink(for: id).map { (id, $0) } } }
+        var rtts: [String: Int] = [:]
+        for (id, sink) in sinks { if let rtt = sink.roundTripMs { rtts[id] = rtt } }
+        return rtts
+    }
+
+    /// Updates the cached directory's round trips of local devices.
+    func remember(roundTrips: [String: Int]) {
+        state.withLock { $0.directory?.setRoundTrips(roundTrips) }
+    }
+
     /// The session of the device's connection here, if it is connected here.
     func sessionID(of device: String) -> String? { state.withLock { $0.devices.sink(for: device)?.sessionID } }
 

@@ -112,13 +112,13 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
             let now = self.now
             let cap = configuration.maxDevicesPerUser
             var directory = before
-            directory.markOnline(id: device, name: hello.device.name, kind: hello.device.kind, now: now)
+            directory.markOnline(id: device, name: hello.device.name, kind: hello.device.kind, capabilities: hello.knownCapabilities, now: now)
             directory.prune(now: now, retentionMs: configuration.deviceRetentionMs, cap: cap)
             let devices = directory.list(for: playback)
             // The cap as this node sees it, then as the storage does (atomically, across nodes).
             guard before.isOnline(device) || before.onlineCount < cap,
                 try await storage.join(
-                    user: userID, device: device, entry: presence.entry(of: hello.device, session: sink.sessionID, now: now),
+                    user: userID, device: device, entry: presence.entry(of: hello, session: sink.sessionID, now: now),
                     presenceUntil: presence.presenceUntil(now: now), cap: cap,
                     frame: BusMessage(devices: devices, except: device, replace: .init(device: device, session: sink.sessionID)))
             else {
@@ -126,7 +126,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
                 await unsubscribeIfUnused()
                 throw ConnectRefusal(code: .policyViolation, reason: "too many devices connected (at most \(cap))")
             }
-            presence.connected(hello.device)
+            presence.connected(hello)
             fanout.remember(directory: directory)
             if playback.activeDevice == device {
                 // Back within the grace period (or moved nodes): this node holds the lease now.
@@ -171,7 +171,8 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
                     frame: BusMessage(devices: directory.list(for: playback)))
                 if left {
                     fanout.remember(directory: directory)
-                    environment.durability.deviceSeen(user: userID, id: device, name: identity.name, kind: identity.kind, at: now)
+                    environment.durability.deviceSeen(
+                        user: userID, id: device, name: identity.device.name, kind: identity.device.kind, at: now)
                 }
             }
             await unsubscribeIfUnused()
@@ -250,7 +251,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
         }
         let reducerEnvironment = ReducerEnvironment(
             now: now, sender: submission.device, country: submission.user.country, devices: directory.presence,
-            randomSeed: UInt64.random(in: 0...UInt64.max))
+            randomSeed: UInt64.random(in: 0...UInt64.max), confirmingDevices: directory.confirmingDevices)
         if number == 0, case .report(let epoch, let positionMs, _, let trackID) = submission.input, epoch == playback.epoch,
             submission.device == playback.activeDevice, trackID == playback.current?.track.id
         {
@@ -274,7 +275,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
             proposed = CommandCall.Change(
                 playback: next, json: ByteBuffer(bytes: PlaybackJSON.encode(next)), lease: leaseOperation,
                 frame: BusMessage(
-                    event: PlaybackEvent(transition, cause: cause).prepared,
+                    event: PlaybackEvent(transition, cause: Self.cause(of: transition, submitted: cause)).prepared,
                     devices: transition.lease == nil && next.deviceVolumes == playback.deviceVolumes ? nil : directory.list(for: next)))
         }
         let change = proposed
@@ -314,8 +315,16 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
         }
     }
 
+    /// The cause the devices see: a transfer undone (whatever found it: the deadline, the target's
+    /// loss or release) is `transfer_failed`, naming the device that did not start.
+    private static func cause(of transition: Transition, submitted: ServerMessage.Cause) -> ServerMessage.Cause {
+        guard let lease = transition.lease, lease.reason == .transferFailed else { return submitted }
+        return ServerMessage.Cause(op: "transfer_failed", device: lease.revoked, request: submitted.request)
+    }
+
     private func didCommit(_ transition: Transition, json: ByteBuffer, directory: DeviceDirectory) {
         fanout?.remember(transition.playback, json: json)
+        if let lease = transition.lease, let confirmBy = lease.confirmBy { checkConfirmation(epoch: lease.epoch, at: confirmBy) }
         environment.durability.committed(user: userID, transition: transition) { directory.records[$0]?.kind.rawValue }
         if let lease = transition.lease {
             Counter(label: "playback_lease_changes_total", dimensions: [("reason", lease.reason.rawValue)]).increment()
@@ -323,6 +332,27 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
                 "lease.epoch": .stringConvertible(lease.epoch), "lease.reason": .string(lease.reason.rawValue),
                 "lease.from": .string(lease.revoked ?? "-"), "lease.to": .string(lease.granted ?? "-"),
             ])
+        }
+    }
+
+    /// At `confirmBy`, undoes the transfer at `epoch` unless its target confirmed it started (the
+    /// reducer decides; a confirmed or superseded transfer makes it a no-op). Every node with devices
+    /// of the user checks again in its upkeep, and a lapsed lease of the target undoes it too, so the
+    /// rule holds when this node dies.
+    private func checkConfirmation(epoch: Int64, at confirmBy: Int64) {
+        environment.work.submit { [self] in
+            let wait = confirmBy - now
+            if wait > 0 { try? await Task.sleep(for: .milliseconds(wait)) }
+            submitConfirmDeadline(epoch: epoch)
+        }
+    }
+
+    private func submitConfirmDeadline(epoch: Int64) {
+        submit(Submission(user: UserIdentity(userID: userID), input: .confirmDeadline(epoch: epoch), device: nil)) { [logger] result in
+            if case .success(let receipt) = result, receipt.changed {
+                Counter(label: "playback_transfers_failed_total").increment()
+                logger.info("transfer not confirmed in time: undone", metadata: ["lease.epoch": .stringConvertible(epoch)])
+            }
         }
     }
 
@@ -348,7 +378,8 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
         guard let fanout else { return }
         do {
             let now = self.now
-            switch try await presence.refreshIfDue(fanout.connectedDevices, now: now) {
+            let refresh = try await presence.refreshIfDue(fanout.connectedDevices, now: now)
+            switch refresh {
             case .lost?:
                 // The storage lost the user's keys (a Redis restart without persistence, a flush):
                 // the directory entries are written again, and the state is read (and restored) again.
@@ -363,12 +394,23 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
             case nil:
                 break
             }
+            if refresh != nil, case let rtts = fanout.roundTrips, !rtts.isEmpty {
+                // With the presence refresh: the directory's round trips (`rtt_ms` in device lists).
+                var sessions: [String: String] = [:]
+                for device in rtts.keys { sessions[device] = fanout.sessionID(of: device) }
+                let written = try await presence.writeRoundTrips(rtts, sessions: sessions, now: now)
+                if !written.isEmpty { fanout.remember(roundTrips: written) }
+            }
             let playback: Playback
             if let cached = fanout.cachedPlayback ?? fanout.cached()?.playback {
                 playback = cached
             } else {
                 playback = try await loadPlayback()
                 fanout.remember(playback)
+            }
+            if let pending = playback.pendingTransfer, now >= pending.confirmBy {
+                // The node that made the transfer checks at the deadline; here in case it is gone.
+                submitConfirmDeadline(epoch: playback.epoch)
             }
             // A lapsed lease is the sweep's (`sweep`), wherever its devices are.
             if let active = playback.activeDevice, fanout.hasDevice(active) {

@@ -12,8 +12,10 @@ final class UserPresence<Storage: PlaybackStorage>: Sendable {
     private let local = Mutex(Local())
 
     private struct Local {
-        /// Who this node's connected devices of the user are.
-        var identities: [String: ClientMessage.Hello.Device] = [:]
+        /// Who this node's connected devices of the user are (their `hello`).
+        var identities: [String: ClientMessage.Hello] = [:]
+        /// The round trips last written to the directory (device → ms).
+        var writtenRoundTrips: [String: Int] = [:]
         /// When the presence of the local devices was last refreshed (server ms).
         var refreshedAt: Int64?
     }
@@ -37,21 +39,50 @@ final class UserPresence<Storage: PlaybackStorage>: Sendable {
     func presenceUntil(now: Int64) -> Int64 { now + timing.presenceTTLMs }
 
     /// The directory entry of a device connected to this node (`session`), or gone (nil).
-    func entry(of device: ClientMessage.Hello.Device, session: String?, now: Int64) -> StoredDevice {
-        StoredDevice(name: device.name, kind: device.kind, lastSeen: now, session: session, node: session == nil ? nil : nodeID)
+    func entry(of hello: ClientMessage.Hello, session: String?, rttMs: Int? = nil, now: Int64) -> StoredDevice {
+        let capabilities = hello.knownCapabilities
+        return StoredDevice(
+            name: hello.device.name, kind: hello.device.kind, lastSeen: now, session: session, node: session == nil ? nil : nodeID,
+            capabilities: capabilities.isEmpty ? nil : capabilities, rttMs: session == nil ? nil : rttMs)
     }
 
-    func connected(_ device: ClientMessage.Hello.Device) {
-        local.withLock { $0.identities[device.id] = device }
+    func connected(_ hello: ClientMessage.Hello) {
+        local.withLock {
+            $0.identities[hello.device.id] = hello
+            $0.writtenRoundTrips[hello.device.id] = nil
+        }
     }
 
     /// Who a device that is leaving was; forgotten unless it is still connected here (`stillHere`).
-    func leaving(_ device: String, stillHere: Bool) -> ClientMessage.Hello.Device? {
+    func leaving(_ device: String, stillHere: Bool) -> ClientMessage.Hello? {
         local.withLock { local in
             let identity = local.identities[device]
-            if !stillHere { local.identities[device] = nil }
+            if !stillHere {
+                local.identities[device] = nil
+                local.writtenRoundTrips[device] = nil
+            }
             return identity
         }
+    }
+
+    /// Writes the round trips of this node's connected devices (`sessions`: device → session) into
+    /// their directory entries where they moved noticeably since last written (by 2 ms and a
+    /// fifth); answers the ones written. Called with the presence refresh, so at most every few seconds.
+    func writeRoundTrips(_ rtts: [String: Int], sessions: [String: String], now: Int64) async throws -> [String: Int] {
+        let due = local.withLock { local -> [(device: String, entry: StoredDevice, rtt: Int)] in
+            rtts.compactMap { device, rtt in
+                guard let identity = local.identities[device], let session = sessions[device] else { return nil }
+                if let written = local.writtenRoundTrips[device], abs(written - rtt) < max(2, written / 5) { return nil }
+                return (device, entry(of: identity, session: session, rttMs: rtt, now: now), rtt)
+            }
+        }
+        guard !due.isEmpty else { return [:] }
+        try await storage.register(user: user, entries: due.map { ($0.device, $0.entry) }, presenceUntil: presenceUntil(now: now))
+        let written = Dictionary(due.map { ($0.device, $0.rtt) }, uniquingKeysWith: { $1 })
+        local.withLock { local in
+            for (device, rtt) in written where local.identities[device] != nil { local.writtenRoundTrips[device] = rtt }
+        }
+        return written
     }
 
     /// Extends the presence of `devices` (this node's, connected) if a third of its TTL has passed
@@ -70,10 +101,10 @@ final class UserPresence<Storage: PlaybackStorage>: Sendable {
     /// Writes the entries and presence of this node's connected devices (`sessions`: device →
     /// session) again, after the storage lost them.
     func register(_ sessions: [(device: String, session: String)], now: Int64) async throws {
-        let identities = local.withLock { $0.identities }
+        let (identities, written) = local.withLock { ($0.identities, $0.writtenRoundTrips) }
         let entries = sessions.compactMap { device, session -> (device: String, entry: StoredDevice)? in
             guard let identity = identities[device] else { return nil }
-            return (device, entry(of: identity, session: session, now: now))
+            return (device, entry(of: identity, session: session, rttMs: written[device], now: now))
         }
         try await storage.register(user: user, entries: entries, presenceUntil: presenceUntil(now: now))
     }

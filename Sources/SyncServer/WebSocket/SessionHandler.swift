@@ -166,6 +166,7 @@ final class SessionHandler: ChannelDuplexHandler {
             ServerMetrics.message("malformed", result: code.rawValue)
         case .roundTrip(let ns):
             ServerMetrics.roundTrip.recordNanoseconds(Int64(clamping: ns))
+            sink?.recordRoundTrip(nanoseconds: UInt64(clamping: ns))
         }
     }
 

@@ -1,11 +1,23 @@
 import NIOCore
 import PlaybackEngine
+import Synchronization
 
 /// The engine's handle on a session: hops onto the connection's event loop.
 final class SessionSink: DeviceSink {
     let sessionID: String
     private let handler: NIOLoopBound<SessionHandler>
     private let eventLoop: any EventLoop
+    /// The last ping → pong round trip in ms; -1 before the first.
+    private let lastRoundTrip = Atomic<Int>(-1)
+
+    var roundTripMs: Int? {
+        let value = lastRoundTrip.load(ordering: .relaxed)
+        return value < 0 ? nil : value
+    }
+
+    func recordRoundTrip(nanoseconds: UInt64) {
+        lastRoundTrip.store(Int(clamping: (nanoseconds + 500_000) / 1_000_000), ordering: .relaxed)
+    }
 
     init(sessionID: String, handler: NIOLoopBound<SessionHandler>, eventLoop: any EventLoop) {
         self.sessionID = sessionID

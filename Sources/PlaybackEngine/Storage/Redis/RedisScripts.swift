@@ -292,9 +292,13 @@ public struct StoredDevice: Codable, Sendable {
     var lastSeen: Int64
     var session: String?
     var node: String?
+    var capabilities: [String]?
+    /// The connection's round trip as last written (ms), while connected.
+    var rttMs: Int?
 
     enum CodingKeys: String, CodingKey {
-        case name, kind, session, node
+        case name, kind, session, node, capabilities
         case lastSeen = "last_seen"
+        case rttMs = "rtt_ms"
     }
 }
