@@ -204,10 +204,10 @@ final class TestClient: Sendable {
         return nil
     }
 
-    func hello(_ device: String, kind: DeviceKind = .smartphone, lastSeen: ClientMessage.Hello.LastSeen? = nil)
-        async throws -> ServerMessage.Welcome
-    {
-        try await send(.hello(.init(device: .init(id: device, name: device.capitalized, kind: kind), lastSeen: lastSeen)))
+    func hello(
+        _ device: String, kind: DeviceKind = .smartphone, lastSeen: ClientMessage.Hello.LastSeen? = nil, capabilities: [String]? = nil
+    ) async throws -> ServerMessage.Welcome {
+        try await send(.hello(.init(device: .init(id: device, name: device.capitalized, kind: kind), lastSeen: lastSeen, capabilities: capabilities)))
         guard case .welcome(let welcome) = try await expect("welcome") else { throw TestTimeout(waitingFor: "welcome") }
         return welcome
     }

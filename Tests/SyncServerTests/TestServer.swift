@@ -125,9 +125,11 @@ final class TestServer: Sendable {
     }
 
     /// A connected device that has said hello.
-    func device(_ id: String, user: String = "alice", kind: DeviceKind = .smartphone) async throws -> (TestClient, ServerMessage.Welcome) {
+    func device(_ id: String, user: String = "alice", kind: DeviceKind = .smartphone, capabilities: [String]? = nil)
+        async throws -> (TestClient, ServerMessage.Welcome)
+    {
         let client = try await connect(user)
-        let welcome = try await client.hello(id, kind: kind)
+        let welcome = try await client.hello(id, kind: kind, capabilities: capabilities)
         return (client, welcome)
     }
 

@@ -1,0 +1,127 @@
+import Foundation
+import PlaybackCore
+import Testing
+
+/// Two-phase transfers on both engines: a target that declared `transfer_confirm` and does not
+/// report that it plays by `confirm_by` hands playback back to the device it came from.
+@Suite("transfers that must be confirmed")
+struct TransferConfirmTests {
+    static let confirmMs: Int64 = 400
+
+    static func start<T>(_ engine: EngineKind, _ body: (TestServer) async throws -> T) async throws -> T {
+        try await TestServer.with(engine: engine, { $0.engine.limits.transferConfirmMs = confirmMs }, body)
+    }
+
+    /// The phone plays t0001; the speaker confirms its starts.
+    static func playingOnThePhone(_ server: TestServer) async throws -> (phone: TestClient, speaker: TestClient) {
+        let (phone, _) = try await server.device("phone")
+        let (speaker, _) = try await server.device("speaker", kind: .speaker, capabilities: [Capability.transferConfirm, "hologram"])
+        try await phone.command("p", .play(.init(trackID: "t0001", device: "phone")))
+        _ = try await phone.expect("lease_granted")
+        return (phone, speaker)
+    }
+
+    @Test(arguments: EngineKind.allCases)
+    func anUnconfirmedTransferGoesBackToTheSource(engine: EngineKind) async throws {
+        try await Self.start(engine) { server in
+            let (phone, speaker) = try await Self.playingOnThePhone(server)
+            try await phone.command("t", .transfer(device: "speaker", play: nil))
+            guard case .leaseGranted(let grant) = try await speaker.expect("lease_granted") else { return }
+            let confirmBy = try #require(grant.confirmBy, "the grant says by when to confirm")
+            #expect(abs(confirmBy - (grant.state.positionAt + Self.confirmMs)) <= 50)
+            // The speaker never starts: the phone gets playback back at the handover position.
+            guard case .leaseGranted(let back) = try await phone.expect("lease_granted") else { return }
+            #expect(back.epoch == grant.epoch + 1 && back.confirmBy == nil)
+            #expect(back.state.activeDevice == "phone" && back.state.isPlaying)
+            #expect(back.state.positionMs == grant.state.positionMs, "nothing was heard on the speaker")
+            #expect(back.state.positionAt >= confirmBy)
+            guard case .leaseRevoked(let revoked) = try await speaker.expect("lease_revoked") else { return }
+            #expect(revoked.reason == .transferFailed && revoked.by == "phone")
+            var cause: ServerMessage.Cause?
+            while cause?.op != "transfer_failed" {
+                guard case .state(let event) = try await phone.expect("state") else { continue }
+                cause = event.cause
+            }
+            #expect(cause?.device == "speaker")
+            // The speaker's late confirmation is stale.
+            try await speaker.send(.report(.init(epoch: grant.epoch, positionMs: 1_000, isPlaying: true, trackID: "t0001")))
+            guard case .error(let error) = try await speaker.expect("error") else { return }
+            #expect(error.code == .staleEpoch)
+        }
+    }
+
+    @Test(arguments: EngineKind.allCases)
+    func aConfirmedTransferStays(engine: EngineKind) async throws {
+        try await Self.start(engine) { server in
+            let (phone, speaker) = try await Self.playingOnThePhone(server)
+            try await phone.command("t", .transfer(device: "speaker", play: nil))
+            guard case .leaseGranted(let grant) = try await speaker.expect("lease_granted") else { return }
+            try await speaker.send(.report(.init(
+                epoch: grant.epoch, positionMs: grant.state.positionMs, isPlaying: true, trackID: "t0001")))
+            try await Task.sleep(for: .milliseconds(Self.confirmMs * 3))
+            let (_, player) = try await RESTTests().remote(server).json("GET", "/v1/me/player")
+            let state = player["state"] as? [String: Any]
+            #expect(state?["active_device"] as? String == "speaker" && state?["epoch"] as? Int == Int(grant.epoch), "\(player)")
+            #expect(state?["is_playing"] as? Bool == true)
+        }
+    }
+
+    @Test(arguments: EngineKind.allCases)
+    func withTheSourceGoneTooPlaybackPauses(engine: EngineKind) async throws {
+        try await Self.start(engine) { server in
+            let (phone, speaker) = try await Self.playingOnThePhone(server)
+            try await phone.command("t", .transfer(device: "speaker", play: nil))
+            guard case .leaseGranted(let grant) = try await speaker.expect("lease_granted") else { return }
+            await phone.drop()
+            guard case .leaseRevoked(let revoked) = try await speaker.expect("lease_revoked") else { return }
+            #expect(revoked.reason == .transferFailed && revoked.by == nil && revoked.epoch == grant.epoch + 1)
+            var state: PlayerState?
+            while state?.epoch != revoked.epoch {
+                guard case .state(let event) = try await speaker.expect("state") else { continue }
+                state = event.state
+            }
+            #expect(state?.activeDevice == nil && state?.isPlaying == false)
+        }
+    }
+
+    @Test(arguments: EngineKind.allCases)
+    func aRESTTransferFollowsTheSameRule(engine: EngineKind) async throws {
+        try await Self.start(engine) { server in
+            let (phone, speaker) = try await Self.playingOnThePhone(server)
+            let rest = try await RESTTests().remote(server)
+            #expect(try await rest.call("PUT", "/v1/me/player", body: #"{"device_ids":["speaker"]}"#).status == 200)
+            guard case .leaseGranted(let grant) = try await speaker.expect("lease_granted") else { return }
+            #expect(grant.confirmBy != nil)
+            guard case .leaseGranted(let back) = try await phone.expect("lease_granted") else { return }
+            #expect(back.state.activeDevice == "phone")
+            // A device without the capability is not asked: the phone keeps what it gets.
+            #expect(try await rest.call("PUT", "/v1/me/player", body: #"{"device_ids":["speaker"]}"#).status == 200)
+            guard case .leaseGranted(let again) = try await speaker.expect("lease_granted") else { return }
+            try await speaker.send(.report(.init(epoch: again.epoch, positionMs: again.state.positionMs, isPlaying: true, trackID: "t0001")))
+            try await speaker.command("t2", .transfer(device: "phone", play: nil))
+            guard case .leaseGranted(let plain) = try await phone.expect("lease_granted") else { return }
+            #expect(plain.confirmBy == nil)
+        }
+    }
+
+    @Test(arguments: EngineKind.allCases)
+    func deviceListsTellCapabilitiesAndRoundTrips(engine: EngineKind) async throws {
+        try await TestServer.with(engine: engine, { $0.heartbeatMs = 200 }) { server in
+            let (phone, _) = try await server.device("phone")
+            let (speaker, _) = try await server.device("speaker", kind: .speaker, capabilities: [Capability.transferConfirm, "hologram"])
+            let (_, welcome) = try await server.device("laptop", kind: .computer)
+            #expect(welcome.devices.first { $0.id == "speaker" }?.capabilities == [Capability.transferConfirm], "unknown ones are left out")
+            #expect(welcome.devices.first { $0.id == "phone" }?.capabilities == nil)
+            // Round trips reach the directory with the presence refresh (every few seconds).
+            let rest = try await RESTTests().remote(server)
+            var entries: [[String: Any]] = []
+            for _ in 0..<100 {
+                entries = (try await rest.json("GET", "/v1/me/player/devices").1["devices"] as? [[String: Any]]) ?? []
+                if entries.allSatisfy({ $0["rtt_ms"] is Int }) { break }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(entries.count == 3 && entries.allSatisfy { ($0["rtt_ms"] as? Int).map { $0 >= 0 && $0 < 1_000 } ?? false }, "\(entries)")
+            _ = (phone, speaker)
+        }
+    }
+}
