@@ -23,6 +23,12 @@ public actor SimulatedDevice {
         public var reconnect = true
         /// How to connect (TLS settings for wss://, source address).
         public var connection = DeviceConnection.Options()
+        /// Declared in `hello`: with `transfer_confirm` the device confirms each start after a
+        /// transfer (its first report, sent at once).
+        public var capabilities: [String] = [Capability.transferConfirm]
+        /// A broken target: it takes a transfer that asks for confirmation but never starts (no
+        /// report), so the daemon hands playback back.
+        public var failStart = false
 
         public init(server: ServerAddress, token: @escaping @Sendable () async throws -> String) {
             self.server = server
@@ -56,6 +62,8 @@ public actor SimulatedDevice {
     private var endedVersion: Int64 = -1
     private var stopping = false
     private var connected: CheckedContinuation<Void, Never>?
+    /// Set while simulating a start that failed (`failStart`): silent until the lease moves on.
+    private var stalled = false
 
     public init(identity: Identity, options: Options) {
         self.identity = identity
@@ -123,7 +131,8 @@ public actor SimulatedDevice {
         self.connection = connection
         output.yield(.connection("connected to \(options.server.host):\(options.server.port)"))
         let lastSeen = state.map { ClientMessage.Hello.LastSeen(epoch: $0.epoch, version: $0.version) }
-        try await connection.send(.hello(.init(device: identity, lastSeen: lastSeen)))
+        try await connection.send(.hello(.init(
+            device: identity, lastSeen: lastSeen, capabilities: options.capabilities.isEmpty ? nil : options.capabilities)))
         for _ in 0..<3 { try await connection.send(.clock(t0: .double(Self.localNowMs()))) }
         return events
     }
@@ -232,10 +241,14 @@ public actor SimulatedDevice {
             leaseEpoch = grant.epoch
             isActive = true
             if grant.state.version >= (state?.version ?? -1) { state = grant.state }
+            // The first report, at once, confirms the start when the grant asks for it.
             lastReportAt = 0
+            stalled = options.failStart && grant.confirmBy != nil
+            if stalled { output.yield(.connection("simulating a failed start: not confirming (--fail-start)")) }
         case .leaseRevoked(let revoked) where revoked.epoch >= leaseEpoch:
             leaseEpoch = revoked.epoch
             isActive = false
+            stalled = false
         case .devices(let list):
             devices = list
         case .clock(let t0, let serverTime):
@@ -258,7 +271,7 @@ public actor SimulatedDevice {
 
     /// While active and playing: report periodically, and say when the track ended.
     private func tick() {
-        guard isActive, let state, let track = state.track, state.isPlaying, let connection else { return }
+        guard isActive, !stalled, let state, let track = state.track, state.isPlaying, let connection else { return }
         let now = serverNowMs()
         let position = state.position(at: now)
         if position >= track.durationMs {

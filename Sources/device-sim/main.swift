@@ -76,6 +76,10 @@ struct Connect: AsyncParsableCommand {
     @Option(help: "Device id (1-64 of A-Z a-z 0-9 . _ -); default: the name in lower case.") var id: String?
     @Flag(help: "Print every received message as one JSON line instead of text.") var json = false
     @Option(help: "Progress report interval, ms.") var reportMs: Int64 = 5_000
+    @Flag(help: "Be a broken target: take transfers but never start, so the daemon hands playback back (transfer_failed).")
+    var failStart = false
+    @Flag(help: "Do not declare transfer_confirm in hello: transfers here need no confirmation (a device of the first protocol).")
+    var noConfirm = false
 
     func run() async throws {
         guard let kind = DeviceKind(rawValue: kind) else { throw ValidationError("unknown kind \(kind)") }
@@ -85,6 +89,9 @@ struct Connect: AsyncParsableCommand {
         var options = SimulatedDevice.Options(server: try connection.address()) { try await connection.token() }
         options.connection = try connection.connectionOptions()
         options.reportIntervalMs = reportMs
+        options.failStart = failStart
+        if noConfirm { options.capabilities = [] }
+        guard !(failStart && noConfirm) else { throw ValidationError("--fail-start needs the confirmation that --no-confirm turns off") }
         let device = SimulatedDevice(identity: .init(id: deviceID, name: name, kind: kind), options: options)
         let console = Console(json: json, device: device)
         let running = Task { await device.run() }
@@ -178,8 +185,13 @@ actor Console {
     private func describe(_ message: ServerMessage) async -> String? {
         switch message {
         case .welcome(let welcome): "welcome: \(Formatting.state(welcome.state))\n\(Formatting.devices(welcome.devices))"
+        case .state(let event) where event.cause.op == "transfer_failed":
+            "state v\(event.state.version): \(event.cause.device ?? "the target") did not start; "
+                + (event.state.activeDevice.map { "back on \($0)" } ?? "paused") + ": \(Formatting.state(event.state))"
         case .state(let event): "state v\(event.state.version): \(Formatting.state(event.state)) (\(event.cause.op) by \(event.cause.device ?? "server"))"
-        case .leaseGranted(let grant): "▶ this device is now active (epoch \(grant.epoch)), starting at \(CommandParser.clock(grant.state.position(at: grant.state.positionAt)))"
+        case .leaseGranted(let grant):
+            "▶ this device is now active (epoch \(grant.epoch)), starting at \(CommandParser.clock(grant.state.position(at: grant.state.positionAt)))"
+                + (grant.confirmBy == nil ? "" : ", confirming the start")
         case .leaseRevoked(let revoked): "■ \(revoked.message) (\(revoked.reason.rawValue), epoch \(revoked.epoch))"
         case .devices(let devices): Formatting.devices(devices)
         case .error(let error) where error.id == nil: "error \(error.code.rawValue): \(error.message)"

@@ -108,6 +108,36 @@ struct DeviceSimTests {
         }
     }
 
+    @Test func aTargetThatFailsToStartHandsPlaybackBack() async throws {
+        try await TestServer.with({ $0.engine.limits.transferConfirmMs = 500 }) { server in
+            let address = ["--server", "ws://127.0.0.1:\(server.port)", "--user", "alice"]
+            let kitchen = try SimProcess(["connect", "--name", "Kitchen", "--kind", "speaker", "--json", "--fail-start"] + address)
+            let phone = try SimProcess(["connect", "--name", "Phone", "--kind", "smartphone", "--json"] + address)
+            defer {
+                kitchen.quit()
+                phone.quit()
+            }
+            _ = try await kitchen.expect("welcome")
+            _ = try await phone.expect("welcome")
+            #expect(try await SimProcess.run(["play", "t0042", "--device", "phone"] + address).code == 0)
+            _ = try await phone.expect("lease_granted")
+            #expect(try await SimProcess.run(["transfer", "kitchen"] + address).code == 0)
+            guard case .leaseGranted(let grant) = try await kitchen.expect("lease_granted") else { return }
+            #expect(grant.confirmBy != nil, "device-sim declares transfer_confirm")
+            guard case .leaseRevoked(let revoked) = try await kitchen.expect("lease_revoked") else { return }
+            #expect(revoked.reason == .transferFailed && revoked.by == "phone")
+            guard case .leaseGranted(let back) = try await phone.expect("lease_granted") else { return }
+            #expect(back.state.activeDevice == "phone" && back.state.isPlaying && back.state.positionMs == grant.state.positionMs)
+            // The phone confirms a transfer to itself at once: it stays there.
+            #expect(try await SimProcess.run(["transfer", "kitchen"] + address).code == 0)
+            #expect(try await SimProcess.run(["transfer", "phone"] + address).code == 0)
+            guard case .leaseGranted(let again) = try await phone.expect("lease_granted") else { return }
+            try await Task.sleep(for: .milliseconds(1_000))
+            let state = try await SimProcess.run(["state", "--json"] + address)
+            #expect(state.output.contains("\"active_device\":\"phone\"") && state.output.contains("\"epoch\":\(again.epoch)"), "\(state.output)")
+        }
+    }
+
     @Test func aSmallSwarmReportsNoInvariantViolations() async throws {
         try await TestServer.with { server in
             let result = try await SimProcess.run([
