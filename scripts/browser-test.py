@@ -71,7 +71,7 @@ def progress_moves(driver, name):
     check(first != second, f"{name}: progress moves ({first} → {second})")
 
 
-daemon, port = start_daemon(daemon_path, "--log-level", "warning", "--grace-ms", "3000")
+daemon, port = start_daemon(daemon_path, "--log-level", "warning", "--grace-ms", "3000", "--transfer-confirm-ms", "1500")
 user = f"web-{random.randrange(1 << 30):x}"
 sim = None
 pages = []
@@ -79,8 +79,9 @@ try:
     server = f"ws://127.0.0.1:{port}"
     # Its stdin is a pipe kept open: `device-sim connect` stops at the end of its input, and CI
     # runs with /dev/null there.
+    # A broken speaker: it takes a transfer but never starts (two-phase transfer, see below).
     sim = subprocess.Popen([str(device_sim), "connect", "--server", server, "--user", user, "--name", "Kitchen",
-                            "--kind", "speaker", "--json"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            "--kind", "speaker", "--json", "--fail-start"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                            stderr=subprocess.DEVNULL, text=True)
     a, b = browser(), browser()
     pages = [a, b]
@@ -165,6 +166,16 @@ try:
     b.find_element(By.ID, "search").clear()
     time.sleep(0.5)
     b.save_screenshot(str(root / "docs/web-remote.png"))
+
+    # A transfer to the broken Kitchen speaker: it never confirms its start, so playback comes back.
+    device_row(b, "kitchen").find_element(By.XPATH, "./button[text()='Transfer']").click()
+    wait(b, lambda d: "Couldn't start on Kitchen" in d.find_element(By.ID, "takeover").text, "Page B says the Kitchen did not start")
+    notice = b.find_element(By.ID, "takeover").text
+    check(notice == "Couldn't start on Kitchen — back on Page B", f"the notice says where playback is: {notice!r}")
+    wait(b, lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-active") == "true", "Page B is active again")
+    check(b.find_element(By.ID, "play-pause").get_attribute("data-playing") == "true", "Page B plays again")
+    wait(a, lambda d: "Couldn't start on Kitchen — back on Page B" in d.find_element(By.ID, "takeover").text,
+         "Page A sees the failed transfer too")
 finally:
     for page in pages:
         page.quit()

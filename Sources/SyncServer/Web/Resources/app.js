@@ -225,6 +225,12 @@ function handle(message) {
       loadHistory();
       break;
     case "state": {
+      if (message.cause.op === "transfer_failed" && (!app.player || message.state.version >= app.player.version)) {
+        // A transfer's target did not start in time: playback went back (the page that got it
+        // back had this version with its grant already), or paused.
+        const active = message.state.active_device;
+        notify(`Couldn't start on ${deviceName(message.cause.device)} — ${active ? `back on ${deviceName(active)}` : "paused"}`, "takeover");
+      }
       if (!newer(message.state)) return;
       const queue = message.state.queue === undefined ? app.player && app.player.queue : message.state.queue;
       app.player = { ...message.state, queue: queue || [] };
@@ -384,6 +390,8 @@ function render() {
     // Each device keeps its own volume; the active one's is the slider's.
     const volume = isActive && p ? p.volume : device.volume_percent;
     if (volume !== undefined) kind.textContent += `, volume ${volume} %`;
+    // How far away it is: the connection's last measured round trip.
+    if (device.online && device.rtt_ms !== undefined) kind.textContent += `, ${device.rtt_ms} ms`;
     item.append(name, kind);
     const mine = device.id === app.device.id;
     const label = mine ? "Play here" : "Transfer";
