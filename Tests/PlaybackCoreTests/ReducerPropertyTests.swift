@@ -11,7 +11,7 @@ struct ReducerPropertyTests {
         func pick<T>(_ values: [T]) -> T { values[Int(rng.next() % UInt64(values.count))] }
         let entry = state.upcoming.isEmpty || rng.next() % 5 == 0 ? "e\(rng.next() % 50)" : pick(state.upcoming).entry
         let position = Int64(rng.next() % 260_000) - 20_000
-        switch rng.next() % 18 {
+        switch rng.next() % 19 {
         case 0: return .command(.play(.init(trackID: pick(trackIDs))))
         case 1: return .command(.play(.init(trackIDs: (0..<(1 + rng.next() % 6)).map { _ in pick(trackIDs) })))
         case 2: return .command(.play(.init(context: Fixture.album, device: pick(["phone", "laptop", "speaker"]))))
@@ -30,6 +30,7 @@ struct ReducerPropertyTests {
                 trackID: state.current?.track.id ?? "t1")
         case 14, 15: return .trackEnded(epoch: state.epoch, trackID: state.current?.track.id ?? "t1")
         case 16: return .release
+        case 17: return .confirmDeadline(epoch: state.epoch - Int64(rng.next() % 2))
         default: return .expire(device: pick(["phone", "laptop"]))
         }
     }
@@ -43,7 +44,8 @@ struct ReducerPropertyTests {
             now += Int64(rng.next() % 30_000)
             let input = Self.randomInput(&rng, state: state)
             let sender = Self.senders[Int(rng.next() % UInt64(Self.senders.count))]
-            let environment = Fixture.env(now, from: sender, seed: rng.next())
+            var environment = Fixture.env(now, from: sender, seed: rng.next())
+            environment.confirmingDevices = ["laptop"]
             let ifVersion: Int64? = rng.next() % 10 == 0 ? state.version - 1 : nil
             do {
                 let t = try Fixture.reducer.apply(input, to: state, environment: environment, ifVersion: ifVersion)
@@ -67,6 +69,9 @@ struct ReducerPropertyTests {
             #expect(Set(state.playOrder) == Set(state.contextOrder) && state.playOrder.count == state.contextOrder.count)
             #expect(state.cursor >= -1 && state.cursor < max(state.playOrder.count, 1))
             #expect(state.activeDevice != nil || !state.isPlaying, "nothing plays without an active device")
+            if let pending = state.pendingTransfer {
+                #expect(state.activeDevice == "laptop" && pending.source != "laptop", "only a confirming target waits")
+            }
         }
     }
 }

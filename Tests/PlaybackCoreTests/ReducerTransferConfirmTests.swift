@@ -93,3 +93,14 @@ struct ReducerTransferConfirmTests {
         #expect(!(try player.apply(.confirmDeadline(epoch: 1), at: 30_000, from: nil)).changed)
     }
 }
+
+extension ReducerTransferConfirmTests {
+    @Test func anUndoneTransferRecordsNoPlayOnItsTarget() throws {
+        var player = try playing()
+        let handover = try player.run(.transfer(device: "laptop", play: nil), at: 20_000)
+        #expect(handover.finishedPlays.map(\.device) == ["phone"], "the phone's play ends at the handover")
+        let back = try player.apply(.confirmDeadline(epoch: 2), at: 23_000, from: nil)
+        #expect(back.finishedPlays.isEmpty, "nothing was heard on the laptop")
+        #expect(player.state.listening?.device == "phone" && player.state.listening?.startedAt == 23_000)
+    }
+}

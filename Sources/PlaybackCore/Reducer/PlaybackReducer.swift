@@ -42,6 +42,8 @@ private struct Step {
     var entry: String?
     /// Set when the current track reached its natural end: the play in progress is finished.
     var naturalEnd = false
+    /// Set when a transfer is undone: its target never started, so its play is not recorded.
+    var transferUndone = false
 
     init(state: Playback, env: ReducerEnvironment, catalog: any TrackCatalog, limits: PlaybackLimits) {
         self.state = state
@@ -81,6 +83,7 @@ private struct Step {
             listening?.countedUntil = now
         }
         var finished: [PlayRecord] = []
+        if transferUndone { listening = nil }
         if let heard = listening,
             naturalEnd || heard.entry != new.current?.entry || heard.device != new.activeDevice
         {
@@ -315,6 +318,7 @@ private struct Step {
     mutating func goBack() {
         guard let pending = state.pendingTransfer else { return }
         state.pendingTransfer = nil
+        transferUndone = true
         if state.current != nil { state.positionAt = now }
         if let source = pending.source, env.devices[source] == .online {
             moveLease(to: source, reason: .transferFailed)

@@ -325,6 +325,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
     private func didCommit(_ transition: Transition, json: ByteBuffer, directory: DeviceDirectory) {
         fanout?.remember(transition.playback, json: json)
         if let lease = transition.lease, let confirmBy = lease.confirmBy { checkConfirmation(epoch: lease.epoch, at: confirmBy) }
+        if transition.lease?.reason == .transferFailed { Counter(label: "playback_transfers_failed_total").increment() }
         environment.durability.committed(user: userID, transition: transition) { directory.records[$0]?.kind.rawValue }
         if let lease = transition.lease {
             Counter(label: "playback_lease_changes_total", dimensions: [("reason", lease.reason.rawValue)]).increment()
@@ -348,12 +349,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
     }
 
     private func submitConfirmDeadline(epoch: Int64) {
-        submit(Submission(user: UserIdentity(userID: userID), input: .confirmDeadline(epoch: epoch), device: nil)) { [logger] result in
-            if case .success(let receipt) = result, receipt.changed {
-                Counter(label: "playback_transfers_failed_total").increment()
-                logger.info("transfer not confirmed in time: undone", metadata: ["lease.epoch": .stringConvertible(epoch)])
-            }
-        }
+        submit(Submission(user: UserIdentity(userID: userID), input: .confirmDeadline(epoch: epoch), device: nil)) { _ in }
     }
 
     func snapshot() async throws(PlaybackError) -> (state: PlayerState, devices: [DeviceInfo]) {
