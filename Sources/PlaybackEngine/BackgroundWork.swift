@@ -1,3 +1,5 @@
+import Synchronization
+
 /// Work that synchronous code starts (a connection ended, a frame from the bus asks for a read, a
 /// rare message needs an `await`) and that its owner must be able to finish: each job runs as a
 /// child task of `run()`, which the engine runs for as long as it serves. `finish()` lets the jobs
@@ -7,6 +9,10 @@ public final class BackgroundWork: Sendable {
 
     private let jobs: AsyncStream<Job>
     private let submissions: AsyncStream<Job>.Continuation
+    private let finishing = Atomic<Bool>(false)
+
+    /// True once `finish()` was called: jobs that only wait should stop waiting.
+    public var isFinishing: Bool { finishing.load(ordering: .acquiring) }
 
     public init() {
         (jobs, submissions) = AsyncStream.makeStream(of: Job.self)
@@ -21,6 +27,7 @@ public final class BackgroundWork: Sendable {
 
     /// Takes no more jobs; `run()` returns once the ones in hand are done.
     public func finish() {
+        finishing.store(true, ordering: .releasing)
         submissions.finish()
     }
 

@@ -59,6 +59,40 @@ struct MultiNodeTests {
         }
     }
 
+    /// A REST transfer made on a node with no device of the user, which then goes away: the node
+    /// holding the devices undoes the unconfirmed transfer by itself.
+    @Test func anUnconfirmedTransferIsUndoneWhenTheNodeThatMadeItIsGone() async throws {
+        // A long grace: the phone's lease must not lapse on a loaded machine meanwhile.
+        let namespace = String(UInt32.random(in: 0...UInt32.max), radix: 36)
+        let nodes = [
+            try await TestServer.start(engine: .redis, namespace: namespace) {
+                $0.engine.graceMs = 10_000
+                $0.engine.limits.transferConfirmMs = 600
+            },
+            try await TestServer.start(engine: .redis, namespace: namespace) {
+                $0.engine.graceMs = 10_000
+                $0.engine.limits.transferConfirmMs = 600
+            },
+        ]
+        let (devicesNode, restNode) = (nodes[0], nodes[1])
+        let (phone, _) = try await devicesNode.device("phone")
+        let (speaker, _) = try await devicesNode.device("speaker", kind: .speaker, capabilities: [Capability.transferConfirm])
+        try await phone.command("p", .play(.init(trackID: "t0001", device: "phone")))
+        _ = try await phone.expect("lease_granted")
+        let rest = try await RESTTests().remote(restNode)
+        #expect(try await rest.call("PUT", "/v1/me/player", body: #"{"device_ids":["speaker"]}"#).status == 200)
+        guard case .leaseGranted(let grant) = try await speaker.expect("lease_granted") else { return }
+        #expect(grant.confirmBy != nil)
+        // The node that made the transfer (and set the timer) stops at once, before confirm_by: a
+        // node shutting down leaves the check to the others.
+        await restNode.stop()
+        guard case .leaseRevoked(let revoked) = try await speaker.expect("lease_revoked") else { return }
+        #expect(revoked.reason == .transferFailed && revoked.by == "phone")
+        guard case .leaseGranted(let back) = try await phone.expect("lease_granted") else { return }
+        #expect(back.epoch == grant.epoch + 1 && back.state.isPlaying && back.state.positionMs == grant.state.positionMs)
+        await devicesNode.stop()
+    }
+
     @Test func aRetriedRequestIdOnAnotherNodeAppliesOnce() async throws {
         try await Self.cluster(2) { nodes in
             let (first, _) = try await nodes[0].device("first")

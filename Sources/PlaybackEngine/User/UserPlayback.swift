@@ -341,9 +341,13 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
     /// of the user checks again in its upkeep, and a lapsed lease of the target undoes it too, so the
     /// rule holds when this node dies.
     private func checkConfirmation(epoch: Int64, at confirmBy: Int64) {
-        environment.work.submit { [self] in
-            let wait = confirmBy - now
-            if wait > 0 { try? await Task.sleep(for: .milliseconds(wait)) }
+        let work = environment.work
+        work.submit { [self] in
+            // In steps, so that a node shutting down does not wait for it (the others check).
+            while case let wait = confirmBy - now, wait > 0 {
+                guard !work.isFinishing else { return }
+                try? await Task.sleep(for: .milliseconds(min(wait, 100)))
+            }
             submitConfirmDeadline(epoch: epoch)
         }
     }
