@@ -106,7 +106,7 @@ struct TransferConfirmTests {
 
     @Test(arguments: EngineKind.allCases)
     func deviceListsTellCapabilitiesAndRoundTrips(engine: EngineKind) async throws {
-        try await TestServer.with(engine: engine, { $0.heartbeatMs = 200 }) { server in
+        try await TestServer.with(engine: engine, { $0.heartbeatMs = 2_000 }) { server in
             let (phone, _) = try await server.device("phone")
             let (speaker, _) = try await server.device("speaker", kind: .speaker, capabilities: [Capability.transferConfirm, "hologram"])
             let (_, welcome) = try await server.device("laptop", kind: .computer)
@@ -118,7 +118,7 @@ struct TransferConfirmTests {
             for _ in 0..<100 {
                 entries = (try await rest.json("GET", "/v1/me/player/devices").1["devices"] as? [[String: Any]]) ?? []
                 if entries.allSatisfy({ $0["rtt_ms"] is Int }) { break }
-                try await Task.sleep(for: .milliseconds(100))
+                try await Task.sleep(for: .milliseconds(200))
             }
             #expect(entries.count == 3 && entries.allSatisfy { ($0["rtt_ms"] as? Int).map { $0 >= 0 && $0 < 1_000 } ?? false }, "\(entries)")
             _ = (phone, speaker)
