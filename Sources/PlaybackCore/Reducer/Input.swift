@@ -16,6 +16,12 @@ public enum Input: Sendable, Equatable {
     /// its `confirm_by` and still unconfirmed, playback goes back (`transfer_failed`).
     case confirmDeadline(epoch: Int64)
 
+    /// Whether it is a `transfer` (the only input that asks for a start's confirmation).
+    public var isTransfer: Bool {
+        if case .command(.transfer) = self { return true }
+        return false
+    }
+
     /// The `cause.op` of the state this input produces.
     public var causeOp: String {
         switch self {

@@ -251,7 +251,8 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
         }
         let reducerEnvironment = ReducerEnvironment(
             now: now, sender: submission.device, country: submission.user.country, devices: directory.presence,
-            randomSeed: UInt64.random(in: 0...UInt64.max), confirmingDevices: directory.confirmingDevices)
+            randomSeed: UInt64.random(in: 0...UInt64.max),
+            confirmingDevices: submission.input.isTransfer ? directory.confirmingDevices : [])
         if number == 0, case .report(let epoch, let positionMs, _, let trackID) = submission.input, epoch == playback.epoch,
             submission.device == playback.activeDevice, trackID == playback.current?.track.id
         {
