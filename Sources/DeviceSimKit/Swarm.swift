@@ -35,6 +35,9 @@ public struct Swarm: Sendable {
         /// Summarize messages instead of decoding them, and check no invariant: the generator then
         /// costs per message what the nchan reference's does (benchmarks side by side).
         public var light = false
+        /// Devices declare `transfer_confirm` and confirm each start a grant asks them to confirm
+        /// with a report at once (two-phase transfers under load and faults).
+        public var confirmStarts = false
 
         public init(server: ServerAddress) { self.servers = [server] }
 
@@ -94,13 +97,15 @@ public struct Swarm: Sendable {
         let servers: [ServerAddress]
         let source: String?
         let light: Bool
+        let confirmStarts: Bool
         let state: Mutex<State>
 
         init(
             userName: String, device: String, token: String, servers: [ServerAddress], first server: Int, source: String?,
-            light: Bool = false
+            light: Bool = false, confirmStarts: Bool = false
         ) {
             self.light = light
+            self.confirmStarts = confirmStarts
             self.userName = userName
             self.device = device
             self.token = token
@@ -124,7 +129,13 @@ public struct Swarm: Sendable {
                         if next.queue == nil { next.queue = state.lastState?.queue }
                         state.lastState = next
                     case .ack, .error: state.answers += 1
-                    case .leaseGranted, .leaseRevoked: break
+                    case .leaseGranted(let grant):
+                        // A start to confirm: a report that plays at the new epoch, at once.
+                        if grant.confirmBy != nil, state.lease.active, state.lease.epoch == grant.epoch, let track = grant.state.track {
+                            state.connection?.sendNow(.report(.init(
+                                epoch: grant.epoch, positionMs: grant.state.positionMs, isPlaying: true, trackID: track.id)))
+                        }
+                    case .leaseRevoked: break
                     default: return
                     }
                     state.events.append(.received(message, ns: ns))
@@ -171,7 +182,9 @@ public struct Swarm: Sendable {
                 await connection.close()
                 return connection
             }
-            connection.sendNow(.hello(.init(device: .init(id: device, name: "Swarm \(device)", kind: .other), lastSeen: lastSeen)))
+            connection.sendNow(.hello(.init(
+                device: .init(id: device, name: "Swarm \(device)", kind: .other), lastSeen: lastSeen,
+                capabilities: confirmStarts ? [Capability.transferConfirm] : nil)))
             return connection
         }
 
@@ -230,7 +243,7 @@ public struct Swarm: Sendable {
                 devices.append(Device(
                     userName: name, device: "d\(device)", token: token, servers: servers, first: index,
                     source: options.sourceAddresses.isEmpty ? nil : options.sourceAddresses[index % options.sourceAddresses.count],
-                    light: options.light))
+                    light: options.light, confirmStarts: options.confirmStarts))
             }
         }
         // Connect with a bounded number of upgrades in flight, then wait for every welcome.

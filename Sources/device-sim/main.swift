@@ -460,6 +460,8 @@ struct SwarmCommand: AsyncParsableCommand {
     @Flag(help: "Print the report as JSON.") var json = false
     @Flag(help: "Read only each message's type and request id (as the nchan reference's client does) instead of decoding it; checks no invariant. For benchmarks side by side.")
     var light = false
+    @Flag(help: "Devices declare transfer_confirm and confirm each start after a transfer (two-phase transfers under load).")
+    var confirmStarts = false
 
     func run() async throws {
         let environment = ProcessInfo.processInfo.environment
@@ -469,6 +471,8 @@ struct SwarmCommand: AsyncParsableCommand {
         options.reportMs = reportMs
         options.graceMs = graceMs
         options.light = light
+        options.confirmStarts = confirmStarts
+        guard !(light && confirmStarts) else { throw ValidationError("--confirm-starts needs the messages that --light leaves undecoded") }
         guard let commandsPerSecond = Double(rate.replacingOccurrences(of: "/s", with: "")), commandsPerSecond >= 0 else {
             throw ValidationError("--rate takes a number, e.g. 500/s (0: idle)")
         }

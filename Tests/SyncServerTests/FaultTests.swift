@@ -270,6 +270,8 @@ final class FaultCluster: Sendable {
         options.reconnect = true
         options.reportMs = 400
         options.graceMs = graceMs
+        // Transfers are two-phase: each target confirms its start, through every fault.
+        options.confirmStarts = true
         options.settleSeconds = settleSeconds
         options.mix = try Swarm.Options.parseMix(mix)
         let inspector = StoreInspector(redisURL: cluster.redisURL, postgresURL: cluster.postgresURL)
