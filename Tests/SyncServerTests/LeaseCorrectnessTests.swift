@@ -60,6 +60,26 @@ struct LeaseCorrectnessTests {
         }
     }
 
+    @Test func aRoundTripIsWrittenOnlyIntoTheEntryOfTheConnectionThatMeasuredIt() async throws {
+        for (name, storage) in try Self.storages() {
+            let user = "rtt-\(UInt32.random(in: 0...UInt32.max))"
+            let now = ServerClock.nowMs()
+            func entry(_ session: String, rtt: Int?) -> StoredDevice {
+                StoredDevice(name: "Phone", kind: .smartphone, lastSeen: now, session: session, node: "n", rttMs: rtt)
+            }
+            // The phone reconnected (session s2, maybe on another node) before s1's round trip was written.
+            try await storage.register(user: user, entries: [("phone", entry("s2", rtt: nil))], presenceUntil: now + 60_000)
+            try await storage.rewrite(user: user, entries: [("phone", "s1", entry("s1", rtt: 99))])
+            var directory = try await storage.loadDirectory(user: user, now: now, retentionMs: 60_000)
+            #expect(directory.records["phone"]?.rttMs == nil, "\(name): the newer connection's entry is kept")
+            try await storage.rewrite(user: user, entries: [("phone", "s2", entry("s2", rtt: 7))])
+            directory = try await storage.loadDirectory(user: user, now: now, retentionMs: 60_000)
+            #expect(directory.records["phone"]?.rttMs == 7, "\(name)")
+            #expect(directory.list(for: .initial).first?.rttMs == 7)
+            await storage.shutdown()
+        }
+    }
+
     @Test func aLapsedLeaseTellsWhenItsHolderWasLastSeenAndIsSweptOnce() async throws {
         for (name, storage) in try Self.storages() {
             let user = "lapse-\(UInt32.random(in: 0...UInt32.max))"

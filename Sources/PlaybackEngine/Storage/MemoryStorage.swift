@@ -139,6 +139,15 @@ public final class MemoryStorage: PlaybackStorage {
         }
     }
 
+    public func rewrite(user: String, entries: [(device: String, session: String, entry: StoredDevice)]) async throws {
+        withRecord(user) { record, _ in
+            for (device, session, entry) in entries where record.devices[device]?.session == session {
+                record.devices[device] = entry
+            }
+            return ((), nil)
+        }
+    }
+
     public func refreshPresence(user: String, devices: [String], now: Int64, until: Int64) async throws -> (missing: Int, online: Set<String>) {
         withRecord(user) { record, _ in
             var missing = 0

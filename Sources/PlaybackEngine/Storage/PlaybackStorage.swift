@@ -36,6 +36,9 @@ public protocol PlaybackStorage: Sendable {
     func leave(user: String, device: String, session: String, entry: StoredDevice, frame: BusMessage) async throws -> Bool
     /// Writes entries and presence again (the storage lost them while the devices stayed connected).
     func register(user: String, entries: [(device: String, entry: StoredDevice)], presenceUntil: Int64) async throws
+    /// Rewrites the entries that still name `session` (a connection's details changed, e.g. its
+    /// round trip); an entry a newer connection of the device took over is left alone.
+    func rewrite(user: String, entries: [(device: String, session: String, entry: StoredDevice)]) async throws
     /// Extends the presence of `devices`; answers how many were missing and who is online.
     func refreshPresence(user: String, devices: [String], now: Int64, until: Int64) async throws -> (missing: Int, online: Set<String>)
 

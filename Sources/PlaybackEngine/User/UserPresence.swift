@@ -69,15 +69,15 @@ final class UserPresence<Storage: PlaybackStorage>: Sendable {
     /// their directory entries where they moved noticeably since last written (by 2 ms and a
     /// fifth); answers the ones written. Called with the presence refresh, so at most every few seconds.
     func writeRoundTrips(_ rtts: [String: Int], sessions: [String: String], now: Int64) async throws -> [String: Int] {
-        let due = local.withLock { local -> [(device: String, entry: StoredDevice, rtt: Int)] in
+        let due = local.withLock { local -> [(device: String, session: String, entry: StoredDevice, rtt: Int)] in
             rtts.compactMap { device, rtt in
                 guard let identity = local.identities[device], let session = sessions[device] else { return nil }
                 if let written = local.writtenRoundTrips[device], abs(written - rtt) < max(2, written / 5) { return nil }
-                return (device, entry(of: identity, session: session, rttMs: rtt, now: now), rtt)
+                return (device, session, entry(of: identity, session: session, rttMs: rtt, now: now), rtt)
             }
         }
         guard !due.isEmpty else { return [:] }
-        try await storage.register(user: user, entries: due.map { ($0.device, $0.entry) }, presenceUntil: presenceUntil(now: now))
+        try await storage.rewrite(user: user, entries: due.map { ($0.device, $0.session, $0.entry) })
         let written = Dictionary(due.map { ($0.device, $0.rtt) }, uniquingKeysWith: { $1 })
         local.withLock { local in
             for (device, rtt) in written where local.identities[device] != nil { local.writtenRoundTrips[device] = rtt }

@@ -275,6 +275,24 @@ enum RedisScripts {
         return 1
         """
 
+    /// Rewrites directory entries that still name a session (a device's connection here), so that
+    /// a connection that replaced it meanwhile (on any node) keeps its entry.
+    /// KEYS: dev. ARGV: device, session, entry JSON, repeated. Returns how many it wrote.
+    static let rewrite = """
+        local written = 0
+        for i = 1, #ARGV, 3 do
+            local entry = redis.call('HGET', KEYS[1], ARGV[i])
+            if entry then
+                local ok, decoded = pcall(cjson.decode, entry)
+                if ok and decoded.session == ARGV[i + 1] then
+                    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 2])
+                    written = written + 1
+                end
+            end
+        end
+        return written
+        """
+
     /// Refreshes the presence of this node's devices of a user and says who is online.
     /// KEYS: online. ARGV: now ms, expiry ms, devices…
     /// Returns {devices that were missing (Redis lost them), [online devices]}.

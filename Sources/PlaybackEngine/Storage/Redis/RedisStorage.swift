@@ -27,6 +27,7 @@ public final class RedisStorage: PlaybackStorage {
     private let joinScript: RedisScript
     private let leaveScript: RedisScript
     private let presenceScript = RedisScript(RedisScripts.presence)
+    private let rewriteScript = RedisScript(RedisScripts.rewrite)
     private let takeScript = RedisScript(RedisScripts.take)
     private let lapseScript = RedisScript(RedisScripts.lapse)
     private let sweepScript = RedisScript(RedisScripts.sweep)
@@ -234,6 +235,13 @@ public final class RedisStorage: PlaybackStorage {
         }
         _ = try await redis.send(fields)
         _ = try await redis.send(online)
+    }
+
+    public func rewrite(user: String, entries: [(device: String, session: String, entry: StoredDevice)]) async throws {
+        guard !entries.isEmpty else { return }
+        var arguments: [RedisArgument] = []
+        for (device, session, entry) in entries { arguments += [.string(device), .string(session), .bytes(try Self.json(entry))] }
+        _ = try await redis.evaluate(rewriteScript, keys: [RedisKeys(user: user).devices], arguments: arguments)
     }
 
     public func refreshPresence(user: String, devices: [String], now: Int64, until: Int64) async throws -> (missing: Int, online: Set<String>) {
