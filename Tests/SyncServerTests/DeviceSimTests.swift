@@ -2,6 +2,7 @@ import DeviceSimKit
 import Foundation
 import PlaybackCore
 import Synchronization
+import SyncServer
 import Testing
 
 /// `device-sim` run as a real subprocess, reading its output line by line.
@@ -78,10 +79,15 @@ struct DeviceSimTests {
         #expect(FileManager.default.isExecutableFile(atPath: SimProcess.executable.path), "swift build builds device-sim")
     }
 
-    @Test func aTransferRevokesTheOldDeviceAndTheNewOnePlaysAtTheSamePosition() async throws {
-        try await TestServer.with { server in
+    /// A kitchen speaker (started with `kitchenFlags`) and a phone, both `device-sim connect --json`
+    /// of alice on a fresh server, welcomed; `address` names the server and the user for one-shot commands.
+    func withKitchenAndPhone(
+        kitchenFlags: [String] = [], _ configure: (inout ServerConfiguration) -> Void = { _ in },
+        _ body: (_ kitchen: SimProcess, _ phone: SimProcess, _ address: [String]) async throws -> Void
+    ) async throws {
+        try await TestServer.with(configure) { server in
             let address = ["--server", "ws://127.0.0.1:\(server.port)", "--user", "alice"]
-            let kitchen = try SimProcess(["connect", "--name", "Kitchen", "--kind", "speaker", "--json"] + address)
+            let kitchen = try SimProcess(["connect", "--name", "Kitchen", "--kind", "speaker", "--json"] + kitchenFlags + address)
             let phone = try SimProcess(["connect", "--name", "Phone", "--kind", "smartphone", "--json"] + address)
             defer {
                 kitchen.quit()
@@ -89,6 +95,12 @@ struct DeviceSimTests {
             }
             _ = try await kitchen.expect("welcome")
             _ = try await phone.expect("welcome")
+            try await body(kitchen, phone, address)
+        }
+    }
+
+    @Test func aTransferRevokesTheOldDeviceAndTheNewOnePlaysAtTheSamePosition() async throws {
+        try await withKitchenAndPhone { kitchen, phone, address in
             let before = ContinuousClock.now
             let play = try await SimProcess.run(["play", "t0042", "--device", "kitchen", "--at", "1:00"] + address)
             #expect(play.code == 0, "\(play.output)")
@@ -109,16 +121,7 @@ struct DeviceSimTests {
     }
 
     @Test func aTargetThatFailsToStartHandsPlaybackBack() async throws {
-        try await TestServer.with({ $0.engine.limits.transferConfirmMs = 500 }) { server in
-            let address = ["--server", "ws://127.0.0.1:\(server.port)", "--user", "alice"]
-            let kitchen = try SimProcess(["connect", "--name", "Kitchen", "--kind", "speaker", "--json", "--fail-start"] + address)
-            let phone = try SimProcess(["connect", "--name", "Phone", "--kind", "smartphone", "--json"] + address)
-            defer {
-                kitchen.quit()
-                phone.quit()
-            }
-            _ = try await kitchen.expect("welcome")
-            _ = try await phone.expect("welcome")
+        try await withKitchenAndPhone(kitchenFlags: ["--fail-start"], { $0.engine.limits.transferConfirmMs = 500 }) { kitchen, phone, address in
             #expect(try await SimProcess.run(["play", "t0042", "--device", "phone"] + address).code == 0)
             _ = try await phone.expect("lease_granted")
             #expect(try await SimProcess.run(["transfer", "kitchen"] + address).code == 0)
