@@ -21,12 +21,20 @@ struct TransferConfirmTests {
         return (phone, speaker)
     }
 
+    /// `playingOnThePhone`, then the phone transfers to the speaker: the speaker's grant.
+    static func transferredToTheSpeaker(_ server: TestServer) async throws
+        -> (phone: TestClient, speaker: TestClient, grant: ServerMessage.LeaseGranted)
+    {
+        let (phone, speaker) = try await playingOnThePhone(server)
+        try await phone.command("t", .transfer(device: "speaker", play: nil))
+        guard case .leaseGranted(let grant) = try await speaker.expect("lease_granted") else { throw TestFailure("no grant") }
+        return (phone, speaker, grant)
+    }
+
     @Test(arguments: EngineKind.allCases)
     func anUnconfirmedTransferGoesBackToTheSource(engine: EngineKind) async throws {
         try await Self.start(engine) { server in
-            let (phone, speaker) = try await Self.playingOnThePhone(server)
-            try await phone.command("t", .transfer(device: "speaker", play: nil))
-            guard case .leaseGranted(let grant) = try await speaker.expect("lease_granted") else { return }
+            let (phone, speaker, grant) = try await Self.transferredToTheSpeaker(server)
             let confirmBy = try #require(grant.confirmBy, "the grant says by when to confirm")
             #expect(abs(confirmBy - (grant.state.positionAt + Self.confirmMs)) <= 50)
             // The speaker never starts: the phone gets playback back at the handover position.
@@ -53,9 +61,7 @@ struct TransferConfirmTests {
     @Test(arguments: EngineKind.allCases)
     func aConfirmedTransferStays(engine: EngineKind) async throws {
         try await Self.start(engine) { server in
-            let (phone, speaker) = try await Self.playingOnThePhone(server)
-            try await phone.command("t", .transfer(device: "speaker", play: nil))
-            guard case .leaseGranted(let grant) = try await speaker.expect("lease_granted") else { return }
+            let (_, speaker, grant) = try await Self.transferredToTheSpeaker(server)
             try await speaker.send(.report(.init(
                 epoch: grant.epoch, positionMs: grant.state.positionMs, isPlaying: true, trackID: "t0001")))
             try await Task.sleep(for: .milliseconds(Self.confirmMs * 3))
@@ -69,9 +75,7 @@ struct TransferConfirmTests {
     @Test(arguments: EngineKind.allCases)
     func withTheSourceGoneTooPlaybackPauses(engine: EngineKind) async throws {
         try await Self.start(engine) { server in
-            let (phone, speaker) = try await Self.playingOnThePhone(server)
-            try await phone.command("t", .transfer(device: "speaker", play: nil))
-            guard case .leaseGranted(let grant) = try await speaker.expect("lease_granted") else { return }
+            let (phone, speaker, grant) = try await Self.transferredToTheSpeaker(server)
             await phone.drop()
             guard case .leaseRevoked(let revoked) = try await speaker.expect("lease_revoked") else { return }
             #expect(revoked.reason == .transferFailed && revoked.by == nil && revoked.epoch == grant.epoch + 1)

@@ -326,7 +326,6 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
     private func didCommit(_ transition: Transition, json: ByteBuffer, directory: DeviceDirectory) {
         fanout?.remember(transition.playback, json: json)
         if let lease = transition.lease, let confirmBy = lease.confirmBy { checkConfirmation(epoch: lease.epoch, at: confirmBy) }
-        if transition.lease?.reason == .transferFailed { Counter(label: "playback_transfers_failed_total").increment() }
         environment.durability.committed(user: userID, transition: transition) { directory.records[$0]?.kind.rawValue }
         if let lease = transition.lease {
             Counter(label: "playback_lease_changes_total", dimensions: [("reason", lease.reason.rawValue)]).increment()

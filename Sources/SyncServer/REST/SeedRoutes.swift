@@ -88,12 +88,8 @@ struct SeedRoutes {
         }
         guard let song = body.songID ?? state.track?.id else { throw PlaybackError(.noActiveDevice, "nothing is loaded") }
         let input = Input.report(epoch: state.epoch, positionMs: positionMs, isPlaying: body.isPlaying ?? state.isPlaying, trackID: song)
-        switch await player.engine.submit(Submission(user: user, input: input, device: body.deviceID, requestID: nil, ifVersion: nil)) {
-        case .success(let receipt):
-            return try RESTResponse.json(SeedDone(success: true, version: receipt.version, position: Double(positionMs) / 1_000), version: receipt.version)
-        case .failure(let error):
-            throw error
-        }
+        let receipt = try await player.engine.submit(Submission(user: user, input: input, device: body.deviceID)).get()
+        return try RESTResponse.json(SeedDone(success: true, version: receipt.version, position: Double(positionMs) / 1_000), version: receipt.version)
     }
 
     /// Seconds (a JSON number) to whole milliseconds.
