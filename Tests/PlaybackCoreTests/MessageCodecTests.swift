@@ -26,6 +26,9 @@ struct MessageCodecTests {
         (#"{"type":"command","id":7,"op":"pause"}"#, .badRequest, nil),
         (#"{"type":"hello","device":{"id":"bad id","name":"x","kind":"tv"}}"#, .badRequest, nil),
         (#"{"type":"hello","device":{"id":"ok","name":"x","kind":"toaster"}}"#, .badRequest, nil),
+        (#"{"type":"hello","device":{"id":"ok","name":"x","kind":"tv"},"capabilities":"transfer_confirm"}"#, .badRequest, nil),
+        (#"{"type":"hello","device":{"id":"ok","name":"x","kind":"tv"},"capabilities":[""]}"#, .badRequest, nil),
+        (#"{"type":"hello","device":{"id":"ok","name":"x","kind":"tv"},"capabilities":["c0","c1","c2","c3","c4","c5","c6","c7","c8","c9","c10","c11","c12","c13","c14","c15","c16"]}"#, .badRequest, nil),
         (#"{"type":"report","epoch":-1.5,"position_ms":0,"is_playing":true,"track_id":"t"}"#, .badRequest, nil),
         (#"{"type":"clock","t0":"now"}"#, .badRequest, nil),
     ])

@@ -124,8 +124,17 @@ struct TransferConfirmTests {
                 if entries.allSatisfy({ $0["rtt_ms"] is Int }) { break }
                 try await Task.sleep(for: .milliseconds(200))
             }
-            #expect(entries.count == 3 && entries.allSatisfy { ($0["rtt_ms"] as? Int).map { $0 >= 0 && $0 < 1_000 } ?? false }, "\(entries)")
+            // A connection still open answered within two heartbeats (a busy machine can take over a second).
+            #expect(entries.count == 3 && entries.allSatisfy { ($0["rtt_ms"] as? Int).map { $0 >= 0 && $0 < 4_000 } ?? false }, "\(entries)")
             _ = (phone, speaker)
         }
+    }
+
+    @Test(.enabled(if: FaultCluster.binaryExists, "needs .build/debug/playback-syncd"))
+    func theDaemonRefusesAConfirmationTimeThatIsNotAPositiveNumber() throws {
+        let zero = try runProgram(FaultCluster.binary, ["--port", "0", "--transfer-confirm-ms", "0"])
+        #expect(zero.code != 0 && zero.output.contains("--transfer-confirm-ms must be positive"), "\(zero.output)")
+        let words = try runProgram("/usr/bin/env", ["PLAYBACK_TRANSFER_CONFIRM_MS=soon", FaultCluster.binary, "--port", "0"])
+        #expect(words.code != 0 && words.output.contains("PLAYBACK_TRANSFER_CONFIRM_MS=soon is not a valid number"), "\(words.output)")
     }
 }
