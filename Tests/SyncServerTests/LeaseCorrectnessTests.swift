@@ -80,6 +80,25 @@ struct LeaseCorrectnessTests {
         }
     }
 
+    @Test func aPresenceRefreshInFlightDoesNotBringBackADeviceThatLeft() async throws {
+        for (name, storage) in try Self.storages() {
+            let user = "presence-\(UInt32.random(in: 0...UInt32.max))"
+            let now = ServerClock.nowMs()
+            let online = StoredDevice(name: "Phone", kind: .smartphone, lastSeen: now, session: "s1", node: "n")
+            try await storage.register(user: user, entries: [("phone", online)], presenceUntil: now + 60_000)
+            // The node looked at its connections (the phone on s1), then the phone left, then the refresh ran.
+            let offline = StoredDevice(name: "Phone", kind: .smartphone, lastSeen: now, session: nil, node: nil)
+            #expect(try await storage.leave(user: user, device: "phone", session: "s1", entry: offline, frame: BusMessage(devices: [])), "\(name)")
+            let refreshed = try await storage.refreshPresence(user: user, devices: [("phone", "s1")], now: now, until: now + 60_000)
+            #expect(refreshed.missing == 0 && !refreshed.online.contains("phone"), "\(name): it stays offline")
+            let directory = try await storage.loadDirectory(user: user, now: now, retentionMs: 60_000)
+            #expect(directory.records["phone"]?.online == false, "\(name)")
+            // A device without an entry: the storage lost the user's keys.
+            #expect(try await storage.refreshPresence(user: user, devices: [("laptop", "s2")], now: now, until: now + 60_000).missing == 1, "\(name)")
+            await storage.shutdown()
+        }
+    }
+
     @Test func aLapsedLeaseTellsWhenItsHolderWasLastSeenAndIsSweptOnce() async throws {
         for (name, storage) in try Self.storages() {
             let user = "lapse-\(UInt32.random(in: 0...UInt32.max))"

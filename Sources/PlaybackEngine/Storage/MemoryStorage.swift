@@ -148,11 +148,18 @@ public final class MemoryStorage: PlaybackStorage {
         }
     }
 
-    public func refreshPresence(user: String, devices: [String], now: Int64, until: Int64) async throws -> (missing: Int, online: Set<String>) {
+    public func refreshPresence(
+        user: String, devices: [(device: String, session: String)], now: Int64, until: Int64
+    ) async throws -> (missing: Int, online: Set<String>) {
         withRecord(user) { record, _ in
             var missing = 0
-            for device in devices {
-                if record.online.updateValue(until, forKey: device) == nil { missing += 1 }
+            for (device, session) in devices {
+                guard let entry = record.devices[device] else {
+                    missing += 1
+                    continue
+                }
+                // A device that left meanwhile stays offline.
+                if entry.session == session { record.online[device] = until }
             }
             return ((missing, Set(record.online.filter { $0.value > now }.keys)), nil)
         }

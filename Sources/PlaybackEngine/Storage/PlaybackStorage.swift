@@ -39,8 +39,9 @@ public protocol PlaybackStorage: Sendable {
     /// Rewrites the entries that still name `session` (a connection's details changed, e.g. its
     /// round trip); an entry a newer connection of the device took over is left alone.
     func rewrite(user: String, entries: [(device: String, session: String, entry: StoredDevice)]) async throws
-    /// Extends the presence of `devices`; answers how many were missing and who is online.
-    func refreshPresence(user: String, devices: [String], now: Int64, until: Int64) async throws -> (missing: Int, online: Set<String>)
+    /// Extends the presence of `devices` whose entries still name their session (one that left
+    /// meanwhile stays offline); answers how many had no entry (the storage lost them) and who is online.
+    func refreshPresence(user: String, devices: [(device: String, session: String)], now: Int64, until: Int64) async throws -> (missing: Int, online: Set<String>)
 
     /// Sets the lease to `holder` (`LeaseHolder.value`, at `epoch`) for `ttlMs`, a compare-and-set:
     /// only while the stored playback is still at `epoch` and no holder of a later epoch has the

@@ -109,7 +109,10 @@ final class UserFanout: Sendable {
             return (epoch, version)
         }
     }
-    var connectedDevices: [String] { state.withLock { Array($0.devices.deviceIDs) } }
+    /// Each device connected here with the session of its connection.
+    var connectedSessions: [(device: String, session: String)] {
+        state.withLock { state in state.devices.deviceIDs.compactMap { id in state.devices.sink(for: id).map { (id, $0.sessionID) } } }
+    }
 
     func hasDevice(_ device: String) -> Bool { state.withLock { $0.devices.sink(for: device) != nil } }
 
@@ -125,9 +128,6 @@ final class UserFanout: Sendable {
     func remember(roundTrips: [String: Int]) {
         state.withLock { $0.directory?.setRoundTrips(roundTrips) }
     }
-
-    /// The session of the device's connection here, if it is connected here.
-    func sessionID(of device: String) -> String? { state.withLock { $0.devices.sink(for: device)?.sessionID } }
 
     /// Starts buffering for a device about to be welcomed; returns a connection it replaces here.
     func beginWelcome(_ sink: any DeviceSink, device: String) -> (any DeviceSink)? {

@@ -378,7 +378,8 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
         guard let fanout else { return }
         do {
             let now = self.now
-            let refresh = try await presence.refreshIfDue(fanout.connectedDevices, now: now)
+            let connected = fanout.connectedSessions
+            let refresh = try await presence.refreshIfDue(connected, now: now)
             switch refresh {
             case .lost?:
                 // The storage lost the user's keys (a Redis restart without persistence, a flush):
@@ -396,8 +397,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
             }
             if refresh != nil, case let rtts = fanout.roundTrips, !rtts.isEmpty {
                 // With the presence refresh: the directory's round trips (`rtt_ms` in device lists).
-                var sessions: [String: String] = [:]
-                for device in rtts.keys { sessions[device] = fanout.sessionID(of: device) }
+                let sessions = Dictionary(connected.map { ($0.device, $0.session) }, uniquingKeysWith: { $1 })
                 let written = try await presence.writeRoundTrips(rtts, sessions: sessions, now: now)
                 if !written.isEmpty { fanout.remember(roundTrips: written) }
             }
@@ -500,7 +500,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
     /// Writes this node's connected devices of the user into the directory again (after the storage lost it).
     private func registerLocalDevices() async throws {
         guard let fanout else { return }
-        let sessions = fanout.connectedDevices.compactMap { device in fanout.sessionID(of: device).map { (device, $0) } }
+        let sessions = fanout.connectedSessions
         try await presence.register(sessions, now: now)
     }
 

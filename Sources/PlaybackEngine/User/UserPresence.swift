@@ -85,9 +85,9 @@ final class UserPresence<Storage: PlaybackStorage>: Sendable {
         return written
     }
 
-    /// Extends the presence of `devices` (this node's, connected) if a third of its TTL has passed
-    /// since the last time; nil when it was not due.
-    func refreshIfDue(_ devices: [String], now: Int64) async throws -> Check? {
+    /// Extends the presence of `devices` (this node's, connected, with their sessions) if a third of
+    /// its TTL has passed since the last time; nil when it was not due.
+    func refreshIfDue(_ devices: [(device: String, session: String)], now: Int64) async throws -> Check? {
         let due = local.withLock { local -> Bool in
             guard !devices.isEmpty, local.refreshedAt.map({ now - $0 >= timing.presenceTTLMs / 3 }) ?? true else { return false }
             local.refreshedAt = now

@@ -293,13 +293,23 @@ enum RedisScripts {
         return written
         """
 
-    /// Refreshes the presence of this node's devices of a user and says who is online.
-    /// KEYS: online. ARGV: now ms, expiry ms, devices…
-    /// Returns {devices that were missing (Redis lost them), [online devices]}.
+    /// Refreshes the presence of this node's devices of a user and says who is online. Only a
+    /// device whose entry still names the session is extended: one that left meanwhile (`leave`
+    /// ran between the node's look at its connections and this script) stays offline.
+    /// KEYS: online, dev. ARGV: now ms, expiry ms, then device, session, repeated.
+    /// Returns {devices without an entry (Redis lost them), [online devices]}.
     static let presence = """
-        local added = 0
-        for i = 3, #ARGV do added = added + redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i]) end
-        return {added, redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')}
+        local missing = 0
+        for i = 3, #ARGV, 2 do
+            local entry = redis.call('HGET', KEYS[2], ARGV[i])
+            if not entry then
+                missing = missing + 1
+            else
+                local ok, decoded = pcall(cjson.decode, entry)
+                if ok and decoded.session == ARGV[i + 1] then redis.call('ZADD', KEYS[1], ARGV[2], ARGV[i]) end
+            end
+        end
+        return {missing, redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')}
         """
 }
 

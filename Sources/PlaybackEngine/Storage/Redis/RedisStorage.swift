@@ -244,13 +244,17 @@ public final class RedisStorage: PlaybackStorage {
         _ = try await redis.evaluate(rewriteScript, keys: [RedisKeys(user: user).devices], arguments: arguments)
     }
 
-    public func refreshPresence(user: String, devices: [String], now: Int64, until: Int64) async throws -> (missing: Int, online: Set<String>) {
-        let reply = try await redis.evaluate(
-            presenceScript, keys: [RedisKeys(user: user).online], arguments: [.integer(now), .integer(until)] + devices.map { .string($0) })
-        guard case .array(let parts) = reply, parts.count == 2, let added = parts[0].int else {
+    public func refreshPresence(
+        user: String, devices: [(device: String, session: String)], now: Int64, until: Int64
+    ) async throws -> (missing: Int, online: Set<String>) {
+        let keys = RedisKeys(user: user)
+        var arguments: [RedisArgument] = [.integer(now), .integer(until)]
+        for (device, session) in devices { arguments += [.string(device), .string(session)] }
+        let reply = try await redis.evaluate(presenceScript, keys: [keys.online, keys.devices], arguments: arguments)
+        guard case .array(let parts) = reply, parts.count == 2, let missing = parts[0].int else {
             throw RedisError(.protocolError, "unexpected presence reply \(reply)")
         }
-        return (Int(added), Set((parts[1].array ?? []).compactMap(\.string)))
+        return (Int(missing), Set((parts[1].array ?? []).compactMap(\.string)))
     }
 
     public func takeLease(user: String, holder: String, epoch: Int64, ttlMs: Int64, seen: Int64) async throws -> Bool {
