@@ -41,7 +41,8 @@ cluster_ports() { seq "$REDIS_CLUSTER_PORT" $((REDIS_CLUSTER_PORT + 5)); }
 cluster_ok() { # every node answers and says the cluster is ok, with 3 replicas in place
     local port
     for port in $(cluster_ports); do
-        redis-cli -p "$port" cluster info 2>/dev/null | grep -q "cluster_state:ok" || return 1
+        # Read whole, then matched: `| grep -q` ends early and, under pipefail, fails the pipe on SIGPIPE.
+        [[ "$(redis-cli -p "$port" cluster info 2>/dev/null)" == *"cluster_state:ok"* ]] || return 1
     done
     [ "$(redis-cli -p "$REDIS_CLUSTER_PORT" cluster nodes 2>/dev/null | grep -c slave)" -eq 3 ]
 }
@@ -61,7 +62,8 @@ start_cluster_node() { # start_cluster_node PORT
 # come back to `cluster_state:ok` from its saved configuration is created anew (its data is lost).
 start_redis_cluster() {
     local seeds port saved=false
-    seeds=$(cluster_ports | head -3 | sed 's/^/127.0.0.1:/' | paste -sd, -)
+    # The first three nodes (no `| head`: under pipefail, the SIGPIPE it leaves `seq` fails the pipe).
+    seeds=$(seq "$REDIS_CLUSTER_PORT" $((REDIS_CLUSTER_PORT + 2)) | sed 's/^/127.0.0.1:/' | paste -sd, -)
     export PLAYBACK_REDIS_CLUSTER_URL="redis+cluster://$seeds"
     if cluster_ok; then
         echo "services: redis cluster already running on ports $REDIS_CLUSTER_PORT-$((REDIS_CLUSTER_PORT + 5))"
@@ -119,9 +121,9 @@ start_postgres() {
         -o "-p $POSTGRES_PORT -k $pgdata -c listen_addresses=127.0.0.1" start >/dev/null
     started_services+=(postgres)
     local psql=("$bin/psql" -h 127.0.0.1 -p "$POSTGRES_PORT" -U postgres -qtA)
-    "${psql[@]}" -c "select 1 from pg_roles where rolname='playback'" | grep -q 1 ||
+    [ "$("${psql[@]}" -c "select 1 from pg_roles where rolname='playback'")" = 1 ] ||
         "${psql[@]}" -c "create role playback login" >/dev/null
-    "${psql[@]}" -c "select 1 from pg_database where datname='playback'" | grep -q 1 ||
+    [ "$("${psql[@]}" -c "select 1 from pg_database where datname='playback'")" = 1 ] ||
         "${psql[@]}" -c "create database playback owner playback" >/dev/null
     echo "services: postgres on port $POSTGRES_PORT"
 }
