@@ -86,7 +86,7 @@ struct DurabilityTests {
                 return
             }
             // A context skips what is not licensed: album a02 starts at t0011, t0013 is left out.
-            guard case .ack = try await bo.command("c2", .play(.init(context: .init(kind: "album", id: "a02")))) else { return }
+            _ = try await bo.acked("c2", .play(.init(context: .init(kind: "album", id: "a02"))))
             let queue = try await server.engine.snapshot(user: .init(userID: "bo.\(server.namespace)")).state.queue ?? []
             #expect(!queue.contains { $0.track.id == "t0013" } && queue.contains { $0.track.id == "t0014" })
         }
@@ -97,7 +97,7 @@ struct DurabilityTests {
             let (phone, _) = try await server.device("phone")
             let user = "alice.\(server.namespace)"
             let started = ContinuousClock.now
-            guard case .ack = try await phone.command("p", .play(.init(context: .init(kind: "album", id: "a01")))) else { return }
+            _ = try await phone.acked("p", .play(.init(context: .init(kind: "album", id: "a01"))))
             // The lease moved: written at the next tick, long before the interval.
             #expect(try await eventually(timeout: .milliseconds(1_500)) {
                 try await database.sql("SELECT version FROM playback_snapshots WHERE user_id = '\(user)'") == "1"
@@ -127,11 +127,11 @@ struct DurabilityTests {
             let (phone, _) = try await server.device("phone", kind: .smartphone)
             let (laptop, _) = try await server.device("laptop", kind: .computer)
             let started = ContinuousClock.now
-            guard case .ack = try await phone.command("p", .play(.init(context: .init(kind: "album", id: "a02"), device: "phone"))) else { return }
+            _ = try await phone.acked("p", .play(.init(context: .init(kind: "album", id: "a02"), device: "phone")))
             try await Task.sleep(for: .milliseconds(300))
-            guard case .ack = try await phone.command("n", .next) else { return }  // t0011 skipped on the phone
+            _ = try await phone.acked("n", .next)  // t0011 skipped on the phone
             try await Task.sleep(for: .milliseconds(300))
-            guard case .ack = try await phone.command("t", .transfer(device: "laptop", play: nil)) else { return }  // t0012 moves
+            _ = try await phone.acked("t", .transfer(device: "laptop", play: nil))  // t0012 moves
             guard case .leaseGranted(let grant) = try await laptop.expect("lease_granted") else { return }
             try await Task.sleep(for: .milliseconds(300))
             try await laptop.send(.trackEnded(.init(epoch: grant.epoch, trackID: "t0012")))  // t0012 finished on the laptop
@@ -178,8 +178,8 @@ struct DurabilityTests {
         let namespace = "restart\(UInt32.random(in: 0...UInt32.max))"
         let first = try await TestServer.start(namespace: namespace, durability: store.durability, catalog: catalog)
         let (phone, _) = try await first.device("phone")
-        guard case .ack = try await phone.command("p", .play(.init(context: .init(kind: "album", id: "a04"), device: "phone"))) else { return }
-        guard case .ack(let last) = try await phone.command("q", .queueAdd(trackID: "t0200", at: .next)) else { return }
+        _ = try await phone.acked("p", .play(.init(context: .init(kind: "album", id: "a04"), device: "phone")))
+        let last = try await phone.acked("q", .queueAdd(trackID: "t0200", at: .next))
         await first.stop()
         #expect(await store.writer.flush())
 
@@ -197,9 +197,9 @@ struct DurabilityTests {
         try await withDaemon(engine: .redis, redisURL: redis.url) { server, store, database in
             let (phone, _) = try await server.device("phone")
             let (laptop, _) = try await server.device("laptop")
-            guard case .ack = try await phone.command("p", .play(.init(context: .init(kind: "album", id: "a05"), device: "phone"))) else { return }
-            guard case .ack = try await phone.command("q", .queueAdd(trackID: "t0250", at: .end)) else { return }
-            guard case .ack(let before) = try await laptop.command("v", .volume(percent: 30)) else { return }
+            _ = try await phone.acked("p", .play(.init(context: .init(kind: "album", id: "a05"), device: "phone")))
+            _ = try await phone.acked("q", .queueAdd(trackID: "t0250", at: .end))
+            let before = try await laptop.acked("v", .volume(percent: 30))
             let user = "alice.\(server.namespace)"
             #expect(try await eventually { try await database.sql("SELECT version FROM playback_snapshots WHERE user_id = '\(user)'") == "\(before.version)" })
 
@@ -220,12 +220,12 @@ struct DurabilityTests {
             #expect(snapshot.epoch > 1 && snapshot.volume == 30 && snapshot.activeDevice == "phone")
             #expect(snapshot.track?.id == "t0250", "the queue survived: next played the queued track")
             // The phone learns its new epoch and may report with it.
-            var grant: ServerMessage.LeaseGranted?
-            while grant == nil || grant?.epoch == 1 {
+            var newest: ServerMessage.LeaseGranted?
+            while newest == nil || newest?.epoch == 1 {
                 guard case .leaseGranted(let next) = try await phone.expect("lease_granted") else { return }
-                grant = next
+                newest = next
             }
-            guard let grant else { return }
+            let grant = try #require(newest)
             #expect(grant.epoch == snapshot.epoch)
             try await phone.send(.report(.init(id: "r", epoch: grant.epoch, positionMs: 10_000, isPlaying: true, trackID: snapshot.track?.id ?? "")))
             _ = try await phone.state { $0.positionMs == 10_000 }
@@ -252,7 +252,7 @@ struct DurabilityTests {
         defer { Task { await server.stop() } }
         let user = "alice.\(server.namespace)"
         let (phone, _) = try await server.device("phone")
-        guard case .ack = try await phone.command("p", .play(.init(context: .init(kind: "album", id: "a06"), device: "phone"))) else { return }
+        _ = try await phone.acked("p", .play(.init(context: .init(kind: "album", id: "a06"), device: "phone")))
         #expect(try await eventually { (try? await store.store.loadSnapshot(user: user))??.version == 1 })
 
         try await offloaded { try postgres.stop() }

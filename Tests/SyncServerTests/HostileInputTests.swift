@@ -71,7 +71,7 @@ struct HostileInputTests {
                 return
             }
             #expect(refused.code == .deviceNotFound)
-            guard case .error(let play) = try await mallory.command("p", .play(.init(trackID: "t0001", device: "victim-speaker"))) else { return }
+            let play = try await mallory.refused("p", .play(.init(trackID: "t0001", device: "victim-speaker")))
             #expect(play.code == .deviceNotFound)
             #expect(await victim.next(timeout: .milliseconds(300)) == nil, "the victim heard nothing")
         }

@@ -89,7 +89,7 @@ struct SessionTests {
     func queueAddAckCarriesTheEntry(engine: EngineKind) async throws {
         try await TestServer.with(engine: engine) { server in
             let (phone, _) = try await server.device("phone")
-            guard case .ack(let ack) = try await phone.command("q", .queueAdd(trackID: "t0002", at: .end)) else { return }
+            let ack = try await phone.acked("q", .queueAdd(trackID: "t0002", at: .end))
             #expect(ack.entry != nil)
             let event = try await phone.state()
             #expect(event.state.queue?.map(\.entry) == [ack.entry].compactMap { $0 })

@@ -219,6 +219,21 @@ final class TestClient: Sendable {
         return try await answer(to: id)
     }
 
+    /// Sends a command that must be acked: anything else fails the test, naming what came instead.
+    @discardableResult
+    func acked(_ id: String, _ command: Command, ifVersion: Int64? = nil) async throws -> ServerMessage.Ack {
+        let answer = try await self.command(id, command, ifVersion: ifVersion)
+        guard case .ack(let ack) = answer else { throw TestFailure("\(id) (\(command)) was not acked: \(answer)") }
+        return ack
+    }
+
+    /// Sends a command that must be refused: an ack fails the test.
+    func refused(_ id: String, _ command: Command, ifVersion: Int64? = nil) async throws -> ServerMessage.ErrorReply {
+        let answer = try await self.command(id, command, ifVersion: ifVersion)
+        guard case .error(let error) = answer else { throw TestFailure("\(id) (\(command)) was not refused: \(answer)") }
+        return error
+    }
+
     /// Asks for recently played tracks and waits for the answer.
     func history(_ id: String, limit: Int = 20) async throws -> ServerMessage {
         try await send(.history(id: id, limit: limit))
