@@ -63,6 +63,7 @@ public final class WriteBehind: Sendable {
     let logger: Logger
     private let queues = Mutex(Queues())
     private let snapshotWrites = Atomic<Int>(0)
+    private let rowsSetAside = Atomic<Int>(0)
     /// Held while a batch is being written, so a shutdown flush does not run beside the loop.
     private let writing = WriteGate()
 
@@ -135,6 +136,8 @@ public final class WriteBehind: Sendable {
 
     /// Snapshots written since start (one per user per write).
     public var snapshotsWritten: Int { snapshotWrites.load(ordering: .relaxed) }
+    /// Rows PostgreSQL refused on their own and this writer set aside (also in `playback_store_rejected_total`).
+    public var setAside: Int { rowsSetAside.load(ordering: .relaxed) }
 
     /// Items not yet written (queued or being written), by kind.
     public var pending: (snapshots: Int, plays: Int, devices: Int) {
@@ -228,6 +231,7 @@ public final class WriteBehind: Sendable {
                     written(row)
                 } catch where error.code == .rejected {
                     Counter(label: "playback_store_rejected_total", dimensions: [("kind", kind)]).increment()
+                    rowsSetAside.add(1, ordering: .relaxed)
                     logger.error("postgres refused a row; set aside", metadata: [
                         "kind": .string(kind), "row": .string(describe(row)), "error": .string(error.description),
                     ])

@@ -17,12 +17,11 @@ struct ConnectionHardeningTests {
     // MARK: Pings
 
     @Test func aClientThatPingsAndNeverReadsIsClosed4008() async throws {
-        try await TestServer.with({
+        try await TestServer.with(recordingLogs: true, {
             $0.sendBufferBytes = 64 * 1_024
             $0.messagesPerSecond = 100_000
             $0.messageBurst = 100_000
         }) { server in
-            let closes = TestMetrics.value(#"playback_ws_closes_total{code="4008"}"#)
             let client = try await server.connect(receiveBuffer: 4_096, autoRead: false)
             try await client.send(.hello(.init(device: .init(id: "pinger", name: "Pinger", kind: .other))))
             // 20,000 pings of 120 bytes: 2.4 MB of pongs, far past the 64 KiB send buffer.
@@ -31,7 +30,8 @@ struct ConnectionHardeningTests {
             // Its close frame waits behind the pongs this client never read: the socket may be gone first.
             let code = await client.closeAfterReadingEverything()
             #expect(code == 4008 || code == nil, "ended, not answered forever")
-            #expect(TestMetrics.value(#"playback_ws_closes_total{code="4008"}"#) > closes, "closed with 4008")
+            // The close frame may never reach it: the server's own account of this connection says why it ended.
+            #expect(!server.logs.entries("close handshake", where: ["device.id": "pinger", "close.code": "4008"]).isEmpty, "closed with 4008")
         }
     }
 
@@ -61,7 +61,6 @@ struct ConnectionHardeningTests {
             let (closed, received) = await raw.waitForClose(within: .seconds(10))
             #expect(closed && received.isEmpty)
             #expect(ContinuousClock.now - started >= .milliseconds(250))
-            #expect(TestMetrics.text().contains("playback_http_request_timeouts_total"))
         }
     }
 

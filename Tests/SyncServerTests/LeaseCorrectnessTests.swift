@@ -120,7 +120,7 @@ struct LeaseCorrectnessTests {
 
     /// A device moved to node B; its old connection on node A ends with a clean close before A
     /// heard of the replacement: that close must not release the lease the device now holds on B.
-    @Test(.enabled(if: ProcessInfo.processInfo.environment["PLAYBACK_REDIS_URL"] != nil, "needs PLAYBACK_REDIS_URL"))
+    @Test(.enabled(if: ProcessInfo.processInfo.environment["PLAYBACK_REDIS_URL"] != nil || ProcessInfo.processInfo.environment["CI"] == "true", "needs PLAYBACK_REDIS_URL"))
     func aLateCloseOfAReplacedConnectionLeavesTheLeaseWithTheNewOne() async throws {
         var configuration = EngineConfiguration()
         configuration.graceMs = 10_000
@@ -189,9 +189,6 @@ struct WriteBehindIsolationTests {
         defer { database.drop() }
         let store = try await TestStore(settings: database.settings)
         defer { store.close() }
-        _ = TestMetrics.registry
-        let series = #"playback_store_rejected_total{kind="user"}"#
-        let rejected = TestMetrics.value(series)
         store.writer.user(StoredUser(id: "bad", country: "SWE", tier: nil))
         store.writer.user(StoredUser(id: "good", country: "SE", tier: nil))
         var playback = Playback.initial
@@ -201,7 +198,7 @@ struct WriteBehindIsolationTests {
         #expect(store.writer.isHealthy)
         #expect(try await database.sql("SELECT string_agg(id, ',' ORDER BY id) FROM users") == "good")
         #expect(try await database.sql("SELECT version FROM playback_snapshots WHERE user_id = 'good'") == "3")
-        #expect(TestMetrics.value(series) >= rejected + 1)
+        #expect(store.writer.setAside == 1, "this writer set one row aside (and counted it in playback_store_rejected_total)")
     }
 }
 

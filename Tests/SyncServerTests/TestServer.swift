@@ -54,14 +54,18 @@ final class TestServer: Sendable {
     /// Appended to user names, so that tests sharing one Redis never share a user.
     let namespace: String
     let engine: any PlaybackEngine
+    /// What this server logged, when started with `recordingLogs` (evidence of this test alone:
+    /// the metrics registry is the whole process's, shared with every test running at once).
+    let logs: LogRecorder
     private let group: ServiceGroup
     private let task: Task<Void, any Error>
 
     private init(
-        port: Int, configuration: ServerConfiguration, namespace: String, engine: any PlaybackEngine, group: ServiceGroup,
+        port: Int, configuration: ServerConfiguration, namespace: String, engine: any PlaybackEngine, logs: LogRecorder, group: ServiceGroup,
         task: Task<Void, any Error>
     ) {
         self.port = port
+        self.logs = logs
         self.configuration = configuration
         self.namespace = namespace
         self.engine = engine
@@ -80,7 +84,7 @@ final class TestServer: Sendable {
 
     static func start(
         engine kind: EngineKind = .memory, namespace: String = String(UInt32.random(in: 0...UInt32.max), radix: 36),
-        durability: Durability? = nil, catalog: (any TrackCatalog)? = nil, redisURL: String? = nil,
+        durability: Durability? = nil, catalog: (any TrackCatalog)? = nil, redisURL: String? = nil, recordingLogs: Bool = false,
         _ configure: (inout ServerConfiguration) -> Void = { _ in }
     ) async throws -> TestServer {
         _ = TestMetrics.registry
@@ -88,8 +92,12 @@ final class TestServer: Sendable {
         configure(&configuration)
 
         let (ports, portContinuation) = AsyncStream<Int>.makeStream()
-        var logger = Logger(label: "test-server")
-        logger.logLevel = ProcessInfo.processInfo.environment["TEST_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0) } ?? .critical
+        let printed = ProcessInfo.processInfo.environment["TEST_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0) } ?? .critical
+        let logs = LogRecorder(printing: printed)
+        var logger = Logger(label: "test-server") { label in
+            recordingLogs ? logs.handler : StreamLogHandler.standardError(label: label)
+        }
+        logger.logLevel = recordingLogs ? .debug : printed
         let engine: any PlaybackEngine
         switch kind {
         case .memory:
@@ -114,7 +122,8 @@ final class TestServer: Sendable {
         if let redis = engine as? RedisEngine { await redis.waitUntilReady() }
         var iterator = ports.makeAsyncIterator()
         guard let port = await iterator.next(), port > 0 else { throw TestTimeout(waitingFor: "the server to listen") }
-        return TestServer(port: port, configuration: configuration, namespace: namespace, engine: engine, group: group, task: task)
+        return TestServer(
+            port: port, configuration: configuration, namespace: namespace, engine: engine, logs: logs, group: group, task: task)
     }
 
     func connect(_ user: String = "alice", ttl: TimeInterval = 3_600, country: String? = nil, origin: String? = nil,
@@ -153,9 +162,10 @@ final class TestServer: Sendable {
 
     /// Runs `body` against a fresh server and stops it afterwards.
     static func with<T>(
-        engine: EngineKind = .memory, _ configure: (inout ServerConfiguration) -> Void = { _ in }, _ body: (TestServer) async throws -> T
+        engine: EngineKind = .memory, recordingLogs: Bool = false, _ configure: (inout ServerConfiguration) -> Void = { _ in },
+        _ body: (TestServer) async throws -> T
     ) async throws -> T {
-        let server = try await start(engine: engine, configure)
+        let server = try await start(engine: engine, recordingLogs: recordingLogs, configure)
         do {
             let result = try await body(server)
             await server.stop()

@@ -20,11 +20,7 @@ enum ServerMetrics {
 
     /// A close the handshake sends (ours, or the peer's echoed; 1005 when it had no code).
     static func closing(_ step: CloseHandshake.Step) {
-        switch step {
-        case .sendClose(let code, _): closed(code)
-        case .echoThenClose(let code): closed(code ?? 1005)
-        case .closeSocket, .none: break
-        }
+        if let code = step.code { closed(code) }
     }
 
     static func message(_ type: String, result: String) {

@@ -92,6 +92,15 @@ struct CloseHandshake {
         case closeSocket
         /// Nothing to do: our close is already on its way.
         case none
+
+        /// The close code this step sends (1005 for an echoed close that had none), if it sends one.
+        var code: UInt16? {
+            switch self {
+            case .sendClose(let code, _): code
+            case .echoThenClose(let code): code ?? 1005
+            case .closeSocket, .none: nil
+            }
+        }
     }
 
     private(set) var closeSent = false

@@ -149,7 +149,7 @@ final class SessionHandler: ChannelDuplexHandler {
             context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer())), promise: nil)
         case .close(let step):
             ServerMetrics.closing(step)
-            logger.debug("close handshake", metadata: ["close.step": .string("\(step)")])
+            logger.debug("close handshake", metadata: ["close.step": .string("\(step)"), "close.code": .string(step.code.map(String.init) ?? "-")])
             closeTimer = step.perform(on: context, closeTimeout: .milliseconds(services.configuration.closeTimeoutMs)) ?? closeTimer
         case .drop:
             logger.debug("client silent for two heartbeats, dropping it")
