@@ -38,18 +38,31 @@ public struct SentCommand: Sendable {
 
     public var id: String
     public var user: String
+    /// The command's op (`volume`, `transfer`, …), to tell which later commands could change its effect.
+    public var op: String
     public var effect: Effect?
     public var sentNs: UInt64
     /// Part of the timed load (latency and throughput); false for the last command per user the
     /// swarm sends in one burst after the load, for the convergence check only.
     public var timed: Bool
 
-    public init(id: String, user: String, effect: Effect?, sentNs: UInt64, timed: Bool = true) {
+    public init(id: String, user: String, op: String = "", effect: Effect?, sentNs: UInt64, timed: Bool = true) {
         self.id = id
         self.user = user
+        self.op = op
         self.effect = effect
         self.timed = timed
         self.sentNs = sentNs
+    }
+
+    /// Whether a command of `op` may legitimately change what `effect` says (a later volume, a
+    /// transfer to a device with a volume of its own, a pause after a resume, …).
+    static func op(_ op: String, mayChange effect: Effect) -> Bool {
+        switch effect {
+        case .volume: ["volume", "transfer", "play"].contains(op)
+        case .playing: ["pause", "resume", "play", "next", "previous", "seek", "transfer"].contains(op)
+        case .activeDevice: ["transfer", "play"].contains(op)
+        }
     }
 
     /// The checkable effect of a command, when it has one.
@@ -87,8 +100,21 @@ public struct InvariantReport: Codable, Sendable {
         public var noOps = 0
         /// Acked, but no device saw the acked version (devices were reconnecting) and nothing contradicts it.
         public var unobserved = 0
-        /// Acked, but the state at the acked version contradicts it, or the stores ended below that version.
+        /// Acked, but the state at the acked version contradicts it, the stores ended below that
+        /// version, or a restore from an older snapshot undid it (`rolledBack`, counted here too).
         public var lost = 0
+        /// Acked and in the state, then undone by a restore (cause `restored`) from a snapshot older
+        /// than it, with no later command that could have changed the same thing: lost with Redis.
+        public var rolledBack = 0
+        /// The oldest rolled-back command's age when its undoing state arrived (ack → restore, ms):
+        /// an upper bound of the durability window the fault showed (it includes the outage itself).
+        public var rolledBackMaxAgeMs: Int64 = 0
+        /// Users whose last command, sent once the load and the faults were over, got no ack:
+        /// the daemons stopped answering (liveness), or it was refused.
+        public var finalNotAcked = 0
+        /// When each lost command's ack arrived (monotonic ns, the devices' clock): a fault test
+        /// checks that every loss falls in the window its fault may lose.
+        public var lostAcks: [UInt64] = []
         /// Request ids that caused more than one version.
         public var appliedTwice = 0
         /// Reports and `track_ended` turned away with `stale_epoch` (fenced off).
@@ -113,7 +139,12 @@ public struct InvariantReport: Codable, Sendable {
     /// What each violation was, for people (at most 50 lines).
     public var details: [String] = []
 
-    public var total: Int { epochsNotRising + staleChanges + versionViolations + divergentUsers + commandViolations + overlappingLeases }
+    /// 7. Liveness: every user's final command (after the faults) acked.
+    public var livenessFailures: Int { commands.finalNotAcked }
+
+    public var total: Int {
+        epochsNotRising + staleChanges + versionViolations + divergentUsers + commandViolations + overlappingLeases + livenessFailures
+    }
 
     mutating func note(_ line: @autoclosure () -> String) {
         if details.count < 50 { details.append(line()) }
@@ -123,10 +154,12 @@ public struct InvariantReport: Codable, Sendable {
         let errorText = commands.errors.isEmpty ? "none" : commands.errors.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
         return """
             commands: sent=\(commands.sent) acked=\(commands.acked) applied=\(commands.applied) no-ops=\(commands.noOps) \
-            unobserved=\(commands.unobserved) lost=\(commands.lost) applied twice=\(commands.appliedTwice) \
+            unobserved=\(commands.unobserved) lost=\(commands.lost) (rolled back=\(commands.rolledBack), oldest \(commands.rolledBackMaxAgeMs) ms) \
+            applied twice=\(commands.appliedTwice) \
             fenced reports=\(commands.fencedReports) errors: \(errorText)
             invariants: 1 epochs=\(epochsNotRising) 2 stale changes=\(staleChanges) 3 versions=\(versionViolations) \
             4 divergent users=\(divergentUsers) 5 commands=\(commandViolations) 6 overlapping leases=\(overlappingLeases) \
+            7 final commands not acked=\(livenessFailures) \
             → \(total == 0 ? "OK" : "VIOLATED")
             """ + details.map { "\n  " + $0 }.joined()
     }
@@ -179,7 +212,8 @@ public struct InvariantChecker: Sendable {
         // Every state any device saw, by version (queues left out: `state` events omit unchanged ones).
         var byVersion: [Int64: Seen] = [:]
         var causedBy: [String: Set<Int64>] = [:]
-        var acks: [String: Int64] = [:]
+        var acks: [String: (version: Int64, ns: UInt64)] = [:]
+        var firstSeen: [Int64: UInt64] = [:]
         var grantedTo: [Int64: String] = [:]
         var finals: [(device: String, state: PlayerState)] = []
         var beliefs: [(device: String, from: UInt64, to: UInt64)] = []
@@ -201,7 +235,8 @@ public struct InvariantChecker: Sendable {
                 if believedSince != nil, ns > lastHeard + UInt64(graceMs) * 1_000_000 { endBelief(at: lastHeard + UInt64(graceMs) * 1_000_000) }
                 lastHeard = ns
             }
-            func remember(_ state: PlayerState, cause: ServerMessage.Cause?) {
+            func remember(_ state: PlayerState, cause: ServerMessage.Cause?, at ns: UInt64) {
+                firstSeen[state.version] = min(firstSeen[state.version] ?? .max, ns)
                 var bare = state
                 bare.queue = nil
                 if let seen = byVersion[state.version] {
@@ -235,7 +270,7 @@ public struct InvariantChecker: Sendable {
                             report.note("user \(user) device \(history.device): welcome at version \(welcome.state.version) after \(highest)")
                         }
                         highest = max(highest, welcome.state.version)
-                        remember(welcome.state, cause: nil)
+                        remember(welcome.state, cause: nil, at: ns)
                         lastState = welcome.state
                         leaseEpoch = max(leaseEpoch, welcome.state.epoch)
                         if welcome.state.activeDevice == history.device, believedSince == nil { believedSince = ns }
@@ -245,10 +280,10 @@ public struct InvariantChecker: Sendable {
                             report.note("user \(user) device \(history.device): version \(event.state.version) after \(highest)")
                         }
                         highest = max(highest, event.state.version)
-                        remember(event.state, cause: event.cause)
+                        remember(event.state, cause: event.cause, at: ns)
                         lastState = event.state
                     case .leaseGranted(let grant):
-                        remember(grant.state, cause: nil)
+                        remember(grant.state, cause: nil, at: ns)
                         if grant.epoch <= highestGrant {
                             report.epochsNotRising += 1
                             report.note("user \(user) device \(history.device): granted epoch \(grant.epoch) after \(highestGrant)")
@@ -269,7 +304,7 @@ public struct InvariantChecker: Sendable {
                             endBelief(at: ns)
                         }
                     case .ack(let ack):
-                        acks[ack.id] = ack.version
+                        acks[ack.id] = (ack.version, ns)
                     case .error(let error):
                         report.commands.errors[error.code.rawValue, default: 0] += 1
                         if error.code == .staleEpoch { report.commands.fencedReports += 1 }
@@ -321,18 +356,36 @@ public struct InvariantChecker: Sendable {
             }
         }
 
-        // 5. Every acked command is in the state or superseded, none twice.
+        // 5. Every acked command is in the state or superseded, none twice; and a restore from an
+        //    older snapshot that undid one is a loss (a rollback), not a supersession.
         let finalVersion = redis?.version ?? ordered.last?.key ?? 0
+        let ackedByVersion = commands.compactMap { command in acks[command.id].map { (version: $0.version, op: command.op) } }
         for command in commands {
             if (causedBy[command.id]?.count ?? 0) > 1 {
                 report.commands.appliedTwice += 1
                 report.note("user \(user): \(command.id) caused versions \(causedBy[command.id]?.sorted() ?? [])")
             }
-            guard let version = acks[command.id] else { continue }
+            guard let (version, ackNs) = acks[command.id] else {
+                if !command.timed {
+                    report.commands.finalNotAcked += 1
+                    report.note("user \(user): the final command \(command.id) was not acked")
+                }
+                continue
+            }
             report.commands.acked += 1
             if version > finalVersion {
                 report.commands.lost += 1
+                report.commands.lostAcks.append(ackNs)
                 report.note("user \(user): \(command.id) acked at v\(version), but the state ended at v\(finalVersion)")
+                continue
+            }
+            if let effect = command.effect, let undoing = rollback(of: effect, ackedAt: version, in: ordered, acked: ackedByVersion) {
+                report.commands.lost += 1
+                report.commands.lostAcks.append(ackNs)
+                report.commands.rolledBack += 1
+                let ageMs = Int64((firstSeen[undoing] ?? ackNs) &- ackNs) / 1_000_000
+                report.commands.rolledBackMaxAgeMs = max(report.commands.rolledBackMaxAgeMs, ageMs)
+                report.note("user \(user): \(command.id) acked at v\(version) (\(effect)), undone by the restore at v\(undoing) \(ageMs) ms later")
             } else if causedBy[command.id]?.contains(version) == true {
                 report.commands.applied += 1
             } else if let seen = byVersion[version], let effect = command.effect {
@@ -340,6 +393,7 @@ public struct InvariantChecker: Sendable {
                     report.commands.noOps += 1
                 } else {
                     report.commands.lost += 1
+                    report.commands.lostAcks.append(ackNs)
                     report.note("user \(user): \(command.id) acked at v\(version), which a device saw without its effect (\(effect))")
                 }
             } else {
@@ -358,6 +412,19 @@ public struct InvariantChecker: Sendable {
                 }
             }
         }
+    }
+
+    /// The version of the restore that undid `effect`, acked at `version`: the first state seen
+    /// after it that lacks the effect has cause `restored`, and no command acked in between could
+    /// have changed the same thing. Nil when the effect lasted, or something legitimate changed it.
+    private func rollback(
+        of effect: SentCommand.Effect, ackedAt version: Int64, in ordered: [(key: Int64, value: Seen)],
+        acked: [(version: Int64, op: String)]
+    ) -> Int64? {
+        guard let next = ordered.first(where: { $0.key > version && !holds(effect, in: $0.value.state) }) else { return nil }
+        guard next.value.cause?.op == "restored" else { return nil }
+        let explained = acked.contains { $0.version > version && $0.version < next.key && SentCommand.op($0.op, mayChange: effect) }
+        return explained ? nil : next.key
     }
 
     private func holds(_ effect: SentCommand.Effect, in state: PlayerState) -> Bool {

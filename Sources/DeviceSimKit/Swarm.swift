@@ -87,6 +87,8 @@ public struct Swarm: Sendable {
             var stopping = false
             /// Acks and errors received (answers to commands, counted to know when they stop coming).
             var answers = 0
+            /// Answers to the final commands (`final-…`), which the run waits for longer.
+            var finalAnswers = 0
             /// Come back after a loss (set once the load starts).
             var reconnects = false
         }
@@ -128,7 +130,12 @@ public struct Swarm: Sendable {
                         var next = event.state
                         if next.queue == nil { next.queue = state.lastState?.queue }
                         state.lastState = next
-                    case .ack, .error: state.answers += 1
+                    case .ack(let ack):
+                        state.answers += 1
+                        if ack.id.hasPrefix("final-") { state.finalAnswers += 1 }
+                    case .error(let error):
+                        state.answers += 1
+                        if error.id?.hasPrefix("final-") == true { state.finalAnswers += 1 }
                     case .leaseGranted(let grant):
                         // A start to confirm: a report that plays at the new epoch, at once.
                         if grant.confirmBy != nil, state.lease.active, state.lease.epoch == grant.epoch, let track = grant.state.track {
@@ -332,8 +339,9 @@ public struct Swarm: Sendable {
             let user = Int.random(in: 0..<options.users, using: &generator)
             let device = Int.random(in: 0..<options.devicesPerUser, using: &generator)
             let other = "d\(Int.random(in: 0..<options.devicesPerUser, using: &generator))"
+            let op = weights[Int.random(in: 0..<weights.count, using: &generator)]
             let command: Command =
-                switch weights[Int.random(in: 0..<weights.count, using: &generator)] {
+                switch op {
                 case "volume": .volume(percent: Int.random(in: 0...100, using: &generator))
                 case "seek": .seek(positionMs: Int64.random(in: 0..<60_000, using: &generator))
                 case "pause": .pause
@@ -346,28 +354,39 @@ public struct Swarm: Sendable {
             let id = "c\(number)"
             let target = devices[user * options.devicesPerUser + device]
             if target.send(.command(.init(id: id, command: command))) {
-                sent.append(SentCommand(id: id, user: target.userName, effect: SentCommand.effect(of: command), sentNs: now))
+                sent.append(SentCommand(id: id, user: target.userName, op: op, effect: SentCommand.effect(of: command), sentNs: now))
             }
         }
         let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         if let faultTask { try await faultTask.value }
         try await Task.sleep(for: .milliseconds(Int64(options.settleSeconds * 1_000)))
-        // One last change per user, so the final states compared below are recent.
+        // One last change per user, so the final states compared below are recent; it must be acked
+        // (liveness after the faults), so it goes through a device that is connected, waiting a few
+        // seconds for one to come back. A user with none still counts it: sent, never answered.
         for user in 0..<options.users {
-            let first = devices[user * options.devicesPerUser]
+            let userDevices = devices[(user * options.devicesPerUser)..<((user + 1) * options.devicesPerUser)]
             let id = "final-\(user)"
-            if first.send(.command(.init(id: id, command: .volume(percent: 77)))) {
-                sent.append(SentCommand(
-                    id: id, user: first.userName, effect: .volume(77), sentNs: DispatchTime.now().uptimeNanoseconds, timed: false))
+            let message = ClientMessage.command(.init(id: id, command: .volume(percent: 77)))
+            let deadline = ContinuousClock.now + .seconds(5)
+            while !userDevices.contains(where: { $0.send(message) }), ContinuousClock.now < deadline {
+                try await Task.sleep(for: .milliseconds(50))
             }
+            sent.append(SentCommand(
+                id: id, user: userDevices[userDevices.startIndex].userName, op: "volume", effect: .volume(77),
+                sentNs: DispatchTime.now().uptimeNanoseconds, timed: false))
         }
         try await Task.sleep(for: .milliseconds(Int64(max(options.settleSeconds, 1) * 1_000)))
         // Answers still on their way (a loaded machine): wait while they keep coming, up to 15 s
         // more; a command sent into a connection that was lost is never answered.
+        // The final commands are waited for the whole 15 s: an answer they never get is a liveness failure.
+        let finalAnswers = { devices.reduce(0) { $0 + $1.state.withLock { $0.finalAnswers } } }
         var answers = answersReceived()
         var lastProgress = ContinuousClock.now
         let giveUp = ContinuousClock.now + .seconds(15)
-        while answers < answeredBefore + initSent + sent.count, ContinuousClock.now - lastProgress < .seconds(1), ContinuousClock.now < giveUp {
+        while answers < answeredBefore + initSent + sent.count,
+            ContinuousClock.now - lastProgress < .seconds(1) || (!options.light && finalAnswers() < options.users),
+            ContinuousClock.now < giveUp
+        {
             try await Task.sleep(for: .milliseconds(100))
             let now = answersReceived()
             if now > answers { lastProgress = ContinuousClock.now }

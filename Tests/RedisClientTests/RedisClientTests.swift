@@ -45,7 +45,7 @@ enum TestRedis {
     }
 }
 
-@Suite("RedisClient against a real redis-server", .enabled(if: TestRedis.url != nil, "needs PLAYBACK_REDIS_URL (scripts/test sets it)"))
+@Suite("RedisClient against a real redis-server", .enabled(if: TestRedis.url != nil || ProcessInfo.processInfo.environment["CI"] == "true", "needs PLAYBACK_REDIS_URL (scripts/test sets it)"))
 struct RedisClientTests {
     @Test func tenThousandPipelinedCommandsAreAnsweredInOrder() async throws {
         let client = RedisClient(configuration: try TestRedis.configuration)

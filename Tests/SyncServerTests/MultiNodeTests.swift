@@ -5,7 +5,7 @@ import RedisClient
 import Testing
 
 /// Several daemons (in-process, each with its own port and RedisEngine) on one redis-server.
-@Suite("several daemons on one Redis", .enabled(if: ProcessInfo.processInfo.environment["PLAYBACK_REDIS_URL"] != nil, "needs PLAYBACK_REDIS_URL"))
+@Suite("several daemons on one Redis", .enabled(if: ProcessInfo.processInfo.environment["PLAYBACK_REDIS_URL"] != nil || ProcessInfo.processInfo.environment["CI"] == "true", "needs PLAYBACK_REDIS_URL"))
 struct MultiNodeTests {
     static func cluster<T>(_ count: Int, _ body: ([TestServer]) async throws -> T) async throws -> T {
         let namespace = String(UInt32.random(in: 0...UInt32.max), radix: 36)
