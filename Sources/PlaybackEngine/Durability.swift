@@ -204,7 +204,8 @@ public final class Durability: Sendable {
             }
         }
         guard let (playback, takenAt) = base else { return .fresh }
-        let resumed = Self.resume(playback, takenAt: takenAt, now: now)
+        var resumed = Self.resume(playback, takenAt: takenAt, now: now)
+        resumed.restoredFrom = .init(source: playback.version, at: resumed.version)
         Counter(label: "playback_restores_total", dimensions: [("from", "snapshot")]).increment()
         logger.notice("playback restored from snapshot", metadata: [
             "user.id": .string(user), "snapshot.version": .stringConvertible(playback.version),

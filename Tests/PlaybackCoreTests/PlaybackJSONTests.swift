@@ -38,7 +38,20 @@ struct PlaybackJSONTests {
         playback.contextOrder = ["e\""]
         playback.playOrder = ["e\""]
         playback.userQueue = [QueueEntry(entry: "q", source: .queue, track: track)]
+        playback.restoredFrom = .init(source: -1, at: .max)
         #expect(try roundTrips(playback))
         #expect(try JSONSerialization.jsonObject(with: Data(PlaybackJSON.encode(playback))) is [String: Any])
+    }
+
+    @Test func aRestoreMarkTellsWhetherANewerSnapshotMayReplaceIt() {
+        var restored = Playback.initial
+        restored.version = 2_041
+        restored.restoredFrom = .init(source: 40, at: 2_041)
+        #expect(restored.isRestore(olderThan: 41), "a newer snapshot may replace it")
+        #expect(!restored.isRestore(olderThan: 40), "the same snapshot may not")
+        #expect(!restored.isRestore(olderThan: 39), "nor an older one")
+        restored.version = 2_042
+        #expect(!restored.isRestore(olderThan: 41), "a command committed on top of it: it stays")
+        #expect(!Playback.initial.isRestore(olderThan: 41), "a playback that was never restored stays")
     }
 }

@@ -49,6 +49,32 @@ public struct Playback: Codable, Sendable, Equatable {
     /// confirmation; nil otherwise. `activeDevice` is the target.
     public var pendingTransfer: PendingTransfer?
 
+    /// Set when this playback was put back from a snapshot after the storage lost it: which
+    /// snapshot, so that when several nodes restore one user the newest snapshot any of them holds
+    /// wins. Commits keep it as it was; `at` then no longer equals `version`.
+    public var restoredFrom: RestoreMark?
+
+    /// Where a restored playback came from.
+    public struct RestoreMark: Codable, Sendable, Equatable {
+        /// The version of the snapshot it was restored from (before the jump above the marks);
+        /// -1 when there was none (an empty playback above the clock).
+        public var source: Int64
+        /// The version it was restored at.
+        public var at: Int64
+
+        public init(source: Int64, at: Int64) {
+            self.source = source
+            self.at = at
+        }
+    }
+
+    /// Whether this is a restored playback nothing has committed on top of, from a snapshot older
+    /// than version `source`: a node holding that newer snapshot may put it in its place.
+    public func isRestore(olderThan source: Int64) -> Bool {
+        guard let restoredFrom, restoredFrom.at == version else { return false }
+        return restoredFrom.source < source
+    }
+
     /// The second phase of a transfer: where playback goes back to unless the new holder confirms
     /// it started by `confirmBy`.
     public struct PendingTransfer: Codable, Sendable, Equatable {
@@ -125,5 +151,6 @@ public struct Playback: Codable, Sendable, Equatable {
         case nextEntry = "next_entry"
         case deviceVolumes = "device_volumes"
         case pendingTransfer = "pending_transfer"
+        case restoredFrom = "restored_from"
     }
 }

@@ -60,6 +60,12 @@ public enum PlaybackJSON {
             out.key("confirm_by"); out.int(pending.confirmBy)
             out.close("}")
         }
+        if let mark = playback.restoredFrom {
+            out.key("restored_from"); out.open("{")
+            out.key("source"); out.int(mark.source)
+            out.key("at"); out.int(mark.at)
+            out.close("}")
+        }
         if let listening = playback.listening {
             out.key("listening"); out.open("{")
             out.key("entry"); out.string(listening.entry)

@@ -257,7 +257,9 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
             submission.device == playback.activeDevice, trackID == playback.current?.track.id
         {
             // How far the holder's own position is from the server's extrapolation: sync you can see.
-            Metrics.Timer(label: "playback_report_drift_seconds").recordNanoseconds(abs(positionMs - playback.position(at: reducerEnvironment.now)) * 1_000_000)
+            let driftMs = abs(positionMs - playback.position(at: reducerEnvironment.now))
+            Metrics.Timer(label: "playback_report_drift_seconds").recordNanoseconds(driftMs * 1_000_000)
+            logger.debug("report drift", metadata: ["device.id": .string(submission.device ?? "-"), "report.drift_ms": .stringConvertible(driftMs)])
         }
         let outcome = Result { () throws(PlaybackError) -> Transition in
             try environment.reducer.apply(submission.input, to: playback, environment: reducerEnvironment, ifVersion: submission.ifVersion)
@@ -539,7 +541,48 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
         if let seen = environment.fanouts.highWater(of: userID, now: now), Self.wentBack(playback, seen: (seen.epoch, seen.version)) {
             return try await restorePlayback(replacing: playback)
         }
+        if let newer = Self.newerSnapshot(than: playback, pending: environment.durability.writer?.pendingSnapshot(user: userID)?.playback) {
+            return try await replaceRestore(playback, with: newer, source: newer.version)
+        }
         return playback
+    }
+
+    /// A snapshot this node holds (queued for PostgreSQL) that is newer than the one `stored` was
+    /// restored from, when nothing has committed on top of that restore: the newest snapshot any
+    /// node holds wins. Only a snapshot from before the loss counts (its version is below the
+    /// restore's, which was raised above everything handed out).
+    static func newerSnapshot(than stored: Playback, pending: Playback?) -> Playback? {
+        guard let pending, pending.version < stored.version, stored.isRestore(olderThan: pending.version) else { return nil }
+        return pending
+    }
+
+    /// Puts `newer` (from the snapshot of version `source`) in place of the restore `stored`, above
+    /// it: a compare-and-set on the stored version, so a command committed meanwhile keeps its place.
+    private func replaceRestore(_ stored: Playback, with newer: Playback, source: Int64) async throws -> Playback {
+        var replacement = newer
+        replacement.epoch = max(newer.epoch, stored.epoch + 1)
+        replacement.version = max(newer.version, stored.version + 1)
+        replacement.restoredFrom = .init(source: source, at: replacement.version)
+        let frame = Self.restoredFrame(replacement)
+        let replaced = try await storage.restore(
+            user: userID, playback: replacement, holder: replacement.activeDevice == nil ? nil : LeaseHolder.value(of: replacement),
+            ttlMs: timing.leaseTTLMs, frame: frame, replacing: stored.version)
+        guard replaced else { return try await storage.loadPlayback(user: userID) ?? stored }
+        Counter(label: "playback_restores_total", dimensions: [("from", "newer_snapshot")]).increment()
+        logger.notice("an older restore replaced by a newer snapshot held here", metadata: [
+            "restored.source": .stringConvertible(stored.restoredFrom?.source ?? -1), "snapshot.version": .stringConvertible(source),
+            "restored.version": .stringConvertible(replacement.version),
+        ])
+        environment.durability.writer?.snapshot(user: userID, playback: replacement, urgent: true)
+        return replacement
+    }
+
+    /// The bus frame that tells the user's devices about a restored playback.
+    private static func restoredFrame(_ playback: Playback) -> BusMessage {
+        let lease = playback.activeDevice.map { LeaseChange(epoch: playback.epoch, revoked: nil, granted: $0, reason: .transferred) }
+        return BusMessage(event: PlaybackEvent(
+            state: playback.playerState(includeQueue: true), queueChanged: true, lease: lease,
+            cause: .init(op: "restored", device: nil, request: nil)).prepared)
     }
 
     /// True when the stored playback is older than what this node saw of the user: the storage
@@ -571,7 +614,8 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
         var frame: BusMessage?
         let now = self.now
         var outcome = await environment.durability.restore(user: userID, now: now)
-        if let stale {
+        if var stale {
+            stale.restoredFrom = .init(source: stale.version, at: stale.version)
             switch outcome {
             case .fresh:
                 outcome = .unknown(stale)
@@ -601,18 +645,21 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
         case .fresh:
             // The empty state is stored, so that the next read finds it instead of coming here again.
             restored = .initial
-        case .snapshot(let playback), .unknown(let playback):
+        case .snapshot(var playback), .unknown(var playback):
+            // Which snapshot it came from (-1: none), at the version it is put back at.
+            playback.restoredFrom = .init(source: playback.restoredFrom?.source ?? -1, at: playback.version)
             restored = playback
-            let lease = playback.activeDevice.map { LeaseChange(epoch: playback.epoch, revoked: nil, granted: $0, reason: .transferred) }
-            frame = BusMessage(event: PlaybackEvent(
-                state: playback.playerState(includeQueue: true), queueChanged: true, lease: lease,
-                cause: .init(op: "restored", device: nil, request: nil)).prepared)
+            frame = Self.restoredFrame(playback)
         }
-        _ = try await storage.restore(
+        let won = try await storage.restore(
             user: userID, playback: restored, holder: restored.activeDevice == nil ? nil : LeaseHolder.value(of: restored),
             ttlMs: timing.leaseTTLMs, frame: frame, replacing: stale?.version)
-        guard let playback = try await storage.loadPlayback(user: userID) else {
+        guard var playback = try await storage.loadPlayback(user: userID) else {
             throw PlaybackError(.internal, "playback of \(userID) vanished right after it was restored")
+        }
+        // Another node restored first, from an older snapshot than this one: the newer one wins.
+        if !won, let source = restored.restoredFrom?.source, restored.version > 0, playback.isRestore(olderThan: source) {
+            playback = try await replaceRestore(playback, with: restored, source: source)
         }
         // The snapshot is of what the storage holds now: another node may have restored first, and
         // a restore that lost must not leave its own (never used) state in PostgreSQL.
