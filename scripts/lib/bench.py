@@ -205,6 +205,21 @@ def merge(reports, cpu, rss):
         for code, count in r["errors"].items():
             merged["errors"][code] = merged["errors"].get(code, 0) + count
     merged["deliveries_per_second"] = round(merged["state_deliveries"] / max(merged["duration_seconds"], 0.001))
+    # Which invariants broke, and the first lines saying how: a run with any is a failed run.
+    if merged["invariant_violations"]:
+        kinds = {}
+        for r in reports:
+            invariants = r.get("invariants", {})
+            commands = invariants.get("commands", {})
+            for name, count in (("1 epochs", invariants.get("epochsNotRising", 0)), ("2 stale changes", invariants.get("staleChanges", 0)),
+                                ("3 versions", invariants.get("versionViolations", 0)), ("4 divergent users", invariants.get("divergentUsers", 0)),
+                                ("5 lost", commands.get("lost", 0)), ("5 applied twice", commands.get("appliedTwice", 0)),
+                                ("6 overlapping leases", invariants.get("overlappingLeases", 0)),
+                                ("7 final commands not acked", commands.get("finalNotAcked", 0))):
+                if count:
+                    kinds[name] = kinds.get(name, 0) + count
+        merged["invariants_broken"] = kinds
+        merged["invariant_details"] = [line for r in reports for line in r.get("invariants", {}).get("details", [])][:10]
     return merged
 
 
@@ -466,21 +481,34 @@ for name in chosen:
 out_dir.mkdir(parents=True, exist_ok=True)
 results_path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
 print(f"bench: results in {results_path}")
+def runs_of(name, result):
+    runs = result if isinstance(result, list) else [result]
+    if name == "versus":
+        runs = [row["daemon"] for row in result["rows"]] + [row["nchan"] for row in result["rows"]]
+    if name == "cluster":
+        runs = result["runs"] + result["light_runs"]
+    if name == "latency" and isinstance(result, dict) and "at_1000" in result:
+        runs = runs + [result["at_1000"]]
+    return [run for run in runs if isinstance(run, dict) and not run.get("skipped")]
+
+
 if not quick:
     subprocess.run([sys.executable, str(root / "scripts/lib/bench-report.py")], check=False)
+    # A run whose checker found broken invariants is a failed run, however fast it was.
+    broken = [(name, run) for name in chosen for run in runs_of(name, results[name]["result"]) if run.get("invariant_violations", 0)]
+    for name, run in broken:
+        print(f"bench: FAILED {name} at {run.get('offered_rate', '?')}/s: {run['invariant_violations']} invariant violations "
+              f"{json.dumps(run.get('invariants_broken', {}))}", file=sys.stderr)
+        for line in run.get("invariant_details", []):
+            print(f"bench:     {line}", file=sys.stderr)
+    if broken:
+        print("bench: INVARIANTS BROKEN: these results are not valid measurements", file=sys.stderr)
+        sys.exit(1)
 else:
     # The quick run keeps the scenarios working: each must have moved something, without violations.
     problems = []
     for name in chosen:
-        result = results[name]["result"]
-        runs = result if isinstance(result, list) else [result]
-        if name == "versus":
-            runs = [row["daemon"] for row in result["rows"]] + [row["nchan"] for row in result["rows"]]
-        if name == "cluster":
-            runs = result["runs"] + result["light_runs"]
-        for run in runs:
-            if run.get("skipped"):
-                continue
+        for run in runs_of(name, results[name]["result"]):
             if run.get("invariant_violations", 0) or run.get("commands_answered", 1) == 0 or run.get("welcomed", 1) == 0:
                 problems.append(f"{name}: {json.dumps(run)[:300]}")
             if name == "connections" and not run.get("points"):
