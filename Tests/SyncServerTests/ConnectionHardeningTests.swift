@@ -31,7 +31,8 @@ struct ConnectionHardeningTests {
             let code = await client.closeAfterReadingEverything()
             #expect(code == 4008 || code == nil, "ended, not answered forever")
             // The close frame may never reach it: the server's own account of this connection says why it ended.
-            #expect(!server.logs.entries("close handshake", where: ["device.id": "pinger", "close.code": "4008"]).isEmpty, "closed with 4008")
+            // (It is this server's only connection; its hello may still be on its way when it is closed.)
+            #expect(!server.logs.entries("close handshake", where: ["close.code": "4008"]).isEmpty, "closed with 4008")
         }
     }
 
