@@ -385,7 +385,8 @@ public struct InvariantChecker: Sendable {
                 report.commands.rolledBack += 1
                 let ageMs = Int64((firstSeen[undoing] ?? ackNs) &- ackNs) / 1_000_000
                 report.commands.rolledBackMaxAgeMs = max(report.commands.rolledBackMaxAgeMs, ageMs)
-                report.note("user \(user): \(command.id) acked at v\(version) (\(effect)), undone by the restore at v\(undoing) \(ageMs) ms later")
+                let made = byVersion[version]?.cause.map { "\($0.op) by \($0.device ?? "-")" } ?? "unseen"
+                report.note("user \(user): \(command.id) acked at v\(version) (\(effect); v\(version) made by \(made)), undone by the restore at v\(undoing) \(ageMs) ms later")
             } else if causedBy[command.id]?.contains(version) == true {
                 report.commands.applied += 1
             } else if let seen = byVersion[version], let effect = command.effect {
@@ -414,18 +415,43 @@ public struct InvariantChecker: Sendable {
         }
     }
 
-    /// The version of the restore that undid `effect`, acked at `version`: the first state seen
-    /// after it that lacks the effect has cause `restored`, and no command acked in between could
-    /// have changed the same thing. Nil when the effect lasted, or something legitimate changed it.
+    /// The version of the restore that undid `effect`, acked at `version`, if it stayed undone: a
+    /// restored state lacks the effect, no command acked in between could have changed the same
+    /// thing, and no later restore (a newer snapshot another daemon held) put it back before
+    /// something else changed the state. Nil when the effect lasted, or something legitimate
+    /// changed it first.
+    ///
+    /// A restored state is one with cause `restored`, or a `recovered` one (a stored state sent
+    /// again after the bus was down) whose epoch jumped by a restore's margin: a restore raises
+    /// epochs and versions by 1,000 plus the snapshot's age, a lease change by one.
     private func rollback(
         of effect: SentCommand.Effect, ackedAt version: Int64, in ordered: [(key: Int64, value: Seen)],
         acked: [(version: Int64, op: String)]
     ) -> Int64? {
-        guard let next = ordered.first(where: { $0.key > version && !holds(effect, in: $0.value.state) }) else { return nil }
-        guard next.value.cause?.op == "restored" else { return nil }
-        let explained = acked.contains { $0.version > version && $0.version < next.key && SentCommand.op($0.op, mayChange: effect) }
-        return explained ? nil : next.key
+        var undoneAt: Int64?
+        var epoch = ordered.last(where: { $0.key <= version })?.value.state.epoch ?? 0
+        for (later, seen) in ordered where later > version {
+            let holdsHere = holds(effect, in: seen.state)
+            let restored = seen.cause?.op == "restored" || (seen.cause?.op == "recovered" && seen.state.epoch >= epoch + Self.restoreJump)
+            epoch = max(epoch, seen.state.epoch)
+            if restored {
+                if holdsHere {
+                    undoneAt = nil  // put back by a newer snapshot
+                } else if undoneAt == nil,
+                    !acked.contains(where: { $0.version > version && $0.version < later && SentCommand.op($0.op, mayChange: effect) })
+                {
+                    undoneAt = later
+                }
+                continue
+            }
+            // A change nothing restored: superseded if the effect was still there, lost for good if undone.
+            if !holdsHere || undoneAt != nil { break }
+        }
+        return undoneAt
     }
+
+    /// The least a restore raises the epoch by (docs/durability.md).
+    static let restoreJump: Int64 = 1_000
 
     private func holds(_ effect: SentCommand.Effect, in state: PlayerState) -> Bool {
         switch effect {

@@ -166,52 +166,88 @@ public final class Durability: Sendable {
         case fresh
         /// From a snapshot, with epoch and version raised above anything handed out since it was taken.
         case snapshot(Playback)
-        /// PostgreSQL could not say: an empty playback whose epoch and version start above anything before.
+        /// No snapshot to go by: an empty playback whose epoch and version start above anything before.
         case unknown(Playback)
+        /// PostgreSQL could not say (unreachable, or its snapshot unreadable) and nothing is queued
+        /// here: the same empty playback, for a user this node knows nothing of.
+        case unreachable(Playback)
     }
 
-    /// Reads the user's snapshot (the newest one still queued here wins) and resumes from it.
+    /// Reads the user's snapshot, the newer of the one still queued here and PostgreSQL's (another
+    /// node may have written a newer one than this node queued), and resumes from it.
     ///
     /// Changes made after the snapshot was taken (at most about a second of them, more while
     /// PostgreSQL was down) are lost with Redis, and their epochs and versions were seen by devices;
     /// so the resumed ones jump by the time since the snapshot in ms plus a margin: above every
     /// value handed out meanwhile as long as a user makes fewer than 1,000 changes per second.
     func restore(user: String, now: Int64) async -> Restored {
-        guard let writer else { return .fresh }
-        var base: (Playback, Int64)?
-        if let pending = writer.pendingSnapshot(user: user) {
-            // Its age counts like a stored one's: other nodes may have handed out versions since.
-            base = (pending.playback, pending.takenAt)
-        } else {
-            do {
-                if let snapshot = try await writer.store.loadSnapshot(user: user) {
-                    base = (try JSONDecoder().decode(Playback.self, from: Data(snapshot.stateJSON.utf8)), snapshot.takenAt)
-                }
-            } catch let error as StoreError {
-                logger.error("no state in memory or Redis and PostgreSQL unreachable: starting empty above the clock",
-                    metadata: ["user.id": .string(user), "error": .string(error.description)])
-                var empty = Playback.initial
-                empty.epoch = now
-                empty.version = now
-                Counter(label: "playback_restores_total", dimensions: [("from", "clock")]).increment()
-                return .unknown(empty)
-            } catch {
-                logger.error("unreadable snapshot; starting empty above the clock", metadata: ["user.id": .string(user), "error": .string("\(error)")])
-                var empty = Playback.initial
-                empty.epoch = now
-                empty.version = now
-                return .unknown(empty)
-            }
+        await restore(user: user, clock: { now }, alsoKnown: nil)
+    }
+
+    /// As `restore(user:now:)`, reading the time once PostgreSQL answered: a slow answer (a
+    /// timeout while it is down) must not shrink the jump above what was handed out meanwhile.
+    /// `alsoKnown`: the newest state this node saw of the user (its cache before the loss), which
+    /// wins when it is newer than any snapshot.
+    func restore(user: String, clock: () -> Int64, alsoKnown: (playback: Playback, takenAt: Int64)?) async -> Restored {
+        guard writer != nil else { return .fresh }
+        let base: (playback: Playback, takenAt: Int64)?
+        do {
+            base = try await newestSnapshot(user: user, alsoKnown: alsoKnown)
+        } catch let error as StoreError {
+            let now = clock()
+            logger.error("no state in memory or Redis and PostgreSQL unreachable",
+                metadata: ["user.id": .string(user), "error": .string(error.description)])
+            var empty = Playback.initial
+            empty.epoch = now
+            empty.version = now
+            return .unreachable(empty)
+        } catch {
+            let now = clock()
+            logger.error("no state in memory or Redis and an unreadable snapshot", metadata: ["user.id": .string(user), "error": .string("\(error)")])
+            var empty = Playback.initial
+            empty.epoch = now
+            empty.version = now
+            return .unreachable(empty)
         }
         guard let (playback, takenAt) = base else { return .fresh }
-        var resumed = Self.resume(playback, takenAt: takenAt, now: now)
-        resumed.restoredFrom = .init(source: playback.version, at: resumed.version)
+        var resumed = Self.resume(playback, takenAt: takenAt, now: clock())
+        resumed.restoredFrom = .init(source: playback.contentVersion, at: resumed.version)
         Counter(label: "playback_restores_total", dimensions: [("from", "snapshot")]).increment()
         logger.notice("playback restored from snapshot", metadata: [
             "user.id": .string(user), "snapshot.version": .stringConvertible(playback.version),
             "restored.epoch": .stringConvertible(resumed.epoch), "restored.version": .stringConvertible(resumed.version),
         ])
         return .snapshot(resumed)
+    }
+
+    /// The newest snapshot this node can find for `user`: the one still queued here or PostgreSQL's,
+    /// whichever holds the newer content (another node may have written a newer one than this node
+    /// queued, or this node may have written its own since a restore read PostgreSQL). nil when there is none;
+    /// throws only when PostgreSQL cannot say and nothing is queued here.
+    func newestSnapshot(user: String, alsoKnown: (playback: Playback, takenAt: Int64)? = nil) async throws
+        -> (playback: Playback, takenAt: Int64)?
+    {
+        guard let writer else { return alsoKnown }
+        // Its age counts like a stored one's: other nodes may have handed out versions since.
+        let queued = writer.pendingSnapshot(user: user).map { (playback: $0.playback, takenAt: $0.takenAt) }
+        let pending = [queued, alsoKnown].compactMap { $0 }.max { $0.playback.contentVersion < $1.playback.contentVersion }
+        // PostgreSQL known to be failing: what is queued here is newer than anything it holds from
+        // this node, and waiting for its timeout would only make this node late to offer it.
+        if let pending, !writer.isHealthy { return pending }
+        var stored: (playback: Playback, takenAt: Int64)?
+        do {
+            if let snapshot = try await writer.store.loadSnapshot(user: user) {
+                stored = (try JSONDecoder().decode(Playback.self, from: Data(snapshot.stateJSON.utf8)), snapshot.takenAt)
+            }
+        } catch {
+            guard pending != nil else { throw error }
+            logger.warning("PostgreSQL's snapshot unreadable; using the one queued here", metadata: [
+                "user.id": .string(user), "error": .string("\(error)"),
+            ])
+        }
+        // By the version of what they hold: PostgreSQL may have a restore of an older snapshot
+        // (queued by the node that restored it), raised above this node's pre-loss one.
+        return [pending, stored].compactMap { $0 }.max { $0.playback.contentVersion < $1.playback.contentVersion }
     }
 
     /// Margin added to every resume, for clock differences between nodes.

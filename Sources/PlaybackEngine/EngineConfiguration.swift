@@ -12,6 +12,11 @@ public struct EngineConfiguration: Sendable {
     /// How long an offline device stays listed.
     public var deviceRetentionMs: Int64 = 24 * 3_600_000
     public var limits = PlaybackLimits()
+    /// How long a playback restored after the storage lost it waits before anything commits on
+    /// top of it (commands meanwhile get `unavailable` with a retry hint), so that a node holding a
+    /// newer snapshot can put that in its place: the newest snapshot any node holds wins. 0 for
+    /// the memory engine (one process holds every snapshot there is).
+    public var restoreSettleMs: Int64 = 1_000
 
     public init() {}
 }

@@ -316,6 +316,9 @@ extension StorageEngine where Storage == MemoryStorage {
         durability: Durability? = nil, clock: @escaping @Sendable () -> Int64 = ServerClock.nowMs,
         logger: Logger = Logger(label: "playback.engine.memory")
     ) {
+        // One process holds every snapshot there is: a restore has nothing newer to wait for.
+        var configuration = configuration
+        configuration.restoreSettleMs = 0
         self.init(
             storage: MemoryStorage(configuration: configuration, clock: clock), nodeID: "memory", catalog: catalog,
             configuration: configuration, durability: durability, clock: clock, logger: logger)

@@ -136,9 +136,18 @@ public final class RedisSubscriber: Sendable {
             }
             state.withLock { $0.connection = nil }
             failures += 1
-            try? await Task.sleep(for: .milliseconds(min(configuration.maxBackoffMs, 50 << min(failures, 10))))
+            try? await Task.sleep(for: .milliseconds(Self.backoffMs(failures: failures, cap: configuration.maxBackoffMs)))
         }
     }
+
+    /// The pause before reconnecting: short, since every moment without the subscription is a moment
+    /// of frames missed, and a node that resubscribes late also offers its snapshots late after
+    /// Redis lost its data (restores wait for them only so long). Trying a refused connection is cheap.
+    static func backoffMs(failures: Int, cap: Int64) -> Int64 {
+        min(cap, Self.maxBackoffMs, 50 << min(failures, 10))
+    }
+
+    static let maxBackoffMs: Int64 = 250
 
     public func stop() async {
         let connection = state.withLock { state in

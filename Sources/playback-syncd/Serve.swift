@@ -31,6 +31,8 @@ struct Serve: AsyncParsableCommand {
     var graceMs: Int64?
     @Option(help: "How long a device that declared transfer_confirm has to report that it plays after a transfer, ms; unconfirmed, playback goes back. [PLAYBACK_TRANSFER_CONFIRM_MS, default 3000]")
     var transferConfirmMs: Int64?
+    @Option(help: "How long a playback restored after Redis lost it waits for a newer snapshot another daemon holds before changes commit on top of it (they get unavailable with a retry hint meanwhile), ms; 0 takes the first restore. [PLAYBACK_RESTORE_SETTLE_MS, default 1000]")
+    var restoreSettleMs: Int64?
     @Option(help: "Server ping interval, ms. [PLAYBACK_HEARTBEAT_MS, default 15000]")
     var heartbeatMs: Int64?
     @Option(help: "Time allowed for hello after the upgrade, ms. [PLAYBACK_HELLO_TIMEOUT_MS, default 10000]")
@@ -84,6 +86,10 @@ struct Serve: AsyncParsableCommand {
         if let confirmMs = try number(transferConfirmMs, "PLAYBACK_TRANSFER_CONFIRM_MS") {
             guard confirmMs > 0 else { throw ValidationError("--transfer-confirm-ms must be positive") }
             config.engine.limits.transferConfirmMs = confirmMs
+        }
+        if let settleMs = try number(restoreSettleMs, "PLAYBACK_RESTORE_SETTLE_MS") {
+            guard settleMs >= 0 else { throw ValidationError("--restore-settle-ms must not be negative") }
+            config.engine.restoreSettleMs = settleMs
         }
         config.heartbeatMs = try number(heartbeatMs, "PLAYBACK_HEARTBEAT_MS") ?? config.heartbeatMs
         config.helloTimeoutMs = try number(helloTimeoutMs, "PLAYBACK_HELLO_TIMEOUT_MS") ?? config.helloTimeoutMs

@@ -38,7 +38,7 @@ struct PlaybackJSONTests {
         playback.contextOrder = ["e\""]
         playback.playOrder = ["e\""]
         playback.userQueue = [QueueEntry(entry: "q", source: .queue, track: track)]
-        playback.restoredFrom = .init(source: -1, at: .max)
+        playback.restoredFrom = .init(source: -1, at: .max, settlesAt: 12)
         #expect(try roundTrips(playback))
         #expect(try JSONSerialization.jsonObject(with: Data(PlaybackJSON.encode(playback))) is [String: Any])
     }
@@ -53,5 +53,16 @@ struct PlaybackJSONTests {
         restored.version = 2_042
         #expect(!restored.isRestore(olderThan: 41), "a command committed on top of it: it stays")
         #expect(!Playback.initial.isRestore(olderThan: 41), "a playback that was never restored stays")
+    }
+
+    @Test func aRestoreSettlesAtItsTimeOrWhenSomethingCommitsOnTop() {
+        var restored = Playback.initial
+        restored.version = 2_041
+        restored.restoredFrom = .init(source: 40, at: 2_041, settlesAt: 5_000)
+        #expect(restored.settling(at: 4_000) == 1_000)
+        #expect(restored.settling(at: 5_000) == 0)
+        restored.version = 2_042
+        #expect(restored.settling(at: 4_000) == 0, "replaced or committed on: settled")
+        #expect(Playback.initial.settling(at: 4_000) == 0)
     }
 }

@@ -40,6 +40,39 @@ struct InvariantCheckerTests {
         #expect(report.total == 1)
     }
 
+    @Test func aNewerSnapshotPuttingItBackIsNotALossButACommitOnTopOfTheUndoIs() {
+        let putBack = check(
+            [
+                state(1, volume: 40, op: "volume", request: "c1"), .ack(.init(id: "c1", version: 1)),
+                state(1_001, volume: 100, op: "restored", request: nil),  // an older snapshot first
+                state(1_002, volume: 40, op: "restored", request: nil),  // then a daemon's newer one
+                state(1_003, volume: 40, op: "seek", request: nil),
+            ], commands: [volume("c1", 40)])
+        #expect(putBack.commands.lost == 0 && putBack.total == 0, "\(putBack.text)")
+        let committedOn = check(
+            [
+                state(1, volume: 40, op: "volume", request: "c1"), .ack(.init(id: "c1", version: 1)),
+                state(1_001, volume: 100, op: "restored", request: nil),
+                state(1_002, volume: 100, op: "seek", request: nil),
+                state(1_003, volume: 40, op: "restored", request: nil),
+            ], commands: [volume("c1", 40)])
+        #expect(committedOn.commands.rolledBack == 1, "\(committedOn.text)")
+    }
+
+    @Test func aRecoveredStateIsARestoreOnlyWhenItsEpochJumped() {
+        func recovered(_ version: Int64, volume: Int, epoch: Int64) -> ServerMessage {
+            .state(.init(state: PlayerState(epoch: epoch, version: version, volume: volume), cause: .init(op: "recovered", device: nil, request: nil)))
+        }
+        // The bus was down while something else changed the volume: the state sent again is the current one.
+        let missed = check([state(1, volume: 40, op: "volume", request: "c1"), .ack(.init(id: "c1", version: 1)), recovered(5, volume: 10, epoch: 2)],
+                           commands: [volume("c1", 40)])
+        #expect(missed.commands.lost == 0, "\(missed.text)")
+        // A restore first seen through the recovery: its epoch jumped.
+        let restore = check([state(1, volume: 40, op: "volume", request: "c1"), .ack(.init(id: "c1", version: 1)), recovered(1_200, volume: 10, epoch: 1_190)],
+                            commands: [volume("c1", 40)])
+        #expect(restore.commands.rolledBack == 1, "\(restore.text)")
+    }
+
     @Test func aLaterCommandSupersedesWhatARestoreWouldHaveUndone() {
         let report = check(
             [

@@ -227,6 +227,26 @@ final class TestClient: Sendable {
         return ack
     }
 
+    /// Sends a command that must be acked once the server stops refusing it with `unavailable`
+    /// (a playback restored after a storage loss settles first): the same id again after each
+    /// refusal's `retry_after_ms`, for at most `seconds`. Returns the ack and the refusals seen.
+    func ackedOnceAvailable(_ id: String, _ command: Command, seconds: Double = 10) async throws
+        -> (ack: ServerMessage.Ack, refusals: [ServerMessage.ErrorReply])
+    {
+        var refusals: [ServerMessage.ErrorReply] = []
+        let deadline = ContinuousClock.now + .milliseconds(Int64(seconds * 1_000))
+        while true {
+            let answer = try await self.command(id, command)
+            switch answer {
+            case .ack(let ack): return (ack, refusals)
+            case .error(let error) where error.code == .unavailable && ContinuousClock.now < deadline:
+                refusals.append(error)
+                try await Task.sleep(for: .milliseconds(max(50, error.retryAfterMs ?? 100)))
+            default: throw TestFailure("\(id) (\(command)) was not acked: \(answer) after \(refusals.count) refusals")
+            }
+        }
+    }
+
     /// Sends a command that must be refused: an ack fails the test.
     func refused(_ id: String, _ command: Command, ifVersion: Int64? = nil) async throws -> ServerMessage.ErrorReply {
         let answer = try await self.command(id, command, ifVersion: ifVersion)

@@ -61,11 +61,34 @@ public struct Playback: Codable, Sendable, Equatable {
         public var source: Int64
         /// The version it was restored at.
         public var at: Int64
+        /// Server time (ms) until which nothing commits on top of it, so that a node holding a
+        /// newer snapshot can still put that in its place; 0 when it settled at once.
+        public var settlesAt: Int64
 
-        public init(source: Int64, at: Int64) {
+        public init(source: Int64, at: Int64, settlesAt: Int64 = 0) {
             self.source = source
             self.at = at
+            self.settlesAt = settlesAt
         }
+
+        enum CodingKeys: String, CodingKey {
+            case source, at
+            case settlesAt = "settles_at"
+        }
+    }
+
+    /// The version of the content this playback holds on the version line before the storage
+    /// lost it: its snapshot's for a restore nothing has committed on top of, its own otherwise.
+    public var contentVersion: Int64 {
+        guard let restoredFrom, restoredFrom.at == version else { return version }
+        return restoredFrom.source
+    }
+
+    /// How long (ms) from `now` this restored playback still waits for a newer snapshot before
+    /// anything commits on top of it; 0 when it is not a restore, or settled.
+    public func settling(at now: Int64) -> Int64 {
+        guard let restoredFrom, restoredFrom.at == version else { return 0 }
+        return max(0, restoredFrom.settlesAt - now)
     }
 
     /// Whether this is a restored playback nothing has committed on top of, from a snapshot older

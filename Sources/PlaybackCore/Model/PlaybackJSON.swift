@@ -64,6 +64,7 @@ public enum PlaybackJSON {
             out.key("restored_from"); out.open("{")
             out.key("source"); out.int(mark.source)
             out.key("at"); out.int(mark.at)
+            out.key("settles_at"); out.int(mark.settlesAt)
             out.close("}")
         }
         if let listening = playback.listening {

@@ -32,6 +32,10 @@ final class UserFanout: Sendable {
         var undecoded: (version: Int64, json: ByteBuffer)?
         /// The user's devices; nil until loaded.
         var directory: DeviceDirectory?
+        /// The newest playback this node knew when it last forgot its cache (the bus or the storage
+        /// was interrupted), and when: if the storage lost the user, this node offers it for the
+        /// restore (the newest state any node saw wins).
+        var lastKnown: (playback: Playback, at: Int64)?
         /// A device list to send at the end of this event-loop turn, and the device that does not
         /// need it (its welcome has it): several lists in one turn (devices connecting together,
         /// a reconnect storm) go out as one, the newest.
@@ -91,14 +95,20 @@ final class UserFanout: Sendable {
         state.withLock { $0.directory = directory }
     }
 
-    /// Forgets what is cached (after a pub/sub outage: changes may have been missed).
-    func forgetCache() {
+    /// Forgets what is cached (after a pub/sub outage: changes may have been missed), keeping the
+    /// newest playback it held as `lastKnown`.
+    func forgetCache(at now: Int64) {
+        let newest = cached()?.playback ?? cachedPlayback
         state.withLock { state in
+            if let newest, newest.contentVersion > (state.lastKnown?.playback.contentVersion ?? -1) { state.lastKnown = (newest, now) }
             state.playback = nil
             state.undecoded = nil
             state.directory = nil
         }
     }
+
+    /// The newest playback this node held before it last forgot its cache, and when.
+    var lastKnown: (playback: Playback, at: Int64)? { state.withLock { $0.lastKnown } }
     var isEmpty: Bool { state.withLock { $0.devices.isEmpty && $0.waiting.isEmpty } }
 
     /// The highest epoch and version seen here (cached state, the channel, grants).

@@ -249,6 +249,12 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
             finish(.failure(PlaybackError(.unavailable, "too many concurrent changes; try again")))
             return
         }
+        if case let wait = playback.settling(at: now), wait > 0 {
+            // Restored after the storage lost it: a node holding a newer snapshot may still put it
+            // in its place, which a commit on top would prevent.
+            finish(.failure(PlaybackError(.unavailable, "playback is being restored; try again", retryAfterMs: wait)))
+            return
+        }
         let reducerEnvironment = ReducerEnvironment(
             now: now, sender: submission.device, country: submission.user.country, devices: directory.presence,
             randomSeed: UInt64.random(in: 0...UInt64.max),
@@ -301,7 +307,12 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
                 Counter(label: "playback_commit_conflicts_total").increment()
                 if let current, let fanout, Self.wentBack(current, seen: fanout.highWater) {
                     // Older than what this node saw: the next try loads it and restores above.
-                    fanout.forgetCache()
+                    fanout.forgetCache(at: now)
+                    attempt(submission, cause: cause, number: number + 1, finish: finish)
+                } else if let current, current.settling(at: now) > 0 {
+                    // Restored after the storage lost it, and still waiting for newer snapshots: the
+                    // next try loads it, offering this node's newest (`loadPlayback`).
+                    fanout?.forgetCache(at: now)
                     attempt(submission, cause: cause, number: number + 1, finish: finish)
                 } else if let current {
                     fanout?.remember(current, json: json)
@@ -309,7 +320,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
                     run(submission, on: current, directory: latest, cause: cause, number: number + 1, finish: finish)
                 } else {
                     // The storage has no state (it lost it): the next try loads, and restores, it.
-                    fanout?.forgetCache()
+                    fanout?.forgetCache(at: now)
                     attempt(submission, cause: cause, number: number + 1, finish: finish)
                 }
             case .failure(let error):
@@ -387,7 +398,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
                 // The storage lost the user's keys (a Redis restart without persistence, a flush):
                 // the directory entries are written again, and the state is read (and restored) again.
                 try await registerLocalDevices()
-                fanout.forgetCache()
+                fanout.forgetCache(at: now)
                 _ = try await cachedOrLoaded(fanout)
             case .online(let online)?:
                 // A node that died leaves its devices to expire from the online set.
@@ -472,8 +483,9 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
     /// False when the state could not be read.
     private func recoverNow() async -> Bool {
         guard let fanout else { return true }
-        fanout.forgetCache()
+        fanout.forgetCache(at: now)
         guard let (playback, _) = try? await cachedOrLoaded(fanout) else { return false }
+        logger.debug("recovered after the bus was down", metadata: ["playback.version": .stringConvertible(playback.version)])
         guard playback.version > fanout.latestVersion else { return true }
         // The active device may have missed its grant too (a restored playback has a new epoch); a
         // revoke that was missed is sent by the fan-out, which knows which local device it told.
@@ -541,40 +553,62 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
         if let seen = environment.fanouts.highWater(of: userID, now: now), Self.wentBack(playback, seen: (seen.epoch, seen.version)) {
             return try await restorePlayback(replacing: playback)
         }
-        if let newer = Self.newerSnapshot(than: playback, pending: environment.durability.writer?.pendingSnapshot(user: userID)?.playback) {
-            return try await replaceRestore(playback, with: newer, source: newer.version)
+        // A restore still waiting for newer snapshots: this node offers the newest it can find.
+        if playback.settling(at: now) > 0 {
+            let known = fanout?.lastKnown.map { (playback: $0.playback, takenAt: $0.at) }
+            let newest = try? await environment.durability.newestSnapshot(user: userID, alsoKnown: known)?.playback
+            logger.debug("a restore is settling", metadata: [
+                "restored.source": .stringConvertible(playback.restoredFrom?.source ?? -1),
+                "snapshot.version": .stringConvertible(newest?.contentVersion ?? -1),
+            ])
+            if let newer = Self.newerSnapshot(than: playback, pending: newest) {
+                return try await replaceRestore(playback, with: newer, source: newer.contentVersion)
+            }
         }
         return playback
     }
 
     /// A snapshot this node holds (queued for PostgreSQL) that is newer than the one `stored` was
     /// restored from, when nothing has committed on top of that restore: the newest snapshot any
-    /// node holds wins. Only a snapshot from before the loss counts (its version is below the
-    /// restore's, which was raised above everything handed out).
+    /// node holds wins. The snapshot counts with the version of its content: its own when taken
+    /// before the loss (below the restore's, which was raised above everything handed out), its
+    /// source's when it is itself a restore this node queued.
     static func newerSnapshot(than stored: Playback, pending: Playback?) -> Playback? {
-        guard let pending, pending.version < stored.version, stored.isRestore(olderThan: pending.version) else { return nil }
+        guard let pending, pending.version < stored.version || pending.contentVersion != pending.version,
+            stored.isRestore(olderThan: pending.contentVersion)
+        else { return nil }
         return pending
     }
 
     /// Puts `newer` (from the snapshot of version `source`) in place of the restore `stored`, above
     /// it: a compare-and-set on the stored version, so a command committed meanwhile keeps its place.
+    /// Another node may replace it first with a snapshot of its own: then this one goes in on top
+    /// of that, if it is still the newer, for a few rounds.
     private func replaceRestore(_ stored: Playback, with newer: Playback, source: Int64) async throws -> Playback {
-        var replacement = newer
-        replacement.epoch = max(newer.epoch, stored.epoch + 1)
-        replacement.version = max(newer.version, stored.version + 1)
-        replacement.restoredFrom = .init(source: source, at: replacement.version)
-        let frame = Self.restoredFrame(replacement)
-        let replaced = try await storage.restore(
-            user: userID, playback: replacement, holder: replacement.activeDevice == nil ? nil : LeaseHolder.value(of: replacement),
-            ttlMs: timing.leaseTTLMs, frame: frame, replacing: stored.version)
-        guard replaced else { return try await storage.loadPlayback(user: userID) ?? stored }
-        Counter(label: "playback_restores_total", dimensions: [("from", "newer_snapshot")]).increment()
-        logger.notice("an older restore replaced by a newer snapshot held here", metadata: [
-            "restored.source": .stringConvertible(stored.restoredFrom?.source ?? -1), "snapshot.version": .stringConvertible(source),
-            "restored.version": .stringConvertible(replacement.version),
-        ])
-        environment.durability.writer?.snapshot(user: userID, playback: replacement, urgent: true)
-        return replacement
+        var stored = stored
+        for _ in 0..<4 {
+            var replacement = newer
+            replacement.epoch = max(newer.epoch, stored.epoch + 1)
+            replacement.version = max(newer.version, stored.version + 1)
+            // The replacement settles when the restore it replaces would have: replacing never extends it.
+            replacement.restoredFrom = .init(source: source, at: replacement.version, settlesAt: stored.restoredFrom?.settlesAt ?? 0)
+            let replaced = try await storage.restore(
+                user: userID, playback: replacement, holder: replacement.activeDevice == nil ? nil : LeaseHolder.value(of: replacement),
+                ttlMs: timing.leaseTTLMs, frame: Self.restoredFrame(replacement), replacing: stored.version)
+            if replaced {
+                Counter(label: "playback_restores_total", dimensions: [("from", "newer_snapshot")]).increment()
+                logger.notice("an older restore replaced by a newer snapshot held here", metadata: [
+                    "restored.source": .stringConvertible(stored.restoredFrom?.source ?? -1), "snapshot.version": .stringConvertible(source),
+                    "restored.version": .stringConvertible(replacement.version),
+                ])
+                environment.durability.writer?.snapshot(user: userID, playback: replacement, urgent: true)
+                return replacement
+            }
+            guard let current = try await storage.loadPlayback(user: userID) else { return stored }
+            guard current.isRestore(olderThan: source) else { return current }
+            stored = current
+        }
+        return stored
     }
 
     /// The bus frame that tells the user's devices about a restored playback.
@@ -612,14 +646,30 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
         try await registerLocalDevices()
         let restored: Playback
         var frame: BusMessage?
+        let known = fanout?.lastKnown.map { (playback: $0.playback, takenAt: $0.at) }
+        var outcome = await environment.durability.restore(user: userID, clock: environment.clock, alsoKnown: known)
+        // Read after PostgreSQL answered (or timed out): the jump, the floors and the settling count from now.
         let now = self.now
-        var outcome = await environment.durability.restore(user: userID, now: now)
+        if case .unreachable(let empty) = outcome {
+            if var stale {
+                // What the storage still holds beats an empty playback.
+                stale.restoredFrom = .init(source: stale.version, at: stale.version)
+                outcome = .unknown(stale)
+            } else if environment.fanouts.highWater(of: userID, now: now) != nil {
+                // A user this node served: their snapshot is in PostgreSQL, and starting them empty
+                // would lose their queue and track for good. Their changes wait for it (`unavailable`).
+                throw PlaybackError(.unavailable, "this playback is being restored and PostgreSQL is unreachable; try again", retryAfterMs: 1_000)
+            } else {
+                Counter(label: "playback_restores_total", dimensions: [("from", "clock")]).increment()
+                outcome = .unknown(empty)
+            }
+        }
         if var stale {
             stale.restoredFrom = .init(source: stale.version, at: stale.version)
             switch outcome {
             case .fresh:
                 outcome = .unknown(stale)
-            case .snapshot(let playback), .unknown(let playback):
+            case .snapshot(let playback), .unknown(let playback), .unreachable(let playback):
                 if (playback.epoch, playback.version) < (stale.epoch, stale.version) { outcome = .unknown(stale) }
             }
         }
@@ -633,7 +683,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
             switch outcome {
             case .fresh:
                 outcome = .unknown(floor)
-            case .snapshot(var playback), .unknown(var playback):
+            case .snapshot(var playback), .unknown(var playback), .unreachable(var playback):
                 if (playback.epoch, playback.version) < (floor.epoch, floor.version) {
                     playback.epoch = max(playback.epoch, floor.epoch)
                     playback.version = max(playback.version, floor.version)
@@ -645,9 +695,11 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
         case .fresh:
             // The empty state is stored, so that the next read finds it instead of coming here again.
             restored = .initial
-        case .snapshot(var playback), .unknown(var playback):
-            // Which snapshot it came from (-1: none), at the version it is put back at.
-            playback.restoredFrom = .init(source: playback.restoredFrom?.source ?? -1, at: playback.version)
+        case .snapshot(var playback), .unknown(var playback), .unreachable(var playback):
+            // Which snapshot it came from (-1: none), at the version it is put back at, and until when
+            // it waits for a newer one that another node may hold.
+            playback.restoredFrom = .init(
+                source: playback.restoredFrom?.source ?? -1, at: playback.version, settlesAt: now + configuration.restoreSettleMs)
             restored = playback
             frame = Self.restoredFrame(playback)
         }
