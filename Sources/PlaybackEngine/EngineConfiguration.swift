@@ -17,6 +17,11 @@ public struct EngineConfiguration: Sendable {
     /// newer snapshot can put that in its place: the newest snapshot any node holds wins. 0 for
     /// the memory engine (one process holds every snapshot there is).
     public var restoreSettleMs: Int64 = 1_000
+    /// Past this much lag on the bus (the time a change takes to come back from Redis to this
+    /// node), new commands are refused with `unavailable` and a retry hint instead of being
+    /// acknowledged while the devices fall behind: load is shed before Redis drops a subscription
+    /// for its output buffer. 0 never sheds.
+    public var maxBusLagMs: Int64 = 500
 
     public init() {}
 }

@@ -160,6 +160,10 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
     }
 
     public func submit(_ submission: Submission, completion: @escaping @Sendable (Result<Receipt, PlaybackError>) -> Void) {
+        if let shed = shedding() {
+            completion(.failure(shed))
+            return
+        }
         var submission = submission
         if let country = durability.knownCountry(of: submission.user) {
             submission.user.country = country
@@ -173,6 +177,15 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
             user(submission.user.userID).submit(submission, completion: completion)
         }
         if !started { completion(.failure(PlaybackError(.unavailable, "the server is shutting down; try again"))) }
+    }
+
+    /// The refusal for a new command while the bus lags past `maxBusLagMs`, if it does: committing
+    /// more would only make the devices fall further behind (and Redis close the subscription).
+    private func shedding() -> PlaybackError? {
+        let limit = environment.configuration.maxBusLagMs
+        guard limit > 0, case let lag = storage.busLagMs, lag > limit else { return nil }
+        Counter(label: "playback_commands_shed_total").increment()
+        return PlaybackError(.unavailable, "the server is overloaded; try again", retryAfterMs: min(max(lag, 100), 5_000))
     }
 
     public func snapshot(user: UserIdentity) async throws(PlaybackError) -> (state: PlayerState, devices: [DeviceInfo]) {
@@ -226,6 +239,7 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
             let pause = max(1, environment.timing.tickMs / Int64(Self.upkeepSlots))
             let started = ContinuousClock.now
             let due = users.withLock { Array($0[slot].values) }
+            busLagGauge.record(Double(storage.busLagMs) / 1_000)
             await keepUp(due)
             let spent = ContinuousClock.now - started
             if spent > .milliseconds(pause) {
@@ -304,6 +318,9 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
         }
     }
 }
+
+/// How far behind a node's reading of the bus is (`PlaybackStorage.busLagMs`), each upkeep slot.
+private let busLagGauge = Gauge(label: "playback_bus_lag_seconds")
 
 /// The embedded engine: everything in this process (`MemoryStorage`). With PostgreSQL configured
 /// (`Durability`) a user's playback is restored from its snapshot when first needed after a

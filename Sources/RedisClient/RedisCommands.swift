@@ -25,6 +25,8 @@ public protocol RedisCommands: Sendable {
 /// (`RedisShardedSubscriber`) the channels are shard channels, one connection per master.
 public protocol RedisPubSub: Sendable {
     var isConnected: Bool { get }
+    /// How far behind the subscription is (see `SubscriptionLag`).
+    var lag: SubscriptionLag { get }
     func subscribe(_ channel: String) async throws
     func unsubscribe(_ channel: String) async throws
     @discardableResult func waitUntilConnected(timeout: Duration) async -> Bool

@@ -1,3 +1,4 @@
+import Dispatch
 import Logging
 import NIOCore
 import NIOPosix
@@ -102,9 +103,13 @@ public final class RedisShardedSubscriber: RedisPubSub {
     /// Keeps every wanted channel subscribed at its master until cancelled or `stop()`.
     public func run() async {
         await withTaskCancellationHandler {
-            while !Task.isCancelled, !state.withLock({ $0.stopped }) {
-                await reconcile()
-                await sleep(ms: Self.checkIntervalMs)
+            await withDiscardingTaskGroup { group in
+                group.addTask { await self.probeLinks() }
+                while !Task.isCancelled, !state.withLock({ $0.stopped }) {
+                    await reconcile()
+                    await sleep(ms: Self.checkIntervalMs)
+                }
+                group.cancelAll()
             }
         } onCancel: {
             stopNow()
@@ -114,6 +119,27 @@ public final class RedisShardedSubscriber: RedisPubSub {
 
     public func stop() async {
         stopNow()
+    }
+
+    /// How far behind the subscriptions are: a `PING` on every link each `probeIntervalMs`, the
+    /// slowest round trip the lag (see `SubscriptionLag`).
+    public let lag = SubscriptionLag()
+
+    static let probeIntervalMs: Int64 = 100
+
+    private func probeLinks() async {
+        while !Task.isCancelled, !state.withLock({ $0.stopped }) {
+            let links = state.withLock { Array($0.links.values) }
+            if links.isEmpty {
+                lag.reset()
+            } else {
+                lag.sent(atNs: DispatchTime.now().uptimeNanoseconds)
+                // A link that closes fails its probe; the reconciliation replaces it.
+                for reply in links.map({ $0.sendRawFuture(["PING"]) }) { _ = try? await reply.get() }
+                lag.answered(atNs: DispatchTime.now().uptimeNanoseconds)
+            }
+            try? await Task.sleep(for: .milliseconds(Self.probeIntervalMs))
+        }
     }
 
     private func stopNow() {

@@ -1,3 +1,4 @@
+import Dispatch
 import Logging
 import NIOCore
 import NIOPosix
@@ -38,6 +39,12 @@ public final class RedisSubscriber: Sendable {
     }
 
     public var isConnected: Bool { state.withLock { $0.connection?.isActive == true } }
+
+    /// How far behind the subscription is (a `PING` probe's round trip, every `probeIntervalMs`).
+    public let lag = SubscriptionLag()
+
+    /// How often the subscription's lag is probed.
+    static let probeIntervalMs: Int64 = 100
 
     /// Adds a channel; subscribes at once when connected (and waits for Redis to confirm).
     public func subscribe(_ channel: String) async throws {
@@ -115,7 +122,7 @@ public final class RedisSubscriber: Sendable {
                     onMessage(channel, payload)
                 }
                 let channels = state.withLock { Array($0.wanted) }
-                for channel in channels { _ = try await connection.send(["SUBSCRIBE", .string(channel)]) }
+                try await Self.subscribe(channels, on: connection)
                 let (waiters, stopped) = state.withLock { state in
                     state.connection = connection
                     defer { state.connectedWaiters.removeAll() }
@@ -125,18 +132,51 @@ public final class RedisSubscriber: Sendable {
                 if stopped { connection.channel.close(promise: nil) }
                 // Channels wanted while the round above ran.
                 let missed = state.withLock { $0.wanted.subtracting(channels) }
-                for channel in missed { _ = try await connection.send(["SUBSCRIBE", .string(channel)]) }
+                try await Self.subscribe(Array(missed), on: connection)
                 for waiter in waiters { waiter.resume() }
                 if failures > 0 { logger.info("redis pub/sub resubscribed", metadata: ["channels": .stringConvertible(channels.count)]) }
                 onResubscribed()
                 failures = 0
-                try await connection.channel.closeFuture.get()
+                try await probe(connection)
             } catch {
                 logger.warning("redis pub/sub connection failed", metadata: ["error": .string("\(error)")])
             }
+            lag.reset()
             state.withLock { $0.connection = nil }
             failures += 1
             try? await Task.sleep(for: .milliseconds(Self.backoffMs(failures: failures, cap: configuration.maxBackoffMs)))
+        }
+    }
+
+    /// Until the connection closes: a `PING` on it every `probeIntervalMs`, its round trip the lag.
+    /// A probe without an answer within the command timeout fails the connection (it is replaced,
+    /// and the subscriptions' users recover), like any command.
+    private func probe(_ connection: RedisConnection) async throws {
+        // A failed probe leaves the connection open: closed here, so that only its replacement subscribes.
+        defer { connection.channel.close(promise: nil) }
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            group.addTask { try await connection.channel.closeFuture.get() }
+            group.addTask { [lag] in
+                while connection.isActive {
+                    lag.sent(atNs: DispatchTime.now().uptimeNanoseconds)
+                    _ = try await connection.send(["PING"])
+                    lag.answered(atNs: DispatchTime.now().uptimeNanoseconds)
+                    try await Task.sleep(for: .milliseconds(Self.probeIntervalMs))
+                }
+            }
+            // Whichever ends first (the connection closed, or a probe failed) ends both.
+            _ = try await group.next()
+            group.cancelAll()
+        }
+    }
+
+    /// Subscribes every channel at once, pipelined (thousands of users resubscribe in a few round
+    /// trips' time, not one round trip each), and waits for Redis to confirm them all.
+    private static func subscribe(_ channels: [String], on connection: RedisConnection) async throws {
+        try await withThrowingDiscardingTaskGroup { group in
+            for channel in channels {
+                group.addTask { _ = try await connection.send(["SUBSCRIBE", .string(channel)]) }
+            }
         }
     }
 

@@ -33,6 +33,8 @@ struct Serve: AsyncParsableCommand {
     var transferConfirmMs: Int64?
     @Option(help: "How long a playback restored after Redis lost it waits for a newer snapshot another daemon holds before changes commit on top of it (they get unavailable with a retry hint meanwhile), ms; 0 takes the first restore. [PLAYBACK_RESTORE_SETTLE_MS, default 1000]")
     var restoreSettleMs: Int64?
+    @Option(help: "Past this lag on the bus (a change's way back from Redis to this daemon), new commands are refused with unavailable and a retry hint instead of acknowledged while devices fall behind, ms; 0 never sheds. [PLAYBACK_MAX_BUS_LAG_MS, default 500]")
+    var maxBusLagMs: Int64?
     @Option(help: "Server ping interval, ms. [PLAYBACK_HEARTBEAT_MS, default 15000]")
     var heartbeatMs: Int64?
     @Option(help: "Time allowed for hello after the upgrade, ms. [PLAYBACK_HELLO_TIMEOUT_MS, default 10000]")
@@ -90,6 +92,10 @@ struct Serve: AsyncParsableCommand {
         if let settleMs = try number(restoreSettleMs, "PLAYBACK_RESTORE_SETTLE_MS") {
             guard settleMs >= 0 else { throw ValidationError("--restore-settle-ms must not be negative") }
             config.engine.restoreSettleMs = settleMs
+        }
+        if let lagMs = try number(maxBusLagMs, "PLAYBACK_MAX_BUS_LAG_MS") {
+            guard lagMs >= 0 else { throw ValidationError("--max-bus-lag-ms must not be negative") }
+            config.engine.maxBusLagMs = lagMs
         }
         config.heartbeatMs = try number(heartbeatMs, "PLAYBACK_HEARTBEAT_MS") ?? config.heartbeatMs
         config.helloTimeoutMs = try number(helloTimeoutMs, "PLAYBACK_HELLO_TIMEOUT_MS") ?? config.helloTimeoutMs

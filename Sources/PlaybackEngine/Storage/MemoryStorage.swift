@@ -58,6 +58,8 @@ public final class MemoryStorage: PlaybackStorage {
         bus.current?.frame(user, frame)
     }
 
+    public var busLagMs: Int64 { 0 }
+
     public func attach(onFrame: @escaping @Sendable (String, BusMessage) -> Void, onResubscribed: @escaping @Sendable (_ users: [String]?) -> Void) {
         bus.current = BusHandlers(frame: onFrame, resubscribed: onResubscribed)
     }

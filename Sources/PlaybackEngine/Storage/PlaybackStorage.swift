@@ -15,6 +15,9 @@ public protocol PlaybackStorage: Sendable {
     func run() async
     /// Waits until the bus is up, at most `timeout`; false when it is not (`readiness` says so).
     func waitUntilReady(timeout: Duration) async -> Bool
+    /// How far behind this node's reading of the bus is, ms: changes committed now reach its
+    /// devices about this much later. 0 where the bus is in-process.
+    var busLagMs: Int64 { get }
 
     func subscribe(user: String) async throws
     func unsubscribe(user: String) async

@@ -94,6 +94,8 @@ public final class RedisStorage: PlaybackStorage {
         logger.warning("lease deadline not indexed", metadata: ["user.id": .string(user), "error": .string(message)])
     }
 
+    public var busLagMs: Int64 { subscriber.lag.ms(nowNs: DispatchTime.now().uptimeNanoseconds) }
+
     public func attach(onFrame: @escaping @Sendable (String, BusMessage) -> Void, onResubscribed: @escaping @Sendable ([String]?) -> Void) {
         handlers.current = BusHandlers(frame: onFrame, resubscribed: onResubscribed)
     }

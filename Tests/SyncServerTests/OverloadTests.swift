@@ -1,0 +1,32 @@
+import Foundation
+import PlaybackCore
+import Testing
+
+/// Overload: while this node's reading of the bus lags, new commands are refused with a retry
+/// hint instead of acknowledged while the devices fall behind.
+@Suite("overload", .enabled(if: FaultCluster.binaryExists, "needs redis-server"))
+struct OverloadTests {
+    @Test func commandsAreShedWhileTheBusLagsAndAcceptedOnceItCatchesUp() async throws {
+        // A redis-server of the test's own: it is paused below.
+        let redis = try await offloaded { try RedisProcess() }
+        let server = try await TestServer.start(engine: .redis, redisURL: redis.url) { $0.engine.maxBusLagMs = 200 }
+        do {
+            let (phone, _) = try await server.device("phone")
+            _ = try await phone.acked("p", .play(.init(trackID: "t0001", device: "phone")))
+            // Redis answers no client for 2 s: the subscription's probe goes unanswered, its lag grows.
+            let paused = try runProgram("/usr/bin/redis-cli", ["-p", String(redis.port), "CLIENT", "PAUSE", "2000", "ALL"])
+            #expect(paused.code == 0, "\(paused.output)")
+            try await Task.sleep(for: .milliseconds(600))
+            let shed = try await phone.refused("shed", .volume(percent: 10))
+            #expect(shed.code == .unavailable && (shed.retryAfterMs ?? 0) > 0, "\(shed)")
+            // Once Redis answers again the lag falls and the same id is accepted (refusals are not remembered).
+            let (ack, _) = try await phone.ackedOnceAvailable("shed", .volume(percent: 10))
+            let state = try await phone.state { $0.version == ack.version }
+            #expect(state.state.volume == 10, "the device got the change it was acked for")
+        } catch {
+            await server.stop()
+            throw error
+        }
+        await server.stop()
+    }
+}
