@@ -89,6 +89,9 @@ public struct Swarm: Sendable {
             var answers = 0
             /// Answers to the final commands (`final-…`), which the run waits for longer.
             var finalAnswers = 0
+            /// The final commands this device sent, by id: sent again after an `unavailable`
+            /// refusal's `retry_after_ms`, as a client does (the run must end with each acked).
+            var finals: [String: ClientMessage] = [:]
             /// Come back after a loss (set once the load starts).
             var reconnects = false
         }
@@ -135,7 +138,17 @@ public struct Swarm: Sendable {
                         if ack.id.hasPrefix("final-") { state.finalAnswers += 1 }
                     case .error(let error):
                         state.answers += 1
-                        if error.id?.hasPrefix("final-") == true { state.finalAnswers += 1 }
+                        if let id = error.id, let final = state.finals[id] {
+                            if error.code == .unavailable {
+                                let wait = max(50, min(error.retryAfterMs ?? 200, 2_000))
+                                Task {
+                                    try? await Task.sleep(for: .milliseconds(wait))
+                                    _ = self.send(final)
+                                }
+                            } else {
+                                state.finalAnswers += 1
+                            }
+                        }
                     case .leaseGranted(let grant):
                         // A start to confirm: a report that plays at the new epoch, at once.
                         if grant.confirmBy != nil, state.lease.active, state.lease.epoch == grant.epoch, let track = grant.state.track {
@@ -368,7 +381,10 @@ public struct Swarm: Sendable {
             let id = "final-\(user)"
             let message = ClientMessage.command(.init(id: id, command: .volume(percent: 77)))
             let deadline = ContinuousClock.now + .seconds(5)
-            while !userDevices.contains(where: { $0.send(message) }), ContinuousClock.now < deadline {
+            while !userDevices.contains(where: { device in
+                device.state.withLock { $0.finals[id] = message }
+                return device.send(message)
+            }), ContinuousClock.now < deadline {
                 try await Task.sleep(for: .milliseconds(50))
             }
             sent.append(SentCommand(

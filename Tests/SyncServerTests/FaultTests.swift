@@ -225,6 +225,8 @@ final class FaultCluster: Sendable {
                 "--grace-ms", String(Self.graceMs), "--heartbeat-ms", "1000",
                 "--log-level", ProcessInfo.processInfo.environment["FAULT_LOG_LEVEL"] ?? "warning",
                 "--messages-per-second", "1000", "--snapshot-interval-ms", String(Self.snapshotIntervalMs),
+                // The machine is loaded by the test itself: no overload refusals (OverloadTests has them).
+                "--max-bus-lag-ms", "0",
             ]))
         }
         self.daemons = daemons
