@@ -189,7 +189,6 @@ public final class Durability: Sendable {
     /// `alsoKnown`: the newest state this node saw of the user (its cache before the loss), which
     /// wins when it is newer than any snapshot.
     func restore(user: String, clock: () -> Int64, alsoKnown: (playback: Playback, takenAt: Int64)?) async -> Restored {
-        guard writer != nil else { return .fresh }
         let base: (playback: Playback, takenAt: Int64)?
         do {
             base = try await newestSnapshot(user: user, alsoKnown: alsoKnown)
