@@ -1,0 +1,159 @@
+import Foundation
+import Logging
+import Metrics
+import NIOCore
+
+/// Bringing back a user's playback the storage lost, or that went back in time: the newest state
+/// any node holds wins, above every epoch and version handed out.
+extension UserPlayback {
+    /// A snapshot this node holds (queued for PostgreSQL) that is newer than the one `stored` was
+    /// restored from, when nothing has committed on top of that restore: the newest snapshot any
+    /// node holds wins. The snapshot counts with the version of its content: its own when taken
+    /// before the loss (below the restore's, which was raised above everything handed out), its
+    /// source's when it is itself a restore this node queued.
+    static func newerSnapshot(than stored: Playback, pending: Playback?) -> Playback? {
+        guard let pending, pending.version < stored.version || pending.contentVersion != pending.version,
+            stored.isRestore(olderThan: pending.contentVersion)
+        else { return nil }
+        return pending
+    }
+
+    /// Puts `newer` (from the snapshot of version `source`) in place of the restore `stored`, above
+    /// it: a compare-and-set on the stored version, so a command committed meanwhile keeps its place.
+    /// Another node may replace it first with a snapshot of its own: then this one goes in on top
+    /// of that, if it is still the newer, for a few rounds.
+    func replaceRestore(_ stored: Playback, with newer: Playback, source: Int64) async throws -> Playback {
+        var stored = stored
+        for _ in 0..<4 {
+            var replacement = newer
+            replacement.epoch = max(newer.epoch, stored.epoch + 1)
+            replacement.version = max(newer.version, stored.version + 1)
+            // The replacement settles when the restore it replaces would have: replacing never extends it.
+            replacement.restoredFrom = .init(source: source, at: replacement.version, settlesAt: stored.restoredFrom?.settlesAt ?? 0)
+            let replaced = try await storage.restore(
+                user: userID, playback: replacement, holder: replacement.activeDevice == nil ? nil : LeaseHolder.value(of: replacement),
+                ttlMs: timing.leaseTTLMs, frame: Self.restoredFrame(replacement), replacing: stored.version)
+            if replaced {
+                Counter(label: "playback_restores_total", dimensions: [("from", "newer_snapshot")]).increment()
+                logger.notice("an older restore replaced by a newer snapshot held here", metadata: [
+                    "restored.source": .stringConvertible(stored.restoredFrom?.source ?? -1), "snapshot.version": .stringConvertible(source),
+                    "restored.version": .stringConvertible(replacement.version),
+                ])
+                environment.durability.writer?.snapshot(user: userID, playback: replacement, urgent: true)
+                return replacement
+            }
+            guard let current = try await storage.loadPlayback(user: userID) else { return stored }
+            guard current.isRestore(olderThan: source) else { return current }
+            stored = current
+        }
+        return stored
+    }
+
+    /// The bus frame that tells the user's devices about a restored playback.
+    static func restoredFrame(_ playback: Playback) -> BusMessage {
+        let lease = playback.activeDevice.map { LeaseChange(epoch: playback.epoch, revoked: nil, granted: $0, reason: .transferred) }
+        return BusMessage(event: PlaybackEvent(
+            state: playback.playerState(includeQueue: true), queueChanged: true, lease: lease,
+            cause: .init(op: "restored", device: nil, request: nil)).prepared)
+    }
+
+    /// True when the stored playback is older than what this node saw of the user: the storage
+    /// went back in time (a Redis failover that lost acknowledged writes, a restart from an old
+    /// dump). Epochs and versions only ever rise in storage; the one look-alike, a read answered
+    /// just before a commit whose frame arrived first, is told apart by reading again.
+    static func wentBack(_ stored: Playback, seen: (epoch: Int64, version: Int64)) -> Bool {
+        stored.epoch < seen.epoch || stored.version < seen.version
+    }
+
+    /// The storage has no state for the user: a new user, or it lost it (a Redis restart without
+    /// persistence, a flush, eviction; a new process of the memory engine); or, with `replacing`,
+    /// it holds an older state than this node saw. Puts back the newest of the PostgreSQL
+    /// snapshot and the stored state, with an epoch and version raised above everything seen
+    /// (see `Durability.restore`), tells the user's devices, and reads again.
+    func restorePlayback(replacing stale: Playback? = nil) async throws -> Playback {
+        if let stale {
+            // A read answered before a commit whose frame came first looks the same: read again.
+            if let again = try await storage.loadPlayback(user: userID), (again.epoch, again.version) != (stale.epoch, stale.version) {
+                return again
+            }
+            Counter(label: "playback_storage_regressions_total").increment()
+            logger.warning("stored playback older than seen here; restoring above", metadata: [
+                "stored.epoch": .stringConvertible(stale.epoch), "stored.version": .stringConvertible(stale.version),
+            ])
+        }
+        try await registerLocalDevices()
+        let restored: Playback
+        var frame: BusMessage?
+        let known = fanout?.lastKnown.map { (playback: $0.playback, takenAt: $0.at) }
+        var outcome = await environment.durability.restore(user: userID, clock: environment.clock, alsoKnown: known)
+        // Read after PostgreSQL answered (or timed out): the jump, the floors and the settling count from now.
+        let now = self.now
+        if case .unreachable(let empty) = outcome {
+            if var stale {
+                // What the storage still holds beats an empty playback.
+                stale.restoredFrom = .init(source: stale.version, at: stale.version)
+                outcome = .unknown(stale)
+            } else if environment.fanouts.highWater(of: userID, now: now) != nil {
+                // A user this node served: their snapshot is in PostgreSQL, and starting them empty
+                // would lose their queue and track for good. Their changes wait for it (`unavailable`).
+                throw PlaybackError(.unavailable, "this playback is being restored and PostgreSQL is unreachable; try again", retryAfterMs: 1_000)
+            } else {
+                Counter(label: "playback_restores_total", dimensions: [("from", "clock")]).increment()
+                outcome = .unknown(empty)
+            }
+        }
+        if var stale {
+            stale.restoredFrom = .init(source: stale.version, at: stale.version)
+            switch outcome {
+            case .fresh:
+                outcome = .unknown(stale)
+            case .snapshot(let playback), .unknown(let playback), .unreachable(let playback):
+                if (playback.epoch, playback.version) < (stale.epoch, stale.version) { outcome = .unknown(stale) }
+            }
+        }
+        if let mark = environment.fanouts.highWater(of: userID, now: now) {
+            // Above everything this node saw handed out, even without PostgreSQL (invariants 1 and
+            // 3): by the time since it saw it, as a snapshot of that age would be.
+            var base = Playback.initial
+            base.epoch = mark.epoch
+            base.version = mark.version
+            let floor = Durability.resume(base, takenAt: mark.at, now: now)
+            switch outcome {
+            case .fresh:
+                outcome = .unknown(floor)
+            case .snapshot(var playback), .unknown(var playback), .unreachable(var playback):
+                if (playback.epoch, playback.version) < (floor.epoch, floor.version) {
+                    playback.epoch = max(playback.epoch, floor.epoch)
+                    playback.version = max(playback.version, floor.version)
+                    outcome = .snapshot(playback)
+                }
+            }
+        }
+        switch outcome {
+        case .fresh:
+            // The empty state is stored, so that the next read finds it instead of coming here again.
+            restored = .initial
+        case .snapshot(var playback), .unknown(var playback), .unreachable(var playback):
+            // Which snapshot it came from (-1: none), at the version it is put back at, and until when
+            // it waits for a newer one that another node may hold.
+            playback.restoredFrom = .init(
+                source: playback.restoredFrom?.source ?? -1, at: playback.version, settlesAt: now + configuration.restoreSettleMs)
+            restored = playback
+            frame = Self.restoredFrame(playback)
+        }
+        let won = try await storage.restore(
+            user: userID, playback: restored, holder: restored.activeDevice == nil ? nil : LeaseHolder.value(of: restored),
+            ttlMs: timing.leaseTTLMs, frame: frame, replacing: stale?.version)
+        guard var playback = try await storage.loadPlayback(user: userID) else {
+            throw PlaybackError(.internal, "playback of \(userID) vanished right after it was restored")
+        }
+        // Another node restored first, from an older snapshot than this one: the newer one wins.
+        if !won, let source = restored.restoredFrom?.source, restored.version > 0, playback.isRestore(olderThan: source) {
+            playback = try await replaceRestore(playback, with: restored, source: source)
+        }
+        // The snapshot is of what the storage holds now: another node may have restored first, and
+        // a restore that lost must not leave its own (never used) state in PostgreSQL.
+        if playback.version > 0 { environment.durability.writer?.snapshot(user: userID, playback: playback, urgent: true) }
+        return playback
+    }
+}
