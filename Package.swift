@@ -137,6 +137,8 @@ let package = Package(
         .executableTarget(name: "fuzz-messages", dependencies: ["PlaybackCore", "FuzzSupport"]),
         .executableTarget(name: "fuzz-resp", dependencies: ["RedisClient", "FuzzSupport", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "PlaybackCoreTests", dependencies: ["PlaybackCore"]),
+        // The engine's decisions over values: no socket, no server.
+        .testTarget(name: "PlaybackEngineTests", dependencies: ["PlaybackEngine", "PlaybackCore"]),
         .testTarget(
             name: "RedisClientTests",
             dependencies: [

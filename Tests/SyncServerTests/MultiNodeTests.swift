@@ -251,6 +251,32 @@ struct MultiNodeTests {
         }
     }
 
+    /// Thirty devices of one user on three nodes race to play on themselves: every unconditional
+    /// command is acked (never refused for contention alone: the losers back off with jitter and
+    /// try again), and the devices end on one state with one holder.
+    @Test func thirtyDevicesOnThreeNodesRacingArePlayedEachWithoutARefusal() async throws {
+        try await Self.cluster(3) { nodes in
+            var clients: [TestClient] = []
+            for index in 0..<30 { clients.append(try await nodes[index % 3].device("d\(index)").0) }
+            let answers = try await withThrowingTaskGroup(of: ServerMessage.self) { group in
+                for (index, client) in clients.enumerated() {
+                    group.addTask { try await client.command("race-\(index)", .play(.init(trackID: "t0001", device: "d\(index)"))) }
+                }
+                var answers: [ServerMessage] = []
+                for try await answer in group { answers.append(answer) }
+                return answers
+            }
+            let refused = answers.filter { if case .ack = $0 { false } else { true } }
+            #expect(refused.isEmpty, "refused: \(refused)")
+            let versions = answers.compactMap { if case .ack(let ack) = $0 { ack.version } else { nil } }
+            #expect(Set(versions).count == 30, "thirty changes, thirty versions: \(versions.sorted())")
+            _ = try await clients[0].acked("final", .volume(percent: 42))
+            var holders: Set<String?> = []
+            for client in clients { holders.insert(try await client.state { $0.volume == 42 }.state.activeDevice) }
+            #expect(holders.count == 1 && holders.first! != nil, "one holder everywhere: \(holders)")
+        }
+    }
+
     /// The device cap holds across nodes: devices racing to connect to two nodes never exceed it.
     @Test func theDeviceCapHoldsAcrossNodes() async throws {
         let namespace = String(UInt32.random(in: 0...UInt32.max), radix: 36)

@@ -52,7 +52,7 @@ extension UserPlayback {
         _ submission: Submission, on playback: Playback, directory: DeviceDirectory, cause: ServerMessage.Cause, number: Int,
         finish: @escaping Finish
     ) {
-        guard number < Self.maxAttempts else {
+        guard number < ContentionBackoff.maxRounds else {
             finish(.failure(PlaybackError(.unavailable, "too many concurrent changes; try again")))
             return
         }
@@ -122,9 +122,11 @@ extension UserPlayback {
                     fanout?.forgetCache(at: now)
                     attempt(submission, cause: cause, number: number + 1, finish: finish)
                 } else if let current {
+                    // Another node committed first: again on the state it left, at once for the first
+                    // rounds, then after a jittered pause (`ContentionBackoff`).
                     fanout?.remember(current, json: json)
                     let latest = fanout?.cached()?.directory ?? directory
-                    run(submission, on: current, directory: latest, cause: cause, number: number + 1, finish: finish)
+                    retry(submission, on: current, directory: latest, cause: cause, number: number + 1, finish: finish)
                 } else {
                     // The storage has no state (it lost it): the next try loads, and restores, it.
                     fanout?.forgetCache(at: now)
@@ -134,6 +136,29 @@ extension UserPlayback {
                 finish(.failure(unavailable(error)))
             }
         }
+    }
+
+    /// Runs round `number` of a command that lost the race to commit, after its pause.
+    func retry(
+        _ submission: Submission, on playback: Playback, directory: DeviceDirectory, cause: ServerMessage.Cause, number: Int,
+        finish: @escaping Finish
+    ) {
+        guard let pause = ContentionBackoff.pause(beforeRound: number, random: Double.random(in: 0...1)) else {
+            Counter(label: "playback_commands_contended_total").increment()
+            finish(.failure(PlaybackError(.unavailable, "too many concurrent changes; try again", retryAfterMs: ContentionBackoff.capMs)))
+            return
+        }
+        guard pause > 0 else {
+            run(submission, on: playback, directory: directory, cause: cause, number: number, finish: finish)
+            return
+        }
+        let started = environment.work.submit { [self] in
+            try? await Task.sleep(for: .milliseconds(pause))
+            // The state may have moved on while it waited: the cache has the newest this node knows.
+            let (newest, latest) = fanout?.cached() ?? (playback, directory)
+            run(submission, on: newest.version > playback.version ? newest : playback, directory: latest, cause: cause, number: number, finish: finish)
+        }
+        if !started { finish(.failure(PlaybackError(.unavailable, "the server is shutting down; try again"))) }
     }
 
     /// The cause the devices see: a transfer undone (whatever found it: the deadline, the target's

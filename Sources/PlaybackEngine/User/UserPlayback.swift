@@ -17,7 +17,6 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
     let userID: String
     let environment: UserEnvironment<Storage>
     let logger: Logger
-    static var maxAttempts: Int { 8 }
     let gate = UserGate()
 
     let lease: LeaseKeeper<Storage>
