@@ -173,6 +173,20 @@ if "cluster" in results:
                 f"{reached(run)} | {run['daemon_cpu_percent']} | {' / '.join(str(x) for x in run.get('redis_cpu_percent', []))} |")
     add("")
 
+if "contention" in results:
+    c = results["contention"]["result"]
+    add("## One user raced from three daemons")
+    add("")
+    add(f"Measured {results['contention']['measured_at']} (`scripts/bench contention`): {c['devices']} devices of one "
+        f"user spread over {c['daemons']} daemons on a Redis Cluster of {c['masters']} masters, {c['commands_sent']} `play` "
+        "commands in two seconds, each on one of the user's devices (each moves the lease).")
+    add("")
+    add(f"- refused for contention (`unavailable`): **{c['unavailable']}** of {c['commands_answered']} answered; errors {c['errors'] or 'none'}")
+    add(f"- command → ack (ms): {pct(c['commandToAck'])}")
+    add(f"- command → last device (ms): {pct(c['commandToLastDevice'])}")
+    add(f"- invariant violations: {c['invariant_violations']}")
+    add("")
+
 analysis = root / "docs/bench/analysis.md"
 if analysis.exists():
     add(analysis.read_text().rstrip())

@@ -418,6 +418,39 @@ def cluster():
     return result
 
 
+def contention():
+    """Thirty devices of one user spread over three daemons on a 3-master Redis Cluster, every command
+    a `play` on one of the user's devices (each moves the lease), 1,000 of them in two seconds: the
+    daemons race to commit one user. How many are refused for contention (the target: none), and
+    the time to the ack."""
+    total, seconds = (60, 2) if quick else (1000, 2)
+    ports, directory = make_cluster(3)
+    try:
+        url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
+        daemons = [start_daemon(redis=url) for _ in range(3)]
+        try:
+            command = [str(sim_bin), "swarm", "--users", "1", "--devices-per-user", "30", "--rate", str(total // seconds),
+                       "--duration", f"{seconds}s", "--mix", "play:1", "--json", "--connect-concurrency", "4"]
+            for _, port in daemons:
+                command += ["--server", f"ws://127.0.0.1:{port}"]
+            out = subprocess.run(command, capture_output=True, text=True, timeout=300, preexec_fn=raise_nofile)
+            try:
+                report = json.loads(out.stdout)
+            except json.JSONDecodeError:
+                raise SystemExit(f"bench: contention swarm failed: {out.stderr[-2000:]}")
+        finally:
+            for daemon, _ in daemons:
+                stop(daemon)
+    finally:
+        for port in ports:
+            subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
+        shutil.rmtree(directory, ignore_errors=True)
+    return {"daemons": 3, "masters": 3, "devices": 30, "commands_sent": report["commandsSent"],
+            "commands_answered": report["commandsAnswered"], "errors": report["errors"],
+            "unavailable": report["errors"].get("unavailable", 0), "commandToAck": report["commandToAck"],
+            "commandToLastDevice": report["commandToLastDevice"], "invariant_violations": report["invariantViolations"]}
+
+
 def make_cluster(masters):
     """A cluster of `masters` masters on free ports, the slots split evenly (CLUSTER ADDSLOTSRANGE)."""
     ports = []
@@ -459,7 +492,7 @@ def make_cluster(masters):
 state_message_bytes = 620
 
 scenarios = {"connections": connections, "throughput": throughput, "latency": latency, "transfer": transfer,
-             "reconnect": reconnect, "reference": reference, "versus": versus, "cluster": cluster}
+             "reconnect": reconnect, "reference": reference, "versus": versus, "cluster": cluster, "contention": contention}
 chosen = args or list(scenarios)
 unknown = [name for name in chosen if name not in scenarios]
 if unknown:
