@@ -250,18 +250,29 @@ final class FaultCluster: Sendable {
     }
 
     /// Waits until no daemon has a snapshot queued for PostgreSQL (`playback_store_pending`), or `seconds` passed.
+    ///
+    /// The gauge is refreshed each write-behind tick (100 ms): a snapshot queued by the last
+    /// command may not show yet, so it first waits out a few ticks, and takes nothing queued as
+    /// the answer only when two readings in a row say so.
     func waitForWriteBehind(seconds: Double) {
         let deadline = Date().addingTimeInterval(seconds)
+        var quietReadings = 0
+        Thread.sleep(forTimeInterval: 0.5)
         while Date() < deadline {
             let queued = daemons.contains { daemon in
-                guard let metrics = try? runProgram("/usr/bin/curl", ["-sf", "-m", "1", "http://127.0.0.1:\(daemon.port)/metrics"]),
+                guard let metrics = try? runProgram("/usr/bin/curl", ["-sf", "-m", "3", "http://127.0.0.1:\(daemon.port)/metrics"]),
                     metrics.code == 0
-                else { return false }  // a daemon the fault stopped has nothing to write
+                else {
+                    // A daemon the fault ended has nothing to write; one that is only slow to answer
+                    // (a loaded machine) may have, and is asked again.
+                    return daemon.isRunning
+                }
                 return metrics.output.split(separator: "\n").contains { line in
                     line.hasPrefix("playback_store_pending{kind=\"snapshot\"}") && line.split(separator: " ").last.flatMap { Double($0) } != 0
                 }
             }
-            if !queued { return }
+            quietReadings = queued ? 0 : quietReadings + 1
+            if quietReadings == 2 { return }
             Thread.sleep(forTimeInterval: 0.2)
         }
     }
@@ -318,8 +329,10 @@ final class FaultCluster: Sendable {
         options.mix = try Swarm.Options.parseMix(mix)
         let inspector = StoreInspector(redisURL: cluster.redisURL, postgresURL: cluster.postgresURL)
         let report = try await Swarm(options: options).run(stores: { users in
-            // PostgreSQL is written behind the command path: compare it once every daemon's queue drained.
-            try await offloaded { cluster.waitForWriteBehind(seconds: 30) }
+            // PostgreSQL is written behind the command path: compare it once every daemon's queue drained
+            // (after PostgreSQL came back a daemon's writer has been seen to need more than 30 s: its
+            // queue draining late is still not a loss, and the comparison says if it never does).
+            try await offloaded { cluster.waitForWriteBehind(seconds: 90) }
             return try await inspector.read(users: users)
         }) { try await fault(cluster) }
         publish(name, report)
@@ -392,6 +405,8 @@ final class DaemonProcess: Sendable {
     }
 
     func signal(_ signal: Int32) { process.signal(signal) }
+
+    var isRunning: Bool { process.isRunning }
 
     /// The exit status, once it exited (nil when it is still running after `seconds`, or was killed).
     func waitForExit(seconds: Double) -> Int32? {
