@@ -2,7 +2,7 @@ import PlaybackCore
 @testable import PlaybackEngine
 import Testing
 
-/// Which snapshot wins when several daemons restore one user: `UserPlayback.newerSnapshot`, over values.
+/// Which snapshot wins when several daemons restore one user: `RestoreFloor.newerSnapshot`, over values.
 @Suite("restore: the newest snapshot wins")
 struct RestoreRuleTests {
     /// A restore at `version` of the snapshot at `source`, settling at 5 s.
@@ -51,7 +51,7 @@ struct RestoreRuleTests {
 
     @Test(arguments: cases)
     func theNewestSnapshotAnyNodeHoldsWins(_ test: Case) {
-        let newer = UserPlayback<MemoryStorage>.newerSnapshot(than: test.stored, pending: test.pending)
+        let newer = RestoreFloor.newerSnapshot(than: test.stored, pending: test.pending)
         #expect((newer != nil) == test.replaces)
     }
 }

@@ -15,6 +15,8 @@ public final class MemoryStorage: PlaybackStorage {
         var devices: [String: StoredDevice] = [:]
         var online: [String: Int64] = [:]
         var requests: RequestLog
+        /// The command that has the user's turn, and until when (`CommandCall.turn`).
+        var turn: (token: String, until: Int64)?
 
         func holder(at now: Int64) -> String? {
             guard let lease, lease.until > now else { return nil }
@@ -86,10 +88,13 @@ public final class MemoryStorage: PlaybackStorage {
         let reply = withRecord(user) { record, now -> (CommandReply, BusMessage?) in
             if let id = call.requestID {
                 if let known = record.requests.answer(for: id, now: now) { return (.known(known), nil) }
-                if let wait = record.requests.fullFor(now: now) { return (.full(retryAfterMs: wait), nil) }
+                if let wait = record.requests.fullFor(now: now, capacity: call.answerCapacity) { return (.full(retryAfterMs: wait), nil) }
             }
+            if let turn = record.turn, turn.until > now, turn.token != call.turn?.token { return (.turnHeld(forMs: turn.until - now), nil) }
+            if let asked = call.turn, record.turn.map({ $0.until <= now }) ?? true { record.turn = (asked.token, now + asked.ttlMs) }
             guard (record.playback?.version ?? 0) == call.expectedVersion else { return (.conflict(record.playback, json: nil), nil) }
-            if let id = call.requestID { record.requests.record(call.answer, for: id, now: now) }
+            if call.turn != nil { record.turn = nil }
+            if let id = call.requestID { record.requests.record(call.answer, for: id, now: now, windowMs: call.answerTTLMs) }
             guard let change = call.change else { return (.done, nil) }
             record.playback = change.playback
             switch change.lease {

@@ -87,8 +87,9 @@ public protocol PlaybackStorage: Sendable {
     func shutdown() async
 }
 
-/// One command's call to the storage: answer a remembered request id; check that the playback is
-/// still at `expectedVersion` (else answer with the current one, so the retry needs no read); then
+/// One command's call to the storage: answer a remembered request id; wait while another command
+/// has the user's turn (`turn`); check that the playback is still at `expectedVersion` (else answer
+/// with the current one, so the retry needs no read); then
 /// commit `change` (write the playback, move or clear the lease, remember the answer, publish the
 /// frame) or, for a command that changed nothing, just remember the answer.
 public struct CommandCall: Sendable {
@@ -115,6 +116,17 @@ public struct CommandCall: Sendable {
     /// Most request ids the user may have remembered inside the window.
     public var answerCapacity: Int
     public var change: Change?
+    /// Set when the command asks for the user's turn (it lost rounds to other nodes): the storage
+    /// gives it the turn when nobody has it, keeps the others waiting while it has it, and ends it
+    /// when the command commits or confirms.
+    public var turn: Turn?
+
+    public struct Turn: Sendable, Equatable {
+        /// This command's own token (no other command, on any node, has the same).
+        public var token: String
+        /// How long the turn lasts if its command never comes back (its node died).
+        public var ttlMs: Int64
+    }
 }
 
 /// What the storage answered to a `CommandCall`.
@@ -127,6 +139,8 @@ public enum CommandReply: Sendable {
     case conflict(Playback?, json: ByteBuffer?)
     /// The user has as many request ids remembered as it may; one leaves the window in this long.
     case full(retryAfterMs: Int64)
+    /// Another command has the user's turn, for at most this long: wait, then try again.
+    case turnHeld(forMs: Int64)
 }
 
 /// What the storage says of a lease.

@@ -13,7 +13,7 @@ extension UserPlayback {
     func submit(_ submission: Submission, completion: @escaping @Sendable (Result<Receipt, PlaybackError>) -> Void) {
         let cause = ServerMessage.Cause(op: submission.input.causeOp, device: submission.device, request: submission.requestID)
         gate.enqueue { [self] done in
-            attempt(submission, cause: cause, number: 0) { result in
+            attempt(submission, cause: cause, rounds: .init(startedAt: now)) { result in
                 completion(result)
                 done()
             }
@@ -23,16 +23,16 @@ extension UserPlayback {
     /// Applies an input while holding the gate (disconnects, upkeep).
     func apply(_ submission: Submission, cause: ServerMessage.Cause) async -> Result<Receipt, PlaybackError> {
         await withCheckedContinuation { continuation in
-            attempt(submission, cause: cause, number: 0) { continuation.resume(returning: $0) }
+            attempt(submission, cause: cause, rounds: .init(startedAt: now)) { continuation.resume(returning: $0) }
         }
     }
 
     typealias Finish = @Sendable (Result<Receipt, PlaybackError>) -> Void
 
     /// One try: the reducer on the cached state (loaded first when there is none), then one call.
-    func attempt(_ submission: Submission, cause: ServerMessage.Cause, number: Int, finish: @escaping Finish) {
+    func attempt(_ submission: Submission, cause: ServerMessage.Cause, rounds: ConflictPolicy.Rounds, finish: @escaping Finish) {
         if let fanout, let (playback, directory) = fanout.cached() {
-            run(submission, on: playback, directory: directory, cause: cause, number: number, finish: finish)
+            run(submission, on: playback, directory: directory, cause: cause, rounds: rounds, finish: finish)
             return
         }
         // Not cached (no device of the user here, or the cache was dropped): read it first.
@@ -40,7 +40,7 @@ extension UserPlayback {
             do {
                 let (playback, directory) = try await loadBoth()
                 fanout?.remember(playback)
-                run(submission, on: playback, directory: directory, cause: cause, number: number, finish: finish)
+                run(submission, on: playback, directory: directory, cause: cause, rounds: rounds, finish: finish)
             } catch {
                 finish(.failure(unavailable(error)))
             }
@@ -49,13 +49,10 @@ extension UserPlayback {
     }
 
     func run(
-        _ submission: Submission, on playback: Playback, directory: DeviceDirectory, cause: ServerMessage.Cause, number: Int,
-        finish: @escaping Finish
+        _ submission: Submission, on playback: Playback, directory: DeviceDirectory, cause: ServerMessage.Cause,
+        rounds: ConflictPolicy.Rounds, finish: @escaping Finish
     ) {
-        guard number < ContentionBackoff.maxRounds else {
-            finish(.failure(PlaybackError(.unavailable, "too many concurrent changes; try again")))
-            return
-        }
+        let now = self.now
         if case let wait = playback.settling(at: now), wait > 0 {
             // Restored after the storage lost it: a node holding a newer snapshot may still put it
             // in its place, which a commit on top would prevent.
@@ -66,43 +63,22 @@ extension UserPlayback {
             now: now, sender: submission.device, country: submission.user.country, devices: directory.presence,
             randomSeed: UInt64.random(in: 0...UInt64.max),
             confirmingDevices: submission.input.isTransfer ? directory.confirmingDevices : [])
-        if number == 0, case .report(let epoch, let positionMs, _, let trackID) = submission.input, epoch == playback.epoch,
-            submission.device == playback.activeDevice, trackID == playback.current?.track.id
-        {
-            // How far the holder's own position is from the server's extrapolation: sync you can see.
-            let driftMs = abs(positionMs - playback.position(at: reducerEnvironment.now))
-            Metrics.Timer(label: "playback_report_drift_seconds").recordNanoseconds(driftMs * 1_000_000)
-            logger.debug("report drift", metadata: ["device.id": .string(submission.device ?? "-"), "report.drift_ms": .stringConvertible(driftMs)])
-        }
+        if rounds.lost == 0 { recordDrift(of: submission, on: playback, at: now) }
         let outcome = Result { () throws(PlaybackError) -> Transition in
             try environment.reducer.apply(submission.input, to: playback, environment: reducerEnvironment, ifVersion: submission.ifVersion)
         }
-        let answer: Result<Receipt, PlaybackError> = outcome.map {
-            Receipt(version: $0.playback.version, entry: $0.entry, changed: $0.changed)
-        }
-        var requestID = submission.rememberedRequestID
-        if case .failure(let error) = answer, error.code.isTransient { requestID = nil }
-        var proposed: CommandCall.Change?
-        if case .success(let transition) = outcome, transition.changed {
-            let next = transition.playback
-            let leaseOperation: CommandCall.LeaseOperation =
-                transition.lease == nil ? .keep
-                : next.activeDevice == nil ? .clear : .set(holder: LeaseHolder.value(of: next), ttlMs: timing.leaseTTLMs)
-            proposed = CommandCall.Change(
-                playback: next, json: ByteBuffer(bytes: PlaybackJSON.encode(next)), lease: leaseOperation,
-                frame: BusMessage(
-                    event: PlaybackEvent(transition, cause: Self.cause(of: transition, submitted: cause)).prepared,
-                    devices: transition.lease == nil && next.deviceVolumes == playback.deviceVolumes ? nil : directory.list(for: next)))
-        }
-        let change = proposed
-        let call = CommandCall(
-            expectedVersion: playback.version, requestID: requestID, answer: answer, answerTTLMs: configuration.idempotencyWindowMs,
-            answerCapacity: configuration.idempotencyCapacity, change: change)
-        storage.command(user: userID, call) { [self] reply in
+        var rounds = rounds
+        if rounds.asksForTurn, rounds.turnToken == nil { rounds.turnToken = newTurnToken() }
+        let turn = rounds.turnToken.map { CommandCall.Turn(token: $0, ttlMs: ConflictPolicy.turnTTLMs) }
+        let asked = rounds
+        let plan = CommitPlan.make(
+            submission, outcome: outcome, on: playback, directory: directory, cause: cause, configuration: configuration,
+            leaseTTLMs: timing.leaseTTLMs, turn: turn)
+        storage.command(user: userID, plan.call) { [self] reply in
             switch reply {
             case .success(.done):
-                if case .success(let transition) = outcome, let change { didCommit(transition, json: change.json, directory: directory) }
-                finish(answer)
+                if let transition = plan.transition, let change = plan.call.change { didCommit(transition, json: change.json, directory: directory) }
+                finish(plan.answer)
             case .success(.known(let known)):
                 finish(known)
             case .success(.full(let retryAfterMs)):
@@ -112,61 +88,79 @@ extension UserPlayback {
                     retryAfterMs: retryAfterMs)))
             case .success(.conflict(let current, let json)):
                 Counter(label: "playback_commit_conflicts_total").increment()
-                if let current, let fanout, Self.wentBack(current, seen: fanout.highWater) {
-                    // Older than what this node saw: the next try loads it and restores above.
-                    fanout.forgetCache(at: now)
-                    attempt(submission, cause: cause, number: number + 1, finish: finish)
-                } else if let current, current.settling(at: now) > 0 {
-                    // Restored after the storage lost it, and still waiting for newer snapshots: the
-                    // next try loads it, offering this node's newest (`loadPlayback`).
-                    fanout?.forgetCache(at: now)
-                    attempt(submission, cause: cause, number: number + 1, finish: finish)
-                } else if let current {
-                    // Another node committed first: again on the state it left, at once for the first
-                    // rounds, then after a jittered pause (`ContentionBackoff`).
-                    fanout?.remember(current, json: json)
-                    let latest = fanout?.cached()?.directory ?? directory
-                    retry(submission, on: current, directory: latest, cause: cause, number: number + 1, finish: finish)
-                } else {
-                    // The storage has no state (it lost it): the next try loads, and restores, it.
-                    fanout?.forgetCache(at: now)
-                    attempt(submission, cause: cause, number: number + 1, finish: finish)
-                }
+                if let current { fanout?.remember(current, json: json) }
+                let step = ConflictPolicy.afterConflict(
+                    current, seen: fanout?.highWater ?? (0, 0), rounds: asked, now: self.now, random: Double.random(in: 0...1))
+                var next = asked
+                next.lost += 1
+                take(step, submission, directory: directory, cause: cause, rounds: next, finish: finish)
+            case .success(.turnHeld(let heldMs)):
+                Counter(label: "playback_command_turn_waits_total").increment()
+                let step = ConflictPolicy.afterTurnHeld(forMs: heldMs, rounds: asked, now: self.now, random: Double.random(in: 0...1))
+                take(step, submission, directory: directory, cause: cause, rounds: asked, finish: finish)
             case .failure(let error):
                 finish(.failure(unavailable(error)))
             }
         }
     }
 
-    /// Runs round `number` of a command that lost the race to commit, after its pause.
-    func retry(
-        _ submission: Submission, on playback: Playback, directory: DeviceDirectory, cause: ServerMessage.Cause, number: Int,
-        finish: @escaping Finish
+    /// Carries out what `ConflictPolicy` decided for a command the storage did not take.
+    func take(
+        _ step: ConflictPolicy.Step, _ submission: Submission, directory: DeviceDirectory, cause: ServerMessage.Cause,
+        rounds: ConflictPolicy.Rounds, finish: @escaping Finish
     ) {
-        guard let pause = ContentionBackoff.pause(beforeRound: number, random: Double.random(in: 0...1)) else {
+        switch step {
+        case .giveUp(let retryAfterMs):
             Counter(label: "playback_commands_contended_total").increment()
-            finish(.failure(PlaybackError(.unavailable, "too many concurrent changes; try again", retryAfterMs: ContentionBackoff.capMs)))
-            return
+            finish(.failure(PlaybackError(.unavailable, "too many concurrent changes; try again", retryAfterMs: retryAfterMs)))
+        case .reload:
+            // Older than this node saw, restored and settling, or gone: the next try loads (and restores) it.
+            fanout?.forgetCache(at: now)
+            attempt(submission, cause: cause, rounds: rounds, finish: finish)
+        case .retry(let playback, let afterMs) where afterMs == 0:
+            let latest = fanout?.cached()?.directory ?? directory
+            run(submission, on: playback, directory: latest, cause: cause, rounds: rounds, finish: finish)
+        case .retry(let playback, let pause):
+            again(after: pause, on: playback, submission, directory: directory, cause: cause, rounds: rounds, finish: finish)
+        case .wait(let pause):
+            again(after: pause, on: nil, submission, directory: directory, cause: cause, rounds: rounds, finish: finish)
         }
-        guard pause > 0 else {
-            run(submission, on: playback, directory: directory, cause: cause, number: number, finish: finish)
-            return
-        }
+    }
+
+    /// The next round after `pause` ms, on the newest state this node knows by then (the cache
+    /// follows the bus while it waits), or `playback` when that is newer.
+    func again(
+        after pause: Int64, on playback: Playback?, _ submission: Submission, directory: DeviceDirectory, cause: ServerMessage.Cause,
+        rounds: ConflictPolicy.Rounds, finish: @escaping Finish
+    ) {
         let started = environment.work.submit { [self] in
             try? await Task.sleep(for: .milliseconds(pause))
-            // The state may have moved on while it waited: the cache has the newest this node knows.
-            let (newest, latest) = fanout?.cached() ?? (playback, directory)
-            run(submission, on: newest.version > playback.version ? newest : playback, directory: latest, cause: cause, number: number, finish: finish)
+            guard let (newest, latest) = fanout?.cached() else {
+                if let playback {
+                    run(submission, on: playback, directory: directory, cause: cause, rounds: rounds, finish: finish)
+                } else {
+                    attempt(submission, cause: cause, rounds: rounds, finish: finish)
+                }
+                return
+            }
+            let base = playback.map { $0.version > newest.version ? $0 : newest } ?? newest
+            run(submission, on: base, directory: latest, cause: cause, rounds: rounds, finish: finish)
         }
         if !started { finish(.failure(PlaybackError(.unavailable, "the server is shutting down; try again"))) }
     }
 
-    /// The cause the devices see: a transfer undone (whatever found it: the deadline, the target's
-    /// loss or release) is `transfer_failed`, naming the device that did not start.
-    static func cause(of transition: Transition, submitted: ServerMessage.Cause) -> ServerMessage.Cause {
-        guard let lease = transition.lease, lease.reason == .transferFailed else { return submitted }
-        return ServerMessage.Cause(op: "transfer_failed", device: lease.revoked, request: submitted.request)
+    /// How far the holder's own position is from the server's extrapolation: sync you can see.
+    func recordDrift(of submission: Submission, on playback: Playback, at now: Int64) {
+        guard case .report(let epoch, let positionMs, _, let trackID) = submission.input, epoch == playback.epoch,
+            submission.device == playback.activeDevice, trackID == playback.current?.track.id
+        else { return }
+        let driftMs = abs(positionMs - playback.position(at: now))
+        Metrics.Timer(label: "playback_report_drift_seconds").recordNanoseconds(driftMs * 1_000_000)
+        logger.debug("report drift", metadata: ["device.id": .string(submission.device ?? "-"), "report.drift_ms": .stringConvertible(driftMs)])
     }
+
+    /// A token no other command has, on any node: the user's turn names it (`CommandCall.Turn`).
+    func newTurnToken() -> String { "\(environment.nodeID):\(UInt64.random(in: 0...UInt64.max))" }
 
     func didCommit(_ transition: Transition, json: ByteBuffer, directory: DeviceDirectory) {
         fanout?.remember(transition.playback, json: json)

@@ -6,18 +6,6 @@ import NIOCore
 /// Bringing back a user's playback the storage lost, or that went back in time: the newest state
 /// any node holds wins, above every epoch and version handed out.
 extension UserPlayback {
-    /// A snapshot this node holds (queued for PostgreSQL) that is newer than the one `stored` was
-    /// restored from, when nothing has committed on top of that restore: the newest snapshot any
-    /// node holds wins. The snapshot counts with the version of its content: its own when taken
-    /// before the loss (below the restore's, which was raised above everything handed out), its
-    /// source's when it is itself a restore this node queued.
-    static func newerSnapshot(than stored: Playback, pending: Playback?) -> Playback? {
-        guard let pending, pending.version < stored.version || pending.contentVersion != pending.version,
-            stored.isRestore(olderThan: pending.contentVersion)
-        else { return nil }
-        return pending
-    }
-
     /// Puts `newer` (from the snapshot of version `source`) in place of the restore `stored`, above
     /// it: a compare-and-set on the stored version, so a command committed meanwhile keeps its place.
     /// Another node may replace it first with a snapshot of its own: then this one goes in on top
@@ -57,14 +45,6 @@ extension UserPlayback {
             cause: .init(op: "restored", device: nil, request: nil)).prepared)
     }
 
-    /// True when the stored playback is older than what this node saw of the user: the storage
-    /// went back in time (a Redis failover that lost acknowledged writes, a restart from an old
-    /// dump). Epochs and versions only ever rise in storage; the one look-alike, a read answered
-    /// just before a commit whose frame arrived first, is told apart by reading again.
-    static func wentBack(_ stored: Playback, seen: (epoch: Int64, version: Int64)) -> Bool {
-        stored.epoch < seen.epoch || stored.version < seen.version
-    }
-
     /// The storage has no state for the user: a new user, or it lost it (a Redis restart without
     /// persistence, a flush, eviction; a new process of the memory engine); or, with `replacing`,
     /// it holds an older state than this node saw. Puts back the newest of the PostgreSQL
@@ -82,64 +62,22 @@ extension UserPlayback {
             ])
         }
         try await registerLocalDevices()
-        let restored: Playback
-        var frame: BusMessage?
         let known = fanout?.lastKnown.map { (playback: $0.playback, takenAt: $0.at) }
-        var outcome = await environment.durability.restore(user: userID, clock: environment.clock, alsoKnown: known)
+        let found = await environment.durability.restore(user: userID, clock: environment.clock, alsoKnown: known)
         // Read after PostgreSQL answered (or timed out): the jump, the floors and the settling count from now.
         let now = self.now
-        if case .unreachable(let empty) = outcome {
-            if var stale {
-                // What the storage still holds beats an empty playback.
-                stale.restoredFrom = .init(source: stale.version, at: stale.version)
-                outcome = .unknown(stale)
-            } else if environment.fanouts.highWater(of: userID, now: now) != nil {
-                // A user this node served: their snapshot is in PostgreSQL, and starting them empty
-                // would lose their queue and track for good. Their changes wait for it (`unavailable`).
-                throw PlaybackError(.unavailable, "this playback is being restored and PostgreSQL is unreachable; try again", retryAfterMs: 1_000)
-            } else {
-                Counter(label: "playback_restores_total", dimensions: [("from", "clock")]).increment()
-                outcome = .unknown(empty)
-            }
+        let mark = environment.fanouts.highWater(of: userID, now: now)
+        if case .unreachable = found, stale == nil, mark == nil {
+            Counter(label: "playback_restores_total", dimensions: [("from", "clock")]).increment()
         }
-        if var stale {
-            stale.restoredFrom = .init(source: stale.version, at: stale.version)
-            switch outcome {
-            case .fresh:
-                outcome = .unknown(stale)
-            case .snapshot(let playback), .unknown(let playback), .unreachable(let playback):
-                if (playback.epoch, playback.version) < (stale.epoch, stale.version) { outcome = .unknown(stale) }
-            }
-        }
-        if let mark = environment.fanouts.highWater(of: userID, now: now) {
-            // Above everything this node saw handed out, even without PostgreSQL (invariants 1 and
-            // 3): by the time since it saw it, as a snapshot of that age would be.
-            var base = Playback.initial
-            base.epoch = mark.epoch
-            base.version = mark.version
-            let floor = Durability.resume(base, takenAt: mark.at, now: now)
-            switch outcome {
-            case .fresh:
-                outcome = .unknown(floor)
-            case .snapshot(var playback), .unknown(var playback), .unreachable(var playback):
-                if (playback.epoch, playback.version) < (floor.epoch, floor.version) {
-                    playback.epoch = max(playback.epoch, floor.epoch)
-                    playback.version = max(playback.version, floor.version)
-                    outcome = .snapshot(playback)
-                }
-            }
-        }
-        switch outcome {
-        case .fresh:
-            // The empty state is stored, so that the next read finds it instead of coming here again.
-            restored = .initial
-        case .snapshot(var playback), .unknown(var playback), .unreachable(var playback):
-            // Which snapshot it came from (-1: none), at the version it is put back at, and until when
-            // it waits for a newer one that another node may hold.
-            playback.restoredFrom = .init(
-                source: playback.restoredFrom?.source ?? -1, at: playback.version, settlesAt: now + configuration.restoreSettleMs)
+        let restored: Playback
+        let frame: BusMessage?
+        switch RestoreFloor.choose(found, stale: stale, mark: mark, now: now, settleMs: configuration.restoreSettleMs) {
+        case .wait(let error):
+            throw error
+        case .put(let playback, let announce):
             restored = playback
-            frame = Self.restoredFrame(playback)
+            frame = announce ? Self.restoredFrame(playback) : nil
         }
         let won = try await storage.restore(
             user: userID, playback: restored, holder: restored.activeDevice == nil ? nil : LeaseHolder.value(of: restored),

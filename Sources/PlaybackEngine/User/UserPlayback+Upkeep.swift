@@ -21,19 +21,15 @@ extension UserPlayback {
             let now = self.now
             let connected = fanout.connectedSessions
             let refresh = try await presence.refreshIfDue(connected, now: now)
-            switch refresh {
-            case .lost?:
-                // The storage lost the user's keys (a Redis restart without persistence, a flush):
-                // the directory entries are written again, and the state is read (and restored) again.
+            let cachedOnline = refresh == nil ? nil : fanout.cached().map { Set($0.directory.records.filter(\.value.online).keys) }
+            switch UpkeepPlan.directory(after: refresh, cachedOnline: cachedOnline) {
+            case .register:
                 try await registerLocalDevices()
                 fanout.forgetCache(at: now)
                 _ = try await cachedOrLoaded(fanout)
-            case .online(let online)?:
-                // A node that died leaves its devices to expire from the online set.
-                if let directory = fanout.cached()?.directory, Set(directory.records.filter(\.value.online).keys) != online {
-                    fanout.remember(directory: try await loadDirectory())
-                }
-            case nil:
+            case .reload:
+                fanout.remember(directory: try await loadDirectory())
+            case .keep:
                 break
             }
             if refresh != nil, case let rtts = fanout.roundTrips, !rtts.isEmpty {
@@ -49,14 +45,9 @@ extension UserPlayback {
                 playback = try await loadPlayback()
                 fanout.remember(playback)
             }
-            if let pending = playback.pendingTransfer, now >= pending.confirmBy {
-                // The node that made the transfer checks at the deadline; here in case it is gone.
-                submitConfirmDeadline(epoch: playback.epoch)
-            }
-            // A lapsed lease is the sweep's (`sweep`), wherever its devices are.
-            if let active = playback.activeDevice, fanout.hasDevice(active) {
-                try await lease.renew(playback, now: now)
-            }
+            let duties = UpkeepPlan.duties(for: playback, holderHere: playback.activeDevice.map(fanout.hasDevice) ?? false, now: now)
+            if duties.checkConfirmation { submitConfirmDeadline(epoch: playback.epoch) }
+            if duties.renew { try await lease.renew(playback, now: now) }
         } catch {
             logger.debug("lease upkeep failed", metadata: ["error": .string("\(error)")])
         }
@@ -73,16 +64,20 @@ extension UserPlayback {
             try await gate.run {
                 let playback = try await loadPlayback()
                 fanout?.remember(playback)
-                if let device = playback.activeDevice, let lostAt = try await lease.lapse(of: playback, now: now) {
-                    if fanout?.hasDevice(device) == true {
-                        try await lease.take(for: playback, now: now)
-                        try await lease.settleDeadline()
-                        return
-                    }
-                    if try await storage.liveNode(of: device, user: userID) != nil {
-                        try await storage.deferLeaseSweep(user: userID, ms: timing.tickMs)
-                        return
-                    }
+                let lostAt = playback.activeDevice == nil ? nil : try await lease.lapse(of: playback, now: now)
+                let holderHere = playback.activeDevice.map { fanout?.hasDevice($0) == true } ?? false
+                let sweep = try await UpkeepPlan.sweep(holder: playback.activeDevice, lostAt: lostAt, holderHere: holderHere) {
+                    try await storage.liveNode(of: playback.activeDevice ?? "", user: userID) != nil
+                }
+                switch sweep {
+                case .settle:
+                    break
+                case .takeBack:
+                    try await lease.take(for: playback, now: now)
+                case .deferToHolder:
+                    try await storage.deferLeaseSweep(user: userID, ms: timing.tickMs)
+                    return
+                case .expire(let device, let lostAt):
                     logger.info("lease expired", metadata: [
                         "device.id": .string(device), "lease.epoch": .stringConvertible(playback.epoch),
                         "lease.lost_ms_ago": .stringConvertible(now - lostAt),

@@ -121,8 +121,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
             let now = self.now
             var directory = before
             directory.markOffline(id: device, now: now)
-            // Only the device's current connection, the one its directory entry names, speaks for
-            // it: a newer one (on any node, its replacement notice still on the way) keeps the lease.
+            // Only the connection the device's entry names speaks for it (`DisconnectRule`).
             var left = false
             if let identity {
                 left = try await storage.leave(
@@ -136,18 +135,15 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
                 }
             }
             await unsubscribeIfUnused()
-            if left, playback.activeDevice == device {
-                switch kind {
-                case .released:
-                    _ = await apply(
-                        Submission(user: UserIdentity(userID: userID), input: .release, device: device),
-                        cause: .init(op: "released", device: device, request: nil))
-                case .lost:
-                    // The grace period: the lease lives on for graceMs unless the device comes back.
-                    try await lease.startGrace(for: playback, lostAt: now)
-                case .replaced:
-                    break
-                }
+            switch DisconnectRule.decide(kind, left: left, heldLease: playback.activeDevice == device) {
+            case .release:
+                _ = await apply(
+                    Submission(user: UserIdentity(userID: userID), input: .release, device: device),
+                    cause: .init(op: "released", device: device, request: nil))
+            case .grace:
+                try await lease.startGrace(for: playback, lostAt: now)
+            case .keep:
+                break
             }
         } catch {
             await unsubscribeIfUnused()
@@ -182,7 +178,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
 
     func loadPlayback() async throws -> Playback {
         guard let playback = try await storage.loadPlayback(user: userID) else { return try await restorePlayback() }
-        if let seen = environment.fanouts.highWater(of: userID, now: now), Self.wentBack(playback, seen: (seen.epoch, seen.version)) {
+        if let seen = environment.fanouts.highWater(of: userID, now: now), RestoreFloor.wentBack(playback, seen: (seen.epoch, seen.version)) {
             return try await restorePlayback(replacing: playback)
         }
         // A restore still waiting for newer snapshots: this node offers the newest it can find.
@@ -193,7 +189,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
                 "restored.source": .stringConvertible(playback.restoredFrom?.source ?? -1),
                 "snapshot.version": .stringConvertible(newest?.contentVersion ?? -1),
             ])
-            if let newer = Self.newerSnapshot(than: playback, pending: newest) {
+            if let newer = RestoreFloor.newerSnapshot(than: playback, pending: newest) {
                 return try await replaceRestore(playback, with: newer, source: newer.contentVersion)
             }
         }

@@ -20,13 +20,6 @@ final class UserPresence<Storage: PlaybackStorage>: Sendable {
         var refreshedAt: Int64?
     }
 
-    /// What a refresh found.
-    enum Check {
-        /// The storage lost the user's keys (a local device was missing from the online set).
-        case lost
-        /// Who is online now.
-        case online(Set<String>)
-    }
 
     init(user: String, storage: Storage, timing: LeaseTiming, nodeID: String) {
         self.user = user
@@ -87,7 +80,7 @@ final class UserPresence<Storage: PlaybackStorage>: Sendable {
 
     /// Extends the presence of `devices` (this node's, connected, with their sessions) if a third of
     /// its TTL has passed since the last time; nil when it was not due.
-    func refreshIfDue(_ devices: [(device: String, session: String)], now: Int64) async throws -> Check? {
+    func refreshIfDue(_ devices: [(device: String, session: String)], now: Int64) async throws -> PresenceCheck? {
         let due = local.withLock { local -> Bool in
             guard !devices.isEmpty, local.refreshedAt.map({ now - $0 >= timing.presenceTTLMs / 3 }) ?? true else { return false }
             local.refreshedAt = now
@@ -108,4 +101,12 @@ final class UserPresence<Storage: PlaybackStorage>: Sendable {
         }
         try await storage.register(user: user, entries: entries, presenceUntil: presenceUntil(now: now))
     }
+}
+
+/// What a refresh found.
+enum PresenceCheck: Equatable {
+    /// The storage lost the user's keys (a local device was missing from the online set).
+    case lost
+    /// Who is online now.
+    case online(Set<String>)
 }

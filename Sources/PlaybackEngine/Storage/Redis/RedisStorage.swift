@@ -21,19 +21,7 @@ public final class RedisStorage: PlaybackStorage {
     private let logger: Logger
     private let handlers: BusHandlers.Slot
 
-    private let commandScript: RedisScript
-    private let renewScript: RedisScript
-    private let restoreScript: RedisScript
-    private let joinScript: RedisScript
-    private let leaveScript: RedisScript
-    private let presenceScript = RedisScript(RedisScripts.presence)
-    private let rewriteScript = RedisScript(RedisScripts.rewrite)
-    private let takeScript = RedisScript(RedisScripts.take)
-    private let lapseScript = RedisScript(RedisScripts.lapse)
-    private let sweepScript = RedisScript(RedisScripts.sweep)
-    private let settleScript = RedisScript(RedisScripts.settle)
-    private let deferScript = RedisScript(RedisScripts.deferSweep)
-    private let requestTokenScript = RedisScript(RedisScripts.requestToken)
+    private let scripts: RedisScriptSet
 
     init(configuration: RedisConfiguration, nodeID: String, logger: Logger) {
         var commands = configuration
@@ -42,12 +30,11 @@ public final class RedisStorage: PlaybackStorage {
         pubsub.clientName = "playback-syncd:\(nodeID):pubsub"
         self.logger = logger
         clustered = configuration.isCluster
-        let publishing: (String) -> RedisScript = { source in RedisScript(configuration.isCluster ? RedisScripts.sharded(source) : source) }
-        commandScript = publishing(RedisScripts.command)
-        renewScript = publishing(RedisScripts.renew)
-        restoreScript = publishing(RedisScripts.restore)
-        joinScript = publishing(RedisScripts.join)
-        leaveScript = publishing(RedisScripts.leave)
+        scripts = RedisScriptSet(clustered: configuration.isCluster, [
+            CommandScript.self, RenewScript.self, TakeScript.self, LapseScript.self, SweepScript.self, DeferSweepScript.self,
+            SettleScript.self, RestoreScript.self, JoinScript.self, LeaveScript.self, RewriteScript.self, PresenceScript.self,
+            RequestTokenScript.self,
+        ])
         // Frames go where `start` says (the subscriber is made before it).
         let handlers = BusHandlers.Slot()
         self.handlers = handlers
@@ -74,15 +61,23 @@ public final class RedisStorage: PlaybackStorage {
         }
     }
 
-    /// The KEYS tail of the scripts that move a lease's deadline: the one set on a single Redis,
-    /// nothing on a cluster (`indexLease` moves it there).
-    private var deadlineKeys: [String] { clustered ? [] : [RedisKeys.leaseDeadlines] }
+    /// The deadlines key of the scripts that move a lease's deadline: the one set on a single
+    /// Redis, none on a cluster (`indexLease` moves it there).
+    private var deadlines: String? { clustered ? nil : RedisKeys.leaseDeadlines }
+
+    private func evaluate(_ call: some RedisScriptCall) async throws -> RESPValue {
+        try await redis.evaluate(scripts.script(for: call), keys: call.keys, arguments: call.arguments)
+    }
+
+    private func evaluateFuture(_ call: some RedisScriptCall) -> EventLoopFuture<RESPValue> {
+        redis.evaluateFuture(scripts.script(for: call), keys: call.keys, arguments: call.arguments)
+    }
 
     /// On a cluster: the user's lease deadline `ms` from now in its bucket, before the script that
     /// takes or keeps the lease. A failure is logged and counted, not thrown: the next renewal
     /// moves it again, and the nodes with the user's devices check the lease themselves.
     private func indexLease(user: String, ms: Int64) -> EventLoopFuture<Void> {
-        redis.evaluateFuture(deferScript, keys: [RedisKeys(user: user).deadlineBucket], arguments: [.integer(ms), .string(user)])
+        evaluateFuture(DeferSweepScript(deadlines: RedisKeys(user: user).deadlineBucket, ms: ms, user: user))
             .map { reply in
                 if case .error(let message) = reply { self.indexFailed(user: user, message) }
             }
@@ -149,81 +144,31 @@ public final class RedisStorage: PlaybackStorage {
     }
 
     public func command(user: String, _ call: CommandCall, completion: @escaping @Sendable (Result<CommandReply, any Error>) -> Void) {
-        let keys = RedisKeys(user: user)
-        let remember = call.requestID != nil
-        var arguments: [RedisArgument] = [
-            .integer(call.expectedVersion), .integer(remember ? Int64(call.answerCapacity) : 0),
-            remember ? .bytes(StoredAnswer.json(call.answer)) : .string(""),
-            .integer(call.answerTTLMs),
-        ]
-        if let change = call.change {
-            let (leaseOp, lock, ttl): (String, String, Int64) =
-                switch change.lease {
-                case .keep: ("keep", "", 0)
-                case .set(let holder, let ttlMs): ("set", holder, ttlMs)
-                case .clear: ("del", "", 0)
-                }
-            arguments += [
-                "commit", .integer(change.playback.version), .integer(change.playback.epoch), .bytes(change.json), .string(leaseOp),
-                .string(lock), .integer(ttl), .string(keys.channel), .bytes(change.frame.encodedHead(storedLength: change.json.readableBytes)),
-                .string(user),
-            ]
-        } else {
-            arguments.append("confirm")
-        }
-        let scriptArguments = arguments
-        let scriptKeys = [keys.playback, keys.lock, keys.request(call.requestID ?? "-"), keys.requests] + deadlineKeys
+        let script = CommandScript(user: user, call, deadlines: deadlines)
         if clustered, case .set(_, let ttlMs) = call.change?.lease {
             // The deadline first: a node that dies between the two leaves one to sweep.
             indexLease(user: user, ms: ttlMs).whenComplete { _ in
-                self.redis.evaluateFuture(self.commandScript, keys: scriptKeys, arguments: scriptArguments)
-                    .whenComplete { result in completion(result.flatMap(Self.commandReply)) }
+                self.evaluateFuture(script).whenComplete { result in completion(result.flatMap(CommandScript.reply)) }
             }
             return
         }
-        redis.evaluateFuture(commandScript, keys: scriptKeys, arguments: arguments)
-            .whenComplete { result in completion(result.flatMap(Self.commandReply)) }
-    }
-
-    private static func commandReply(_ reply: RESPValue) -> Result<CommandReply, any Error> {
-        guard case .array(let parts) = reply, let status = parts.first?.int else {
-            return .failure(RedisError(.protocolError, "unexpected command reply \(reply)"))
-        }
-        switch (status, parts.count > 1 ? parts[1] : .null) {
-        case (1, _):
-            return .success(.done)
-        case (3, .integer(let retryAfterMs)):
-            return .success(.full(retryAfterMs: retryAfterMs))
-        case (2, .bulkString(let stored)):
-            guard let answer = try? StoredAnswer.decode(stored) else { return .failure(RedisError(.protocolError, "unreadable remembered answer")) }
-            return .success(.known(answer))
-        case (0, _):
-            guard parts.count > 2, case .bulkString(let json) = parts[2] else { return .success(.conflict(nil, json: nil)) }
-            guard let playback = try? JSONDecoder().decode(Playback.self, from: Data(json.readableBytesView)) else {
-                return .failure(RedisError(.protocolError, "unreadable stored playback"))
-            }
-            return .success(.conflict(playback, json: json))
-        default:
-            return .failure(RedisError(.protocolError, "unexpected command reply \(reply)"))
-        }
+        evaluateFuture(script).whenComplete { result in completion(result.flatMap(CommandScript.reply)) }
     }
 
     public func join(user: String, device: String, entry: StoredDevice, presenceUntil: Int64, cap: Int, frame: BusMessage) async throws -> Bool {
         let keys = RedisKeys(user: user)
-        return try await redis.evaluate(
-            joinScript, keys: [keys.devices, keys.online],
-            arguments: [
-                .string(device), .bytes(try Self.json(entry)), .integer(presenceUntil), .string(keys.channel), .bytes(frame.encoded()),
-                .integer(entry.lastSeen), .integer(Int64(cap)),
-            ]).int == 1
+        return try await evaluate(JoinScript(
+            devices: keys.devices, online: keys.online, device: device, entry: try Self.json(entry), presenceUntil: presenceUntil,
+            channel: keys.channel, frame: frame.encoded(), now: entry.lastSeen, cap: cap)
+        ).int == 1
     }
 
     public func leave(user: String, device: String, session: String, entry: StoredDevice, frame: BusMessage) async throws -> Bool {
         let keys = RedisKeys(user: user)
-        let reply = try await redis.evaluate(
-            leaveScript, keys: [keys.devices, keys.online],
-            arguments: [.string(device), .string(session), .bytes(try Self.json(entry)), .string(keys.channel), .bytes(frame.encoded())])
-        return reply.int == 1
+        return try await evaluate(LeaveScript(
+            devices: keys.devices, online: keys.online, device: device, session: session, entry: try Self.json(entry),
+            channel: keys.channel, frame: frame.encoded())
+        ).int == 1
     }
 
     public func register(user: String, entries: [(device: String, entry: StoredDevice)], presenceUntil: Int64) async throws {
@@ -241,18 +186,15 @@ public final class RedisStorage: PlaybackStorage {
 
     public func rewrite(user: String, entries: [(device: String, session: String, entry: StoredDevice)]) async throws {
         guard !entries.isEmpty else { return }
-        var arguments: [RedisArgument] = []
-        for (device, session, entry) in entries { arguments += [.string(device), .string(session), .bytes(try Self.json(entry))] }
-        _ = try await redis.evaluate(rewriteScript, keys: [RedisKeys(user: user).devices], arguments: arguments)
+        let encoded = try entries.map { (device: $0.device, session: $0.session, entry: try Self.json($0.entry)) }
+        _ = try await evaluate(RewriteScript(devices: RedisKeys(user: user).devices, entries: encoded))
     }
 
     public func refreshPresence(
         user: String, devices: [(device: String, session: String)], now: Int64, until: Int64
     ) async throws -> (missing: Int, online: Set<String>) {
         let keys = RedisKeys(user: user)
-        var arguments: [RedisArgument] = [.integer(now), .integer(until)]
-        for (device, session) in devices { arguments += [.string(device), .string(session)] }
-        let reply = try await redis.evaluate(presenceScript, keys: [keys.online, keys.devices], arguments: arguments)
+        let reply = try await evaluate(PresenceScript(online: keys.online, devices: keys.devices, now: now, until: until, sessions: devices))
         guard case .array(let parts) = reply, parts.count == 2, let missing = parts[0].int else {
             throw RedisError(.protocolError, "unexpected presence reply \(reply)")
         }
@@ -262,18 +204,16 @@ public final class RedisStorage: PlaybackStorage {
     public func takeLease(user: String, holder: String, epoch: Int64, ttlMs: Int64, seen: Int64) async throws -> Bool {
         let keys = RedisKeys(user: user)
         if clustered { try await indexLease(user: user, ms: ttlMs).get() }
-        return try await redis.evaluate(
-            takeScript, keys: [keys.playback, keys.lock] + deadlineKeys,
-            arguments: [.string(holder), .integer(epoch), .integer(ttlMs), .integer(seen), .string(user)]
+        return try await evaluate(TakeScript(
+            playback: keys.playback, lock: keys.lock, deadlines: deadlines, holder: holder, epoch: epoch, ttlMs: ttlMs, seen: seen, user: user)
         ).int == 1
     }
 
     public func renewLease(user: String, holder: String, epoch: Int64, ttlMs: Int64, seen: Int64) async throws -> Bool {
         let keys = RedisKeys(user: user)
         let indexed = clustered ? indexLease(user: user, ms: ttlMs) : nil
-        let renewed = try await redis.evaluate(
-            renewScript, keys: [keys.lock, keys.playback] + deadlineKeys,
-            arguments: [.string(holder), .integer(ttlMs), .integer(epoch), .integer(seen), .string(user)]
+        let renewed = try await evaluate(RenewScript(
+            lock: keys.lock, playback: keys.playback, deadlines: deadlines, holder: holder, ttlMs: ttlMs, epoch: epoch, seen: seen, user: user)
         ).int == 1
         try await indexed?.get()
         return renewed
@@ -281,7 +221,7 @@ public final class RedisStorage: PlaybackStorage {
 
     public func leaseLapse(user: String, epoch: Int64) async throws -> LeaseLapse {
         let keys = RedisKeys(user: user)
-        let reply = try await redis.evaluate(lapseScript, keys: [keys.lock, keys.playback], arguments: [])
+        let reply = try await evaluate(LapseScript(lock: keys.lock, playback: keys.playback))
         guard case .array(let parts) = reply, parts.count == 2, let held = parts[0].int else {
             throw RedisError(.protocolError, "unexpected lapse reply \(reply)")
         }
@@ -290,14 +230,14 @@ public final class RedisStorage: PlaybackStorage {
     }
 
     public func lapsedLeases(limit: Int, claimMs: Int64, marginMs: Int64) async throws -> [String] {
-        let arguments: [RedisArgument] = [.integer(claimMs), .integer(Int64(max(1, limit))), .integer(marginMs)]
+        let sweep = { (deadlines: String) in SweepScript(deadlines: deadlines, claimMs: claimMs, limit: limit, marginMs: marginMs) }
         guard clustered else {
-            let reply = try await redis.evaluate(sweepScript, keys: [RedisKeys.leaseDeadlines], arguments: arguments)
+            let reply = try await evaluate(sweep(RedisKeys.leaseDeadlines))
             return (reply.array ?? []).compactMap(\.string)
         }
         // Every bucket, side by side; a bucket whose master is failing over waits for the next sweep.
         let replies = (0..<RedisKeys.deadlineBuckets).map { bucket in
-            redis.evaluateFuture(sweepScript, keys: [RedisKeys.leaseDeadlines(bucket: bucket)], arguments: arguments)
+            evaluateFuture(sweep(RedisKeys.leaseDeadlines(bucket: bucket)))
         }
         var due: [String] = []
         var failure: (any Error)?
@@ -314,7 +254,7 @@ public final class RedisStorage: PlaybackStorage {
 
     public func deferLeaseSweep(user: String, ms: Int64) async throws {
         let key = clustered ? RedisKeys(user: user).deadlineBucket : RedisKeys.leaseDeadlines
-        _ = try await redis.evaluate(deferScript, keys: [key], arguments: [.integer(ms), .string(user)])
+        _ = try await evaluate(DeferSweepScript(deadlines: key, ms: ms, user: user))
     }
 
     public func markAlive(node: String, ttlMs: Int64) async throws {
@@ -332,13 +272,13 @@ public final class RedisStorage: PlaybackStorage {
     public func settleLeaseDeadline(user: String) async throws {
         let keys = RedisKeys(user: user)
         guard clustered else {
-            _ = try await redis.evaluate(settleScript, keys: [keys.lock, RedisKeys.leaseDeadlines], arguments: [.string(user)])
+            _ = try await evaluate(SettleScript(lock: keys.lock, deadlines: RedisKeys.leaseDeadlines, user: user))
             return
         }
         // The lock and the bucket are in different slots: the TTL read first, then the bucket moved.
         let ttl = try await redis.send(["PTTL", .string(keys.lock)]).int ?? -2
         if ttl > 0 {
-            _ = try await redis.evaluate(deferScript, keys: [keys.deadlineBucket], arguments: [.integer(ttl), .string(user)])
+            _ = try await evaluate(DeferSweepScript(deadlines: keys.deadlineBucket, ms: ttl, user: user))
         } else {
             _ = try await redis.send(["ZREM", .string(keys.deadlineBucket), .string(user)])
         }
@@ -349,20 +289,15 @@ public final class RedisStorage: PlaybackStorage {
     ) async throws -> Bool {
         let keys = RedisKeys(user: user)
         if clustered, holder != nil { try await indexLease(user: user, ms: ttlMs).get() }
-        let reply = try await redis.evaluate(
-            restoreScript, keys: [keys.playback, keys.lock] + deadlineKeys,
-            arguments: [
-                .integer(playback.version), .integer(playback.epoch), .bytes(ByteBuffer(bytes: PlaybackJSON.encode(playback))),
-                .string(holder ?? ""), .integer(ttlMs), .string(keys.channel), frame.map { .bytes($0.encoded()) } ?? .string(""),
-                .string(user), replacing.map { .integer($0) } ?? .string(""),
-            ])
+        let reply = try await evaluate(RestoreScript(
+            playback: keys.playback, lock: keys.lock, deadlines: deadlines, version: playback.version, epoch: playback.epoch,
+            state: ByteBuffer(bytes: PlaybackJSON.encode(playback)), holder: holder, ttlMs: ttlMs, channel: keys.channel,
+            frame: frame?.encoded(), user: user, replacing: replacing))
         return reply.int == 1
     }
 
     public func takeRequestToken(user: String, rate: Int, burst: Int) async throws -> Int64? {
-        let wait = try await redis.evaluate(
-            requestTokenScript, keys: [RedisKeys(user: user).requestBucket], arguments: [.integer(Int64(max(rate, 1))), .integer(Int64(max(burst, 1)))]
-        ).int ?? 0
+        let wait = try await evaluate(RequestTokenScript(bucket: RedisKeys(user: user).requestBucket, rate: rate, burst: burst)).int ?? 0
         return wait > 0 ? wait : nil
     }
 
@@ -379,47 +314,5 @@ public final class RedisStorage: PlaybackStorage {
 
     private static func json(_ value: some Encodable) throws -> ByteBuffer {
         ByteBuffer(bytes: try JSONEncoder().encode(value))
-    }
-}
-
-/// A request's final answer as stored under `req:{u:ID}:<id>`.
-struct StoredAnswer: Codable {
-    var version: Int64?
-    var entry: String?
-    var error: ServerMessage.ErrorReply?
-
-    init(_ answer: Result<Receipt, PlaybackError>) {
-        switch answer {
-        case .success(let receipt):
-            version = receipt.version
-            entry = receipt.entry
-        case .failure(let error):
-            self.error = ServerMessage.ErrorReply(id: nil, error: error)
-        }
-    }
-
-    var result: Result<Receipt, PlaybackError> {
-        if let error { return .failure(error.error) }
-        return .success(Receipt(version: version ?? 0, entry: entry, changed: false))
-    }
-
-    static func decode(_ stored: ByteBuffer) throws -> Result<Receipt, PlaybackError> {
-        try JSONDecoder().decode(StoredAnswer.self, from: Data(stored.readableBytesView)).result
-    }
-
-    /// A success is written by hand (it is on every command with an id); errors are rare.
-    static func json(_ answer: Result<Receipt, PlaybackError>) -> ByteBuffer {
-        if case .success(let receipt) = answer {
-            var buffer = ByteBuffer(string: #"{"version":"#)
-            buffer.writeString(String(receipt.version))
-            if let entry = receipt.entry {
-                buffer.writeString(#","entry":"#)
-                buffer.writeBytes(ServerMessageJSON.encode(string: entry))
-            }
-            buffer.writeString("}")
-            return buffer
-        }
-        // A StoredAnswer is plain strings and numbers: encoding it cannot fail.
-        return (try? ByteBuffer(bytes: JSONEncoder().encode(StoredAnswer(answer)))) ?? ByteBuffer(string: "{}")
     }
 }

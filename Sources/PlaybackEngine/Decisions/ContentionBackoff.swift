@@ -1,9 +1,8 @@
-/// How a command that lost the race to commit (another node committed first) tries again: at once
-/// for the first rounds (the conflict reply carries the state, so a retry needs no read), then
-/// after a pause with full jitter that grows with each lost round, so that nodes that keep
-/// colliding on one user spread out instead of losing in lockstep. An unconditional command is
-/// refused for contention alone only after `maxRounds` (seconds of trying); `if_version` stays the
-/// way to be refused for a newer state.
+/// The pauses of a command that keeps losing the race to commit even with the user's turn (its
+/// turn lapsed under a slow node; `ConflictPolicy` decides when they apply): full jitter under a
+/// ceiling that grows with each lost round, so that nodes that keep colliding on one user spread
+/// out instead of losing in lockstep. A command is refused for contention alone only after
+/// `maxRounds` (or `ConflictPolicy.giveUpAfterMs`).
 struct ContentionBackoff {
     /// Rounds tried at once, the first try included.
     static let immediateRounds = 3
