@@ -451,6 +451,59 @@ def contention():
             "commandToLastDevice": report["commandToLastDevice"], "invariant_violations": report["invariantViolations"]}
 
 
+def callgrind():
+    """Instructions per command, counted by valgrind --tool=callgrind (repeatable whatever else the
+    machine does): the daemon (Redis engine) runs under callgrind through two swarms of the same
+    devices and length at two rates; the difference in instructions over the difference in commands
+    is what a command costs, start-up, connections and idle ticks cancelling out. With
+    BENCH_BASELINE_DAEMON=<path to another build of playback-syncd> the same for that build, side by side."""
+    if not shutil.which("valgrind"):
+        raise SystemExit("bench: callgrind needs valgrind (apt-get install valgrind)")
+    users, devices, seconds, rates = (10, 2, 4, (10, 30)) if quick else (25, 4, 10, (40, 120))
+
+    def count(binary, rate):
+        port = free_port()
+        out = pathlib.Path(os.environ.get("TMPDIR", "/tmp")) / f"playback-callgrind-{port}.out"
+        daemon = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", str(binary), "--port", str(port), "--engine", "redis",
+             "--redis-url", redis_url, "--log-level", "error", "--messages-per-second", "1000", "--max-bus-lag-ms", "0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=raise_nofile)
+        try:
+            for _ in range(600):
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2)
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            else:
+                raise SystemExit("bench: the daemon did not become ready under callgrind")
+            report = collect(swarm(port, users, rate, seconds, devices=devices, mix="seek:1", concurrency=4, source="127.0.0.1"))
+        finally:
+            daemon.terminate()
+            try:
+                daemon.wait(timeout=180)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+        totals = [line for line in out.read_text().splitlines() if line.startswith(("summary:", "totals:"))]
+        out.unlink(missing_ok=True)
+        if not totals:
+            raise SystemExit("bench: callgrind wrote no totals (did the daemon exit cleanly?)")
+        return {"rate": rate, "commands_answered": report["commandsAnswered"], "instructions": int(totals[-1].split()[1]),
+                "invariant_violations": report["invariantViolations"]}
+
+    def per_command(binary):
+        low, high = count(binary, rates[0]), count(binary, rates[1])
+        commands = high["commands_answered"] - low["commands_answered"]
+        return {"binary": str(binary), "runs": [low, high],
+                "instructions_per_command": round((high["instructions"] - low["instructions"]) / max(commands, 1))}
+
+    result = {"users": users, "devices_per_user": devices, "seconds": seconds, "daemon": per_command(daemon_bin)}
+    baseline = os.environ.get("BENCH_BASELINE_DAEMON")
+    if baseline:
+        result["baseline"] = per_command(pathlib.Path(baseline))
+    return result
+
+
 def make_cluster(masters):
     """A cluster of `masters` masters on free ports, the slots split evenly (CLUSTER ADDSLOTSRANGE)."""
     ports = []
@@ -492,8 +545,10 @@ def make_cluster(masters):
 state_message_bytes = 620
 
 scenarios = {"connections": connections, "throughput": throughput, "latency": latency, "transfer": transfer,
-             "reconnect": reconnect, "reference": reference, "versus": versus, "cluster": cluster, "contention": contention}
-chosen = args or list(scenarios)
+             "reconnect": reconnect, "reference": reference, "versus": versus, "cluster": cluster, "contention": contention,
+             "callgrind": callgrind}
+# Under valgrind a run takes minutes: counted when named, not in every run.
+chosen = args or [name for name in scenarios if name != "callgrind"]
 unknown = [name for name in chosen if name not in scenarios]
 if unknown:
     raise SystemExit(f"bench: unknown scenario {unknown}; known: {', '.join(scenarios)}")
@@ -520,6 +575,8 @@ def runs_of(name, result):
         runs = [row["daemon"] for row in result["rows"]] + [row["nchan"] for row in result["rows"]]
     if name == "cluster":
         runs = result["runs"] + result["light_runs"]
+    if name == "callgrind":
+        runs = result["daemon"]["runs"] + result.get("baseline", {}).get("runs", [])
     if name == "latency" and isinstance(result, dict) and "at_1000" in result:
         runs = runs + [result["at_1000"]]
     return [run for run in runs if isinstance(run, dict) and not run.get("skipped")]

@@ -12,15 +12,15 @@ final class SessionHandler: ChannelDuplexHandler {
     typealias OutboundOut = WebSocketFrame
 
     let sessionID: String
-    private let services: SessionServices
-    private let user: UserIdentity
-    private var logger: Logger
-    private var machine: SessionStateMachine
-    private var context: ChannelHandlerContext?
-    private var sink: SessionSink?
-    private var helloTimer: Scheduled<Void>?
-    private var expiryTimer: Scheduled<Void>?
-    private var closeTimer: Scheduled<Void>?
+    let services: SessionServices
+    let user: UserIdentity
+    var logger: Logger
+    var machine: SessionStateMachine
+    var context: ChannelHandlerContext?
+    var sink: SessionSink?
+    var helloTimer: Scheduled<Void>?
+    var expiryTimer: Scheduled<Void>?
+    var closeTimer: Scheduled<Void>?
     /// The event loop's heartbeat, which ticks this session once per interval.
     private var heartbeat: HeartbeatSweep?
     /// A flush is queued on the event loop: messages written until it runs go out in one syscall.
@@ -118,7 +118,7 @@ final class SessionHandler: ChannelDuplexHandler {
 
     // MARK: Actions out
 
-    private func run(_ actions: [SessionStateMachine.Action]) {
+    func run(_ actions: [SessionStateMachine.Action]) {
         for action in actions {
             if case .disconnect(let device, let kind) = action {
                 // Also once the channel is gone (a welcome that comes back after the socket closed).
@@ -131,70 +131,14 @@ final class SessionHandler: ChannelDuplexHandler {
         }
     }
 
-    private func perform(_ action: SessionStateMachine.Action, context: ChannelHandlerContext) {
-        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
-        switch action {
-        case .armHelloTimer(let ms):
-            helloTimer = context.eventLoop.scheduleTask(in: .milliseconds(ms)) { handler.value.run(handler.value.machine.helloTimedOut()) }
-        case .armExpiryTimer(let ms):
-            expiryTimer?.cancel()
-            expiryTimer = context.eventLoop.scheduleTask(in: .milliseconds(ms)) { handler.value.run(handler.value.machine.tokenExpired()) }
-        case .cancelHelloTimer:
-            helloTimer?.cancel()
-        case .send(let message):
-            write(EncodedMessage(message))  // decided with the close that may follow it: sent first
-        case .pong(let payload):
-            write(WebSocketFrame(fin: true, opcode: .pong, data: payload))
-        case .ping:
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: ByteBuffer())), promise: nil)
-        case .close(let step):
-            ServerMetrics.closing(step)
-            logger.debug("close handshake", metadata: ["close.step": .string("\(step)"), "close.code": .string(step.code.map(String.init) ?? "-")])
-            closeTimer = step.perform(on: context, closeTimeout: .milliseconds(services.configuration.closeTimeoutMs)) ?? closeTimer
-        case .drop:
-            logger.debug("client silent for two heartbeats, dropping it")
-            context.close(promise: nil)
-        case .submit(let message):
-            submit(message, context: context)
-        case .read:
-            context.read()
-        case .disconnect:
-            break  // see `run`
-        case .countRateLimited:
-            ServerMetrics.message("any", result: "rate_limited")
-        case .countMalformed(let code):
-            ServerMetrics.message("malformed", result: code.rawValue)
-        case .roundTrip(let ns):
-            ServerMetrics.roundTrip.recordNanoseconds(Int64(clamping: ns))
-            sink?.recordRoundTrip(nanoseconds: UInt64(clamping: ns))
-        }
-    }
-
-    private func submit(_ message: ClientMessage, context: ChannelHandlerContext) {
-        guard let sink else { return }
-        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
-        let eventLoop = context.eventLoop
-        services.handle(message, session: .init(user: user, device: machine.device, sink: sink)) { outcome in
-            // Back on the connection's loop; never inline, so that an answer given at once does
-            // not start the next message inside this one.
-            eventLoop.execute { handler.value.finished(outcome, for: message) }
-        }
-    }
-
-    private func finished(_ outcome: SessionServices.Outcome, for message: ClientMessage) {
-        ServerMetrics.message(message.type, result: "handled")
-        if case .connected(let device) = outcome { logger[metadataKey: "device.id"] = .string(device) }
-        run(machine.finished(outcome, for: message, nowMs: ServerClock.nowMs()))
-    }
-
-    private func write(_ message: EncodedMessage) {
+    func write(_ message: EncodedMessage) {
         let (payload, compressed) = message.payload(for: deflate)
         write(WebSocketFrame(fin: true, rsv1: compressed, opcode: .text, data: payload))
     }
 
     /// Writes a frame, flushed at the end of the loop's turn; past the send buffer the client is
     /// too slow and the connection is closed with 4008.
-    private func write(_ frame: WebSocketFrame) {
+    func write(_ frame: WebSocketFrame) {
         guard let context else { return }
         context.write(wrapOutboundOut(frame), promise: nil)
         if !flushQueued {
