@@ -151,7 +151,7 @@ struct ConflictPolicyTests {
         #expect(low == 0 && high > 0 && high <= ContentionBackoff.capMs)
     }
 
-    @Test(arguments: [(Int64(300), 0.0, Int64(1)), (300, 1.0, ConflictPolicy.turnPollMs), (3, 1.0, 3)])
+    @Test(arguments: [(Int64(300), 0.0, Int64(1)), (300, 1.0, ConflictPolicy.turnPollMs), (2, 1.0, 2)])
     func aTurnHeldElsewhereIsWaitedForBrieflyNeverPastItsEnd(heldMs: Int64, random: Double, expected: Int64) {
         let step = ConflictPolicy.afterTurnHeld(forMs: heldMs, rounds: .init(lost: 5, startedAt: 0), now: 10, random: random)
         #expect(step == .wait(ms: expected))

@@ -131,12 +131,12 @@ struct StorageContractTests {
         for (name, storage) in try LeaseCorrectnessTests.storages() {
             let user = Self.user("turn-lapse")
             _ = try await Self.send(storage, user: user, Self.call(expecting: 0, committing: Self.at(1)))
-            _ = try await Self.send(storage, user: user, Self.call(expecting: 0, turn: "dead", turnTTLMs: 50))
+            _ = try await Self.send(storage, user: user, Self.call(expecting: 0, turn: "dead", turnTTLMs: 1_500))
             guard case .turnHeld = try await Self.send(storage, user: user, Self.call(expecting: 1, committing: Self.at(2))) else {
                 Issue.record("\(name): the turn is held at first")
                 continue
             }
-            try await Task.sleep(for: .milliseconds(150))
+            try await Task.sleep(for: .milliseconds(1_800))
             let reply = try await Self.send(storage, user: user, Self.call(expecting: 1, committing: Self.at(2)))
             guard case .done = reply else {
                 Issue.record("\(name): the turn lapsed, got \(reply)")

@@ -18,7 +18,7 @@ enum ConflictPolicy {
     /// How long a turn lasts if its command never comes back (its node died).
     static let turnTTLMs: Int64 = 300
     /// The longest pause between two looks at a turn another command has.
-    static let turnPollMs: Int64 = 10
+    static let turnPollMs: Int64 = 3
     /// How long a command keeps trying, in all.
     static let giveUpAfterMs: Int64 = 10_000
 

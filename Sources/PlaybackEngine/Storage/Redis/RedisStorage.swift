@@ -55,7 +55,8 @@ public final class RedisStorage: PlaybackStorage {
                 onResubscribed: { channels in handlers.current?.resubscribed(channels.compactMap(RedisKeys.user(ofChannel:))) },
                 onMessage: onMessage)
         } else {
-            redis = RedisClient(configuration: commands, logger: logger)
+            // A connection per event loop: a command's script and its reply stay on the loop that sent it.
+            redis = RedisLoopClients(configuration: commands, logger: logger)
             subscriber = RedisSubscriber(
                 configuration: pubsub, logger: logger, onResubscribed: { handlers.current?.resubscribed(nil) }, onMessage: onMessage)
         }
