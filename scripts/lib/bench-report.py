@@ -187,6 +187,25 @@ if "contention" in results:
     add(f"- invariant violations: {c['invariant_violations']}")
     add("")
 
+if "callgrind" in results:
+    c = results["callgrind"]["result"]
+    add("## Instructions per command (valgrind --tool=callgrind)")
+    add("")
+    add(f"Measured {results['callgrind']['measured_at']} (`scripts/bench callgrind`, `BENCH_BASELINE_DAEMON` for the "
+        f"other build): the daemon on the local Redis under callgrind, {c['users']} users x {c['devices_per_user']} devices, "
+        f"`seek` commands for {c['seconds']} s at two rates; instructions per command = the difference in instructions over "
+        "the difference in commands (start-up, connections and idle ticks cancel out). A count, not a time: it repeats "
+        "whatever else the machine does.")
+    add("")
+    add("| build | commands (low / high rate) | instructions (low / high rate) | instructions per command |")
+    add("|---|---|---|---|")
+    for label, key in (("before (`BENCH_BASELINE_DAEMON`)", "baseline"), ("this build", "daemon")):
+        if key in c:
+            runs = c[key]["runs"]
+            add(f"| {label} | {runs[0]['commands_answered']:,} / {runs[1]['commands_answered']:,} | "
+                f"{runs[0]['instructions']:,} / {runs[1]['instructions']:,} | **{c[key]['instructions_per_command']:,}** |")
+    add("")
+
 analysis = root / "docs/bench/analysis.md"
 if analysis.exists():
     add(analysis.read_text().rstrip())

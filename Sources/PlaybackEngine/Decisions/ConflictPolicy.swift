@@ -8,7 +8,8 @@ import PlaybackCore
 ///   the turn retries at once.
 /// - The stored state went back below what this node saw (a failover lost writes), is restored and
 ///   still settling, or is gone: read (and restore) it again, then again.
-/// - Another command has the turn: wait a little (never past the turn's end), then again.
+/// - Another command has the turn: wait for its commit to come on the bus, at most a little (never
+///   past the turn's end), then again.
 /// - Given up only after `ContentionBackoff.maxRounds` lost rounds or `giveUpAfterMs` of trying:
 ///   an unconditional command is not refused for contention alone; `if_version` is how a command
 ///   is refused for a newer state.
@@ -17,8 +18,9 @@ enum ConflictPolicy {
     static let turnAfterRounds = 3
     /// How long a turn lasts if its command never comes back (its node died).
     static let turnTTLMs: Int64 = 300
-    /// The longest pause between two looks at a turn another command has.
-    static let turnPollMs: Int64 = 3
+    /// The longest wait for a turn another command has, when its commit does not come on the bus
+    /// first (it changed nothing, or its node died): then the command looks again.
+    static let turnPollMs: Int64 = 10
     /// How long a command keeps trying, in all.
     static let giveUpAfterMs: Int64 = 10_000
 

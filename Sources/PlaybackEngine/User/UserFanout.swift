@@ -40,6 +40,8 @@ final class UserFanout: Sendable {
         /// need it (its welcome has it): several lists in one turn (devices connecting together,
         /// a reconnect storm) go out as one, the newest.
         var pendingDevices: (list: [DeviceInfo], except: String?)?
+        /// Commands of this node waiting for a change above a version (another node's turn).
+        var changeWaiters: [(above: Int64, wake: @Sendable () -> Void)] = []
 
         mutating func remember(_ playback: Playback, json: ByteBuffer?) {
             if let known = self.playback, known.value.version > playback.version { return }
@@ -188,11 +190,17 @@ final class UserFanout: Sendable {
     /// epoch it was never told about is returned: the caller grants it again with the full state.
     @discardableResult
     func receive(_ message: BusMessage) -> String? {
-        let (regrant, flushLater) = state.withLock { state -> (String?, Bool) in
+        let (regrant, flushLater, woken) = state.withLock { state -> (String?, Bool, [@Sendable () -> Void]) in
             let flushLater = message.devices != nil && state.pendingDevices == nil
             let regrant = receive(message, into: &state)
-            return (regrant, flushLater)
+            var woken: [@Sendable () -> Void] = []
+            if let version = message.event?.version, !state.changeWaiters.isEmpty {
+                woken = state.changeWaiters.filter { $0.above < version }.map(\.wake)
+                state.changeWaiters.removeAll { $0.above < version }
+            }
+            return (regrant, flushLater, woken)
         }
+        for wake in woken { wake() }
         if flushLater {
             if let loop = MultiThreadedEventLoopGroup.currentEventLoop {
                 loop.execute { self.flushDevices() }
@@ -201,6 +209,19 @@ final class UserFanout: Sendable {
             }
         }
         return regrant
+    }
+
+    /// Calls `wake` when a change above `version` comes on the channel, at once when one has (a
+    /// command waiting for another node's turn to end starts again when that turn's commit
+    /// arrives). A waiter is dropped unwoken past the newest 256: each also has a timer of its own.
+    func whenChanged(above version: Int64, _ wake: @escaping @Sendable () -> Void) {
+        let already = state.withLock { state -> Bool in
+            if max(state.latestVersion, state.undecoded?.version ?? -1, state.playback?.value.version ?? -1) > version { return true }
+            if state.changeWaiters.count >= 256 { state.changeWaiters.removeFirst() }
+            state.changeWaiters.append((version, wake))
+            return false
+        }
+        if already { wake() }
     }
 
     /// Sends the device list that came in this turn.

@@ -2,6 +2,8 @@ import Foundation
 import Logging
 import Metrics
 import NIOCore
+import NIOPosix
+import Synchronization
 
 /// A user's commands: the reducer on the cached state, one storage call, the conflict policy,
 /// what a commit does on this node, and the two-phase transfer's deadline.
@@ -97,7 +99,11 @@ extension UserPlayback {
             case .success(.turnHeld(let heldMs)):
                 Counter(label: "playback_command_turn_waits_total").increment()
                 let step = ConflictPolicy.afterTurnHeld(forMs: heldMs, rounds: asked, now: self.now, random: Double.random(in: 0...1))
-                take(step, submission, directory: directory, cause: cause, rounds: asked, finish: finish)
+                guard case .wait(let pause) = step else {
+                    take(step, submission, directory: directory, cause: cause, rounds: asked, finish: finish)
+                    return
+                }
+                waitForTurn(above: playback.version, atMost: pause, submission, directory: directory, cause: cause, rounds: asked, finish: finish)
             case .failure(let error):
                 finish(.failure(unavailable(error)))
             }
@@ -147,6 +153,26 @@ extension UserPlayback {
             run(submission, on: base, directory: latest, cause: cause, rounds: rounds, finish: finish)
         }
         if !started { finish(.failure(PlaybackError(.unavailable, "the server is shutting down; try again"))) }
+    }
+
+    /// Another command has the user's turn: the next round starts when its commit comes on the bus
+    /// (above `version`), or after `pause` ms (it may have changed nothing, or its node died).
+    func waitForTurn(
+        above version: Int64, atMost pause: Int64, _ submission: Submission, directory: DeviceDirectory, cause: ServerMessage.Cause,
+        rounds: ConflictPolicy.Rounds, finish: @escaping Finish
+    ) {
+        let once = Once()
+        let next: @Sendable () -> Void = { [self] in
+            guard once.claim() else { return }
+            guard let (newest, latest) = fanout?.cached() else {
+                attempt(submission, cause: cause, rounds: rounds, finish: finish)
+                return
+            }
+            run(submission, on: newest, directory: latest, cause: cause, rounds: rounds, finish: finish)
+        }
+        fanout?.whenChanged(above: version, next)
+        let loop = MultiThreadedEventLoopGroup.currentEventLoop ?? MultiThreadedEventLoopGroup.singleton.any()
+        loop.scheduleTask(in: .milliseconds(pause)) { next() }
     }
 
     /// How far the holder's own position is from the server's extrapolation: sync you can see.
@@ -203,4 +229,12 @@ extension UserPlayback {
             throw unavailable(error)
         }
     }
+}
+
+/// Lets the first of several callers through (a wake-up and its timer).
+final class Once: Sendable {
+    private let claimed = Atomic<Bool>(false)
+
+    /// True for the first caller only.
+    func claim() -> Bool { !claimed.exchange(true, ordering: .acquiringAndReleasing) }
 }
