@@ -3,10 +3,12 @@ import NIOCore
 import NIOPosix
 import Synchronization
 
-/// One Redis connection per event loop (a `RedisClient` on each loop of the group): a command sent
-/// from a loop goes out on that loop's connection and its reply comes back on the same loop, so a
-/// command and its answer never wake another thread. Callers off the loops (tasks) take the
-/// connections in turn.
+/// One Redis connection per event loop (a `RedisClient` on each loop of the group). A command goes
+/// out on the connection its key's hash slot picks, so all of one user's commands (their keys share
+/// a hash tag) keep one connection's order, as with a single connection: a read sent before a
+/// write is answered before it. A command sent from the loop of its connection, and its reply,
+/// never wake another thread. Commands without a key use the caller's loop's connection, or take
+/// them in turn.
 public final class RedisLoopClients: Sendable {
     private let clients: [RedisClient]
     private let byLoop: [ObjectIdentifier: RedisClient]
@@ -25,6 +27,11 @@ public final class RedisLoopClients: Sendable {
         self.byLoop = byLoop
     }
 
+    /// The client of `key`'s hash slot.
+    private func client(for key: RedisArgument) -> RedisClient {
+        clients[RedisClusterClient.slot(of: key) % clients.count]
+    }
+
     /// The current loop's client, else the next in turn.
     private var client: RedisClient {
         if let loop = MultiThreadedEventLoopGroup.currentEventLoop, let client = byLoop[ObjectIdentifier(loop)] { return client }
@@ -37,15 +44,15 @@ public final class RedisLoopClients: Sendable {
 
 extension RedisLoopClients: RedisCommands {
     public func send(_ arguments: [RedisArgument]) async throws -> RESPValue {
-        try await client.send(arguments)
+        try await (arguments.count > 1 ? client(for: arguments[1]) : client).send(arguments)
     }
 
     public func evaluate(_ script: RedisScript, keys: [String], arguments: [RedisArgument]) async throws -> RESPValue {
-        try await client.evaluate(script, keys: keys, arguments: arguments)
+        try await (keys.first.map { client(for: .string($0)) } ?? client).evaluate(script, keys: keys, arguments: arguments)
     }
 
     public func evaluateFuture(_ script: RedisScript, keys: [String], arguments: [RedisArgument]) -> EventLoopFuture<RESPValue> {
-        client.evaluateFuture(script, keys: keys, arguments: arguments)
+        (keys.first.map { client(for: .string($0)) } ?? client).evaluateFuture(script, keys: keys, arguments: arguments)
     }
 
     public var endpoint: String { configuration.redacted }
