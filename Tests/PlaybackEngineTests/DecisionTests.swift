@@ -308,3 +308,20 @@ struct RestoreFloorTests {
         #expect(RestoreFloor.wentBack(playback(epoch: epoch, version: version), seen: (5, 20)) == expected)
     }
 }
+
+@Suite("the node's cache of a user")
+struct UserCacheTests {
+    @Test func aDirectoryReadThatAJoinOvertookIsNotKept() {
+        let fanout = UserFanout()
+        fanout.remember(Playback.initial)
+        let mark = fanout.directoryMark
+        // The upkeep's read left before the phone joined, and came back after: it must not undo the join.
+        let joined = DeviceDirectory(entries: ["phone": StoredDevice(name: "Phone", kind: .smartphone, lastSeen: 5, session: "s", node: "n")],
+                                     presence: ["phone": 60_000], now: 5, retentionMs: 60_000)
+        fanout.remember(directory: joined)
+        #expect(!fanout.remember(directory: noDevices, readAt: mark))
+        #expect(fanout.cached()?.directory.records["phone"]?.online == true)
+        #expect(fanout.remember(directory: noDevices, readAt: fanout.directoryMark), "a read after the last change is kept")
+        #expect(fanout.cached()?.directory.records.isEmpty == true)
+    }
+}

@@ -31,7 +31,12 @@ final class UserFanout: Sendable {
         /// A newer playback from the channel, not decoded yet.
         var undecoded: (version: Int64, json: ByteBuffer)?
         /// The user's devices; nil until loaded.
-        var directory: DeviceDirectory?
+        var directory: DeviceDirectory? {
+            didSet { directoryChanges &+= 1 }
+        }
+        /// Counts the changes of `directory`: a directory read from the storage is kept only if
+        /// nothing changed it while the read was on its way (`remember(directory:readAt:)`).
+        var directoryChanges: UInt64 = 0
         /// The newest playback this node knew when it last forgot its cache (the bus or the storage
         /// was interrupted), and when: if the storage lost the user, this node offers it for the
         /// restore (the newest state any node saw wins).
@@ -93,8 +98,24 @@ final class UserFanout: Sendable {
         state.withLock { $0.remember(playback, json: json) }
     }
 
+    /// Remembers the directory as this node changed it (a join or leave it just wrote).
     func remember(directory: DeviceDirectory) {
         state.withLock { $0.directory = directory }
+    }
+
+    /// Where the directory stands now, to pass to `remember(directory:readAt:)` with what a read
+    /// started now returns.
+    var directoryMark: UInt64 { state.withLock { $0.directoryChanges } }
+
+    /// Remembers a directory read from the storage, unless the directory changed since `mark` (a
+    /// join, a leave or a device list from the bus, which the read may predate); false then.
+    @discardableResult
+    func remember(directory: DeviceDirectory, readAt mark: UInt64) -> Bool {
+        state.withLock { state in
+            guard state.directoryChanges == mark else { return false }
+            state.directory = directory
+            return true
+        }
     }
 
     /// Forgets what is cached (after a pub/sub outage: changes may have been missed), keeping the

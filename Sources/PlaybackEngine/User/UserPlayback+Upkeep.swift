@@ -28,7 +28,8 @@ extension UserPlayback {
                 fanout.forgetCache(at: now)
                 _ = try await cachedOrLoaded(fanout)
             case .reload:
-                fanout.remember(directory: try await loadDirectory())
+                let mark = fanout.directoryMark
+                fanout.remember(directory: try await loadDirectory(), readAt: mark)
             case .keep:
                 break
             }

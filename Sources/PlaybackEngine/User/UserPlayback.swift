@@ -160,10 +160,13 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
     /// The cached playback and directory, loaded (and cached) when there are none.
     func cachedOrLoaded(_ fanout: UserFanout) async throws -> (Playback, DeviceDirectory) {
         if let cached = fanout.cached() { return cached }
+        let mark = fanout.directoryMark
         let (playback, directory) = try await loadBoth()
         fanout.remember(playback)
-        fanout.remember(directory: directory)
-        return (fanout.cached()?.playback ?? playback, directory)
+        // A join, a leave or a device list that came meanwhile is newer than this read.
+        fanout.remember(directory: directory, readAt: mark)
+        let newest = fanout.cached()
+        return (newest?.playback ?? playback, newest?.directory ?? directory)
     }
 
     func loadBoth() async throws -> (Playback, DeviceDirectory) {
