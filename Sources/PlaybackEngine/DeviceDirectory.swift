@@ -50,6 +50,14 @@ public struct DeviceDirectory: Sendable {
         records[id]?.rttMs = nil
     }
 
+    /// Keeps the records of `ids`, devices connected to this node, as `known` has them online, where
+    /// this directory (from a device list that may predate their join) has them missing or offline.
+    public mutating func keepConnected(_ ids: some Sequence<String>, as known: DeviceDirectory) {
+        for id in ids where records[id]?.online != true {
+            if let record = known.records[id], record.online { records[id] = record }
+        }
+    }
+
     /// Records the round trips of connected devices (device → ms).
     public mutating func setRoundTrips(_ rtts: [String: Int]) {
         for (id, rtt) in rtts where records[id]?.online == true { records[id]?.rttMs = rtt }

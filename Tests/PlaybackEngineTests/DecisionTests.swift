@@ -325,3 +325,20 @@ struct UserCacheTests {
         #expect(fanout.cached()?.directory.records.isEmpty == true)
     }
 }
+
+@Suite("device lists from the bus")
+struct DeviceListTests {
+    static func info(_ id: String, online: Bool) -> DeviceInfo {
+        DeviceInfo(id: id, name: id, kind: .smartphone, online: online, active: false, lastSeen: 1, volumePercent: 100, rttMs: nil, capabilities: [])
+    }
+
+    @Test func aListOlderThanALocalJoinKeepsTheDevicesConnectedHere() {
+        // This node knows phone and laptop joined; the list of the phone's own join comes after.
+        let known = DeviceDirectory([Self.info("phone", online: true), Self.info("laptop", online: true), Self.info("tv", online: true)])
+        var list = DeviceDirectory([Self.info("phone", online: true), Self.info("tv", online: false)])
+        list.keepConnected(["phone", "laptop"], as: known)
+        #expect(list.isOnline("laptop"), "connected here: kept")
+        #expect(!list.isOnline("tv"), "another node's device: as the list says")
+        #expect(list.records.count == 3)
+    }
+}

@@ -262,8 +262,12 @@ final class UserFanout: Sendable {
         {
             state.undecoded = (event.version, json)
         }
-        if let devices = message.devices, state.directory != nil {
-            state.directory = DeviceDirectory(devices)
+        if let devices = message.devices, let known = state.directory {
+            // A list can be older than what this node did since (its own join's list still on the
+            // way while the next device joined): a device connected here stays as this node knows it.
+            var directory = DeviceDirectory(devices)
+            directory.keepConnected(Array(state.devices.deviceIDs) + Array(state.waiting.keys), as: known)
+            state.directory = directory
         }
         // A version already delivered comes again only from a recovery racing the channel: dropped.
         if let event = message.event, event.version > state.latestVersion {
