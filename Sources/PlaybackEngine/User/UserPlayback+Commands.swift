@@ -90,29 +90,26 @@ extension UserPlayback {
                     retryAfterMs: retryAfterMs)))
             case .success(.conflict(let current, let json)):
                 Counter(label: "playback_commit_conflicts_total").increment()
-                if let current { fanout?.remember(current, json: json) }
                 let step = ConflictPolicy.afterConflict(
                     current, seen: fanout?.highWater ?? (0, 0), rounds: asked, now: self.now, random: Double.random(in: 0...1))
+                // The state another node left is the newest there is; one that went back is not kept.
+                if case .retry = step, let current { fanout?.remember(current, json: json) }
                 var next = asked
                 next.lost += 1
-                take(step, submission, directory: directory, cause: cause, rounds: next, finish: finish)
+                take(step, submission, on: playback, directory: directory, cause: cause, rounds: next, finish: finish)
             case .success(.turnHeld(let heldMs)):
                 Counter(label: "playback_command_turn_waits_total").increment()
                 let step = ConflictPolicy.afterTurnHeld(forMs: heldMs, rounds: asked, now: self.now, random: Double.random(in: 0...1))
-                guard case .wait(let pause) = step else {
-                    take(step, submission, directory: directory, cause: cause, rounds: asked, finish: finish)
-                    return
-                }
-                waitForTurn(above: playback.version, atMost: pause, submission, directory: directory, cause: cause, rounds: asked, finish: finish)
+                take(step, submission, on: playback, directory: directory, cause: cause, rounds: asked, finish: finish)
             case .failure(let error):
                 finish(.failure(unavailable(error)))
             }
         }
     }
 
-    /// Carries out what `ConflictPolicy` decided for a command the storage did not take.
+    /// Carries out what `ConflictPolicy` decided for a command the storage did not take on `tried`.
     func take(
-        _ step: ConflictPolicy.Step, _ submission: Submission, directory: DeviceDirectory, cause: ServerMessage.Cause,
+        _ step: ConflictPolicy.Step, _ submission: Submission, on tried: Playback, directory: DeviceDirectory, cause: ServerMessage.Cause,
         rounds: ConflictPolicy.Rounds, finish: @escaping Finish
     ) {
         switch step {
@@ -129,28 +126,20 @@ extension UserPlayback {
         case .retry(let playback, let pause):
             again(after: pause, on: playback, submission, directory: directory, cause: cause, rounds: rounds, finish: finish)
         case .wait(let pause):
-            again(after: pause, on: nil, submission, directory: directory, cause: cause, rounds: rounds, finish: finish)
+            waitForTurn(above: tried.version, atMost: pause, submission, cause: cause, rounds: rounds, finish: finish)
         }
     }
 
     /// The next round after `pause` ms, on the newest state this node knows by then (the cache
     /// follows the bus while it waits), or `playback` when that is newer.
     func again(
-        after pause: Int64, on playback: Playback?, _ submission: Submission, directory: DeviceDirectory, cause: ServerMessage.Cause,
+        after pause: Int64, on playback: Playback, _ submission: Submission, directory: DeviceDirectory, cause: ServerMessage.Cause,
         rounds: ConflictPolicy.Rounds, finish: @escaping Finish
     ) {
         let started = environment.work.submit { [self] in
             try? await Task.sleep(for: .milliseconds(pause))
-            guard let (newest, latest) = fanout?.cached() else {
-                if let playback {
-                    run(submission, on: playback, directory: directory, cause: cause, rounds: rounds, finish: finish)
-                } else {
-                    attempt(submission, cause: cause, rounds: rounds, finish: finish)
-                }
-                return
-            }
-            let base = playback.map { $0.version > newest.version ? $0 : newest } ?? newest
-            run(submission, on: base, directory: latest, cause: cause, rounds: rounds, finish: finish)
+            let (newest, latest) = fanout?.cached() ?? (playback, directory)
+            run(submission, on: newest.version > playback.version ? newest : playback, directory: latest, cause: cause, rounds: rounds, finish: finish)
         }
         if !started { finish(.failure(PlaybackError(.unavailable, "the server is shutting down; try again"))) }
     }
@@ -158,8 +147,8 @@ extension UserPlayback {
     /// Another command has the user's turn: the next round starts when its commit comes on the bus
     /// (above `version`), or after `pause` ms (it may have changed nothing, or its node died).
     func waitForTurn(
-        above version: Int64, atMost pause: Int64, _ submission: Submission, directory: DeviceDirectory, cause: ServerMessage.Cause,
-        rounds: ConflictPolicy.Rounds, finish: @escaping Finish
+        above version: Int64, atMost pause: Int64, _ submission: Submission, cause: ServerMessage.Cause, rounds: ConflictPolicy.Rounds,
+        finish: @escaping Finish
     ) {
         let once = Once()
         let next: @Sendable () -> Void = { [self] in
