@@ -3,7 +3,9 @@
 selenium. Starts the built daemon and one `device-sim` device, opens the page twice as two
 devices of one user, starts playback on the first page, moves it with the second page's
 "Play here" button, and checks what each page and the simulated device show (active device,
-button states, progress moving, the takeover message). Saves docs/web-remote.png.
+button states, progress moving, the takeover message). With --screenshot PATH it saves the
+second page there (`scripts/browser-test.py --screenshot docs/web-remote.png` for the docs);
+scripts/test runs it without, leaving the working tree as it found it.
 Exits non-zero on any failure."""
 import json
 import pathlib
@@ -20,6 +22,13 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 root = pathlib.Path(__file__).resolve().parent.parent
+# Where to save the second page's picture, when asked (`--screenshot PATH`); nowhere by default.
+screenshot = None
+if "--screenshot" in sys.argv:
+    index = sys.argv.index("--screenshot")
+    if index + 1 >= len(sys.argv):
+        raise SystemExit("browser-test: --screenshot needs a path")
+    screenshot = pathlib.Path(sys.argv[index + 1]).resolve()
 sys.path.insert(0, str(root / "scripts" / "lib"))
 from daemon import start as start_daemon  # noqa: E402
 
@@ -165,7 +174,8 @@ try:
     wait(a, lambda d: entries[2] not in queued(d), "removing an entry on Page B removes it on Page A")
     b.find_element(By.ID, "search").clear()
     time.sleep(0.5)
-    b.save_screenshot(str(root / "docs/web-remote.png"))
+    if screenshot:
+        b.save_screenshot(str(screenshot))
 
     # A transfer to the broken Kitchen speaker: it never confirms its start, so playback comes back.
     device_row(b, "kitchen").find_element(By.XPATH, "./button[text()='Transfer']").click()
