@@ -139,7 +139,10 @@ public final class RedisSubscriber: Sendable {
                 failures = 0
                 try await probe(connection)
             } catch {
-                logger.warning("redis pub/sub connection failed", metadata: ["error": .string("\(error)")])
+                // Stopping (a clean shutdown) ends the connection too: nothing failed then.
+                if !Task.isCancelled, !state.withLock({ $0.stopped }) {
+                    logger.warning("redis pub/sub connection failed", metadata: ["error": .string("\(error)")])
+                }
             }
             lag.reset()
             state.withLock { $0.connection = nil }
