@@ -11,9 +11,8 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
     public let nodeID: String
     let storage: Storage
     private let environment: UserEnvironment<Storage>
-    /// The users, in `upkeepSlots` buckets by their id's hash: each upkeep slot takes one bucket
-    /// (filtering all users every slot cost more than the upkeep itself at 19,000 idle connections).
-    private let users = Mutex<[[String: UserPlayback<Storage>]]>(Array(repeating: [:], count: upkeepSlots))
+    /// The users, each on its event loop.
+    private let users = UserShards<Storage>(bucketCount: upkeepSlots)
     /// Jobs that need a task (see `perform`), run by `run()`.
     private let work = BackgroundWork()
     private let lifecycle = Mutex(Lifecycle())
@@ -43,9 +42,8 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
         logger[metadataKey: "node.id"] = .string(nodeID)
         self.nodeID = nodeID
         self.storage = storage
-        let fanouts = FanoutRegistry()
         self.environment = UserEnvironment(
-            storage: storage, fanouts: fanouts, configuration: configuration, timing: LeaseTiming(graceMs: configuration.graceMs),
+            storage: storage, configuration: configuration, timing: LeaseTiming(graceMs: configuration.graceMs),
             reducer: PlaybackReducer(catalog: catalog, limits: configuration.limits), durability: durability ?? .none(logger: logger),
             clock: clock, logger: logger, nodeID: nodeID, work: work)
         storage.attach(
@@ -126,7 +124,9 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
         }
         guard first else { return }
         if durability.writer != nil {
-            for user in users.withLock({ $0.flatMap(\.values) }) { await user.writeSnapshot() }
+            for shard in users.shards {
+                for user in await shard.onLoop({ shard.all }) { await user.writeSnapshot() }
+            }
         }
         await storage.shutdown()
         for waiter in lifecycle.withLock({ state in
@@ -138,17 +138,26 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
 
     private var durability: Durability { environment.durability }
 
-    func user(_ id: String) -> UserPlayback<Storage> {
-        let bucket = Self.bucket(of: id)
-        return users.withLock { users in
-            if let user = users[bucket][id] { return user }
-            let user = UserPlayback(userID: id, environment: environment)
-            users[bucket][id] = user
-            return user
+    /// The user, made when there is none; on its loop, at once when called there.
+    func withUser(_ id: String, _ body: @escaping @Sendable (isolated UserPlayback<Storage>) -> Void) {
+        let shard = users.shard(of: id)
+        if shard.loop.inEventLoop {
+            user(id, on: shard).assumeIsolated(body)
+        } else {
+            shard.loop.execute { self.user(id, on: shard).assumeIsolated(body) }
         }
     }
 
-    private static func bucket(of user: String) -> Int { Int(UInt(bitPattern: user.hashValue) % UInt(upkeepSlots)) }
+    /// The user, made when there is none.
+    func user(_ id: String) async -> UserPlayback<Storage> {
+        let shard = users.shard(of: id)
+        if shard.loop.inEventLoop { return user(id, on: shard) }
+        return await shard.onLoop { self.user(id, on: shard) }
+    }
+
+    private func user(_ id: String, on shard: UserShard<Storage>) -> UserPlayback<Storage> {
+        shard.user(id, bucket: users.bucket(of: id)) { UserPlayback(userID: id, environment: environment, shard: shard) }
+    }
 
     public func connect(user: UserIdentity, hello: ClientMessage.Hello, sink: any DeviceSink, welcome: WelcomeParameters) async throws(ConnectRefusal) {
         try await self.user(user.userID).connect(hello: hello, sink: sink, welcome: welcome)
@@ -167,14 +176,14 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
         var submission = submission
         if let country = durability.knownCountry(of: submission.user) {
             submission.user.country = country
-            user(submission.user.userID).submit(submission, completion: completion)
+            withUser(submission.user.userID) { [submission] in $0.submitHere(submission, completion: completion) }
             return
         }
         // The country is not cached: look it up first (once per user every few minutes).
         let started = work.submit { [self, submission] in
             var submission = submission
             submission.user.country = await durability.country(of: submission.user)
-            user(submission.user.userID).submit(submission, completion: completion)
+            withUser(submission.user.userID) { [submission] in $0.submitHere(submission, completion: completion) }
         }
         if !started { completion(.failure(PlaybackError(.unavailable, "the server is shutting down; try again"))) }
     }
@@ -215,18 +224,29 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
     // MARK: The bus
 
     /// A frame from the user's channel, for the local devices.
-    private func route(_ frame: BusMessage, to user: String) {
-        guard let fanout = environment.fanouts.fanout(for: user), let device = fanout.receive(frame) else { return }
-        // A local holder that missed its grant while the bus was down.
-        perform { await self.user(user).regrant(device) }
+    private func route(_ frame: BusMessage, to id: String) {
+        let shard = users.shard(of: id)
+        let bucket = users.bucket(of: id)
+        let deliver: @Sendable () -> Void = {
+            guard let user = shard.existing(id, bucket: bucket),
+                let device = user.assumeIsolated({ $0.fanout?.receive(frame) })
+            else { return }
+            // A local holder that missed its grant while the bus was down.
+            self.perform { await user.regrant(device) }
+        }
+        if shard.loop.inEventLoop { deliver() } else { shard.loop.execute(deliver) }
     }
 
     /// The bus may have lost frames of these users (nil: of all, after it reconnected): each of them
     /// with devices here re-reads its state and sends it to them when it is newer than what they saw.
-    private func resubscribed(_ users: [String]?) {
-        let local = Set(environment.fanouts.users)
-        for user in users.map({ $0.filter(local.contains) }) ?? Array(local) {
-            perform { await self.user(user).recover() }
+    private func resubscribed(_ ids: [String]?) {
+        let wanted = ids.map(Set.init)
+        for shard in users.shards {
+            shard.loop.execute {
+                for user in shard.all where wanted?.contains(user.userID) ?? true && user.assumeIsolated({ $0.fanout != nil }) {
+                    self.perform { await user.recover() }
+                }
+            }
         }
     }
 
@@ -238,7 +258,8 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
         while !Task.isCancelled {
             let pause = max(1, environment.timing.tickMs / Int64(Self.upkeepSlots))
             let started = ContinuousClock.now
-            let due = users.withLock { Array($0[slot].values) }
+            var due: [UserPlayback<Storage>] = []
+            for shard in users.shards { due += await shard.onLoop { [slot] in shard.users(in: slot) } }
             busLagGauge.record(Double(storage.busLagMs) / 1_000)
             await keepUp(due)
             let spent = ContinuousClock.now - started
@@ -298,12 +319,12 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
             var next = 0
             func add(_ user: UserPlayback<Storage>) {
                 group.addTask {
-                    if self.environment.fanouts.fanout(for: user.userID) != nil {
-                        await user.maintain()
-                    } else if user.isIdle {
-                        // Recreated on demand.
-                        let bucket = Self.bucket(of: user.userID)
-                        self.users.withLock { users in if users[bucket][user.userID] === user { users[bucket][user.userID] = nil } }
+                    guard await user.maintain() else {
+                        // No device here: forgotten when nothing runs either (made again on demand).
+                        let shard = self.users.shard(of: user.userID)
+                        let bucket = self.users.bucket(of: user.userID)
+                        shard.loop.execute { shard.forgetIfUnused(user, bucket: bucket) }
+                        return
                     }
                 }
             }

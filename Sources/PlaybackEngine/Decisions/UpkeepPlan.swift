@@ -51,7 +51,7 @@ enum UpkeepPlan {
 
     /// `lostAt`: when the holder of a lapsed lease was lost (nil: the lease is held);
     /// `holderNodeAlive`: whether another live node has the holder connected (asked only when needed).
-    static func sweep(
+    nonisolated(nonsending) static func sweep(
         holder: String?, lostAt: Int64?, holderHere: Bool, holderNodeAlive: () async throws -> Bool
     ) async rethrows -> Sweep {
         guard let holder, let lostAt else { return .settle }

@@ -3,7 +3,6 @@ import Logging
 /// What every user's playback on this node shares: the storage, the local devices, the rules.
 struct UserEnvironment<Storage: PlaybackStorage>: Sendable {
     let storage: Storage
-    let fanouts: FanoutRegistry
     let configuration: EngineConfiguration
     let timing: LeaseTiming
     let reducer: PlaybackReducer

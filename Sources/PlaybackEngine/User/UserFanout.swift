@@ -1,8 +1,6 @@
 import Foundation
 import NIOCore
-import NIOPosix
 import PlaybackCore
-import Synchronization
 
 /// The devices of one user connected to this node, fed from the user's pub/sub channel in
 /// channel order. A device that is being welcomed is not fed directly: what arrives meanwhile is
@@ -13,7 +11,9 @@ import Synchronization
 /// stored playback every change frame carries, decoded only when a command needs it) and the
 /// device directory (from device lists on the channel). Commands run on it without reading Redis;
 /// the commit's version check catches a cache that is behind.
-final class UserFanout: Sendable {
+///
+/// It belongs to the user's `UserPlayback` and is touched on the user's event loop only.
+final class UserFanout {
     private struct Waiting {
         var sink: any DeviceSink
         var buffer: [BusMessage] = []
@@ -67,142 +67,133 @@ final class UserFanout: Sendable {
         }
     }
 
-    private let state = Mutex(State())
+    private var state = State()
+    /// The user's loop, where device lists are flushed at the end of a turn (nil: at once).
+    private let loop: (any EventLoop)?
 
-    var latestVersion: Int64 { state.withLock { $0.latestVersion } }
+    init(loop: (any EventLoop)? = nil) {
+        self.loop = loop
+    }
+
+    var latestVersion: Int64 { state.latestVersion }
 
     /// The cached playback and directory, or nil when not loaded. A playback that came on the
     /// channel is decoded here, once.
     func cached() -> (playback: Playback, directory: DeviceDirectory)? {
-        let known = state.withLock { state -> (Playback, ByteBuffer?, (Int64, ByteBuffer)?, DeviceDirectory)? in
-            guard let playback = state.playback, let directory = state.directory else { return nil }
-            return (playback.value, playback.json, state.undecoded, directory)
-        }
-        guard let (playback, _, undecoded, directory) = known else { return nil }
-        guard let (version, json) = undecoded else { return (playback, directory) }
+        guard let playback = state.playback, let directory = state.directory else { return nil }
+        guard let (version, json) = state.undecoded else { return (playback.value, directory) }
         guard let decoded = try? JSONDecoder().decode(Playback.self, from: Data(json.readableBytesView)), decoded.version == version else {
             // Unreadable: forget it; the next command loads the playback from Redis.
-            state.withLock { $0.playback = nil; $0.undecoded = nil }
+            state.playback = nil
+            state.undecoded = nil
             return nil
         }
-        state.withLock { $0.remember(decoded, json: json) }
+        state.remember(decoded, json: json)
         return (decoded, directory)
     }
 
     /// The cached playback without decoding a newer one (its version, epoch and holder are what
     /// the upkeep needs, and those a newer frame carries too).
-    var cachedPlayback: Playback? { state.withLock { $0.undecoded == nil ? $0.playback?.value : nil } }
+    var cachedPlayback: Playback? { state.undecoded == nil ? state.playback?.value : nil }
 
     /// Remembers a playback read or written by this node (kept only when it is the newest known).
     func remember(_ playback: Playback, json: ByteBuffer? = nil) {
-        state.withLock { $0.remember(playback, json: json) }
+        state.remember(playback, json: json)
     }
 
     /// Remembers the directory as this node changed it (a join or leave it just wrote).
     func remember(directory: DeviceDirectory) {
-        state.withLock { $0.directory = directory }
+        state.directory = directory
     }
 
     /// Where the directory stands now, to pass to `remember(directory:readAt:)` with what a read
     /// started now returns.
-    var directoryMark: UInt64 { state.withLock { $0.directoryChanges } }
+    var directoryMark: UInt64 { state.directoryChanges }
 
     /// Remembers a directory read from the storage, unless the directory changed since `mark` (a
     /// join, a leave or a device list from the bus, which the read may predate); false then.
     @discardableResult
     func remember(directory: DeviceDirectory, readAt mark: UInt64) -> Bool {
-        state.withLock { state in
-            guard state.directoryChanges == mark else { return false }
-            state.directory = directory
-            return true
-        }
+        guard state.directoryChanges == mark else { return false }
+        state.directory = directory
+        return true
     }
 
     /// Forgets what is cached (after a pub/sub outage: changes may have been missed), keeping the
     /// newest playback it held as `lastKnown`.
     func forgetCache(at now: Int64) {
         let newest = cached()?.playback ?? cachedPlayback
-        state.withLock { state in
-            if let newest, newest.contentVersion > (state.lastKnown?.playback.contentVersion ?? -1) { state.lastKnown = (newest, now) }
-            state.playback = nil
-            state.undecoded = nil
-            state.directory = nil
-        }
+        if let newest, newest.contentVersion > (state.lastKnown?.playback.contentVersion ?? -1) { state.lastKnown = (newest, now) }
+        state.playback = nil
+        state.undecoded = nil
+        state.directory = nil
     }
 
     /// The newest playback this node held before it last forgot its cache, and when.
-    var lastKnown: (playback: Playback, at: Int64)? { state.withLock { $0.lastKnown } }
-    var isEmpty: Bool { state.withLock { $0.devices.isEmpty && $0.waiting.isEmpty } }
+    var lastKnown: (playback: Playback, at: Int64)? { state.lastKnown }
+    var isEmpty: Bool { state.devices.isEmpty && state.waiting.isEmpty }
 
     /// The highest epoch and version seen here (cached state, the channel, grants).
     var highWater: (epoch: Int64, version: Int64) {
-        state.withLock { state in
-            let epoch = max(state.playback?.value.epoch ?? 0, state.holder?.epoch ?? 0)
-            let version = max(state.playback?.value.version ?? 0, state.latestVersion, state.undecoded?.version ?? 0)
-            return (epoch, version)
-        }
-    }
-    /// Each device connected here with the session of its connection.
-    var connectedSessions: [(device: String, session: String)] {
-        state.withLock { state in state.devices.deviceIDs.compactMap { id in state.devices.sink(for: id).map { (id, $0.sessionID) } } }
+        let epoch = max(state.playback?.value.epoch ?? 0, state.holder?.epoch ?? 0)
+        let version = max(state.playback?.value.version ?? 0, state.latestVersion, state.undecoded?.version ?? 0)
+        return (epoch, version)
     }
 
-    func hasDevice(_ device: String) -> Bool { state.withLock { $0.devices.sink(for: device) != nil } }
+    /// Each device connected here with the session of its connection.
+    var connectedSessions: [(device: String, session: String)] {
+        state.devices.deviceIDs.compactMap { id in state.devices.sink(for: id).map { (id, $0.sessionID) } }
+    }
+
+    func hasDevice(_ device: String) -> Bool { state.devices.sink(for: device) != nil }
 
     /// The last measured round trip of each connected device here that has one (device → ms).
     var roundTrips: [String: Int] {
-        let sinks = state.withLock { state in state.devices.deviceIDs.compactMap { id in state.devices.sink(for: id).map { (id, $0) } } }
         var rtts: [String: Int] = [:]
-        for (id, sink) in sinks { if let rtt = sink.roundTripMs { rtts[id] = rtt } }
+        for id in state.devices.deviceIDs { if let rtt = state.devices.sink(for: id)?.roundTripMs { rtts[id] = rtt } }
         return rtts
     }
 
     /// Updates the cached directory's round trips of local devices.
     func remember(roundTrips: [String: Int]) {
-        state.withLock { $0.directory?.setRoundTrips(roundTrips) }
+        state.directory?.setRoundTrips(roundTrips)
     }
 
     /// Starts buffering for a device about to be welcomed; returns a connection it replaces here.
     func beginWelcome(_ sink: any DeviceSink, device: String) -> (any DeviceSink)? {
-        state.withLock { state in
-            let replaced = state.devices.sink(for: device) ?? state.waiting[device]?.sink
-            if replaced != nil { _ = state.devices.detach(device: device, sessionID: replaced?.sessionID ?? "") }
-            state.waiting[device] = Waiting(sink: sink)
-            return replaced
-        }
+        let replaced = state.devices.sink(for: device) ?? state.waiting[device]?.sink
+        if replaced != nil { _ = state.devices.detach(device: device, sessionID: replaced?.sessionID ?? "") }
+        state.waiting[device] = Waiting(sink: sink)
+        return replaced
     }
 
     /// Sends `welcome`, then what arrived meanwhile and is newer than it, and attaches the device.
     /// `active`: the welcome shows the device holding the lease.
     func finishWelcome(device: String, sessionID: String, welcome: EncodedMessage, version: Int64, epoch: Int64, active: Bool) {
-        state.withLock { state in
-            guard let waiting = state.waiting[device], waiting.sink.sessionID == sessionID else { return }
-            state.waiting[device] = nil
-            waiting.sink.send(welcome)
-            _ = state.devices.attach(waiting.sink, device: device, version: version)
-            if active { state.holder = (device, epoch) }
-            for message in waiting.buffer {
-                if let event = message.event, event.version > version {
-                    state.devices.deliver(event, only: device)
-                    state.track(event)
-                } else if let devices = message.devices, message.except != device {
-                    state.devices.send(EncodedMessage(.devices(devices)), to: device)
-                }
+        guard let waiting = state.waiting[device], waiting.sink.sessionID == sessionID else { return }
+        state.waiting[device] = nil
+        waiting.sink.send(welcome)
+        _ = state.devices.attach(waiting.sink, device: device, version: version)
+        if active { state.holder = (device, epoch) }
+        for message in waiting.buffer {
+            if let event = message.event, event.version > version {
+                state.devices.deliver(event, only: device)
+                state.track(event)
+            } else if let devices = message.devices, message.except != device {
+                state.devices.send(EncodedMessage(.devices(devices)), to: device)
             }
         }
     }
 
     /// Forgets a device's connection if it is still the current one.
     func detach(device: String, sessionID: String) -> Bool {
-        state.withLock { state in
-            if let waiting = state.waiting[device], waiting.sink.sessionID == sessionID {
-                state.waiting[device] = nil
-                return true
-            }
-            guard state.devices.detach(device: device, sessionID: sessionID) else { return false }
-            if state.holder?.device == device { state.holder = nil }
+        if let waiting = state.waiting[device], waiting.sink.sessionID == sessionID {
+            state.waiting[device] = nil
             return true
         }
+        guard state.devices.detach(device: device, sessionID: sessionID) else { return false }
+        if state.holder?.device == device { state.holder = nil }
+        return true
     }
 
     /// A message from the user's channel. Lease messages lost with the channel (while the pub/sub
@@ -211,20 +202,17 @@ final class UserFanout: Sendable {
     /// epoch it was never told about is returned: the caller grants it again with the full state.
     @discardableResult
     func receive(_ message: BusMessage) -> String? {
-        let (regrant, flushLater, woken) = state.withLock { state -> (String?, Bool, [@Sendable () -> Void]) in
-            let flushLater = message.devices != nil && state.pendingDevices == nil
-            let regrant = receive(message, into: &state)
-            var woken: [@Sendable () -> Void] = []
-            if let version = message.event?.version, !state.changeWaiters.isEmpty {
-                woken = state.changeWaiters.filter { $0.above < version }.map(\.wake)
-                state.changeWaiters.removeAll { $0.above < version }
-            }
-            return (regrant, flushLater, woken)
+        let flushLater = message.devices != nil && state.pendingDevices == nil
+        let regrant = receiveNow(message)
+        if let version = message.event?.version, !state.changeWaiters.isEmpty {
+            let woken = state.changeWaiters.filter { $0.above < version }.map(\.wake)
+            state.changeWaiters.removeAll { $0.above < version }
+            for wake in woken { wake() }
         }
-        for wake in woken { wake() }
         if flushLater {
-            if let loop = MultiThreadedEventLoopGroup.currentEventLoop {
-                loop.execute { self.flushDevices() }
+            if let loop {
+                let fanout = NIOLoopBound(self, eventLoop: loop)
+                loop.execute { fanout.value.flushDevices() }
             } else {
                 flushDevices()
             }
@@ -236,25 +224,22 @@ final class UserFanout: Sendable {
     /// command waiting for another node's turn to end starts again when that turn's commit
     /// arrives). A waiter is dropped unwoken past the newest 256: each also has a timer of its own.
     func whenChanged(above version: Int64, _ wake: @escaping @Sendable () -> Void) {
-        let already = state.withLock { state -> Bool in
-            if max(state.latestVersion, state.undecoded?.version ?? -1, state.playback?.value.version ?? -1) > version { return true }
-            if state.changeWaiters.count >= 256 { state.changeWaiters.removeFirst() }
-            state.changeWaiters.append((version, wake))
-            return false
+        if max(state.latestVersion, state.undecoded?.version ?? -1, state.playback?.value.version ?? -1) > version {
+            wake()
+            return
         }
-        if already { wake() }
+        if state.changeWaiters.count >= 256 { state.changeWaiters.removeFirst() }
+        state.changeWaiters.append((version, wake))
     }
 
     /// Sends the device list that came in this turn.
     private func flushDevices() {
-        state.withLock { state in
-            guard let pending = state.pendingDevices else { return }
-            state.pendingDevices = nil
-            state.devices.broadcast(EncodedMessage(.devices(pending.list)), except: pending.except)
-        }
+        guard let pending = state.pendingDevices else { return }
+        state.pendingDevices = nil
+        state.devices.broadcast(EncodedMessage(.devices(pending.list)), except: pending.except)
     }
 
-    private func receive(_ message: BusMessage, into state: inout State) -> String? {
+    private func receiveNow(_ message: BusMessage) -> String? {
         var regrant: String?
         for device in state.waiting.keys { state.waiting[device]?.buffer.append(message) }
         if let event = message.event, let json = message.stored,
@@ -298,16 +283,13 @@ final class UserFanout: Sendable {
 
     /// Whether the local `device` has not been told it holds the lease at `epoch`.
     func needsGrant(_ device: String, epoch: Int64) -> Bool {
-        state.withLock { $0.needsGrant(device, epoch: epoch) }
+        state.needsGrant(device, epoch: epoch)
     }
 
     /// Tells a local device it holds the lease at `epoch` (once per epoch).
     func grant(_ message: EncodedMessage, to device: String, epoch: Int64) {
-        state.withLock { state in
-            guard state.needsGrant(device, epoch: epoch) else { return }
-            state.devices.send(message, to: device)
-            state.holder = (device, epoch)
-        }
+        guard state.needsGrant(device, epoch: epoch) else { return }
+        state.devices.send(message, to: device)
+        state.holder = (device, epoch)
     }
-
 }

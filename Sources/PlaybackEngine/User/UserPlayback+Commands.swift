@@ -2,7 +2,6 @@ import Foundation
 import Logging
 import Metrics
 import NIOCore
-import NIOPosix
 import Synchronization
 
 /// A user's commands: the reducer on the cached state, one storage call, the conflict policy,
@@ -11,8 +10,13 @@ extension UserPlayback {
     // MARK: Commands
 
     /// Applies a submission and calls `completion` with the answer, after the commit (the change
-    /// reaches the devices through the bus).
-    func submit(_ submission: Submission, completion: @escaping @Sendable (Result<Receipt, PlaybackError>) -> Void) {
+    /// reaches the devices through the bus). From any thread: the command hops to the user's loop.
+    nonisolated func submit(_ submission: Submission, completion: @escaping @Sendable (Result<Receipt, PlaybackError>) -> Void) {
+        onLoop { user in user.submitHere(submission, completion: completion) }
+    }
+
+    /// `submit` on the user's loop.
+    func submitHere(_ submission: Submission, completion: @escaping @Sendable (Result<Receipt, PlaybackError>) -> Void) {
         let cause = ServerMessage.Cause(op: submission.input.causeOp, device: submission.device, request: submission.requestID)
         gate.enqueue { [self] done in
             attempt(submission, cause: cause, rounds: .init(startedAt: now)) { result in
@@ -39,15 +43,19 @@ extension UserPlayback {
         }
         // Not cached (no device of the user here, or the cache was dropped): read it first.
         let started = environment.work.submit { [self] in
-            do {
-                let (playback, directory) = try await loadBoth()
-                fanout?.remember(playback)
-                run(submission, on: playback, directory: directory, cause: cause, rounds: rounds, finish: finish)
-            } catch {
-                finish(.failure(unavailable(error)))
-            }
+            await loadAndRun(submission, cause: cause, rounds: rounds, finish: finish)
         }
         if !started { finish(.failure(PlaybackError(.unavailable, "the server is shutting down; try again"))) }
+    }
+
+    private func loadAndRun(_ submission: Submission, cause: ServerMessage.Cause, rounds: ConflictPolicy.Rounds, finish: @escaping Finish) async {
+        do {
+            let (playback, directory) = try await loadBoth()
+            fanout?.remember(playback)
+            run(submission, on: playback, directory: directory, cause: cause, rounds: rounds, finish: finish)
+        } catch {
+            finish(.failure(unavailable(error)))
+        }
     }
 
     func run(
@@ -77,33 +85,41 @@ extension UserPlayback {
             submission, outcome: outcome, on: playback, directory: directory, cause: cause, configuration: configuration,
             leaseTTLMs: timing.leaseTTLMs, turn: turn)
         storage.command(user: userID, plan.call) { [self] reply in
-            switch reply {
-            case .success(.done):
-                if let transition = plan.transition, let change = plan.call.change { didCommit(transition, json: change.json, directory: directory) }
-                finish(plan.answer)
-            case .success(.known(let known)):
-                finish(known)
-            case .success(.full(let retryAfterMs)):
-                Counter(label: "playback_request_ids_full_total").increment()
-                finish(.failure(PlaybackError(
-                    .rateLimited, "too many request ids in the last 10 minutes (at most \(configuration.idempotencyCapacity)); try again later",
-                    retryAfterMs: retryAfterMs)))
-            case .success(.conflict(let current, let json)):
-                Counter(label: "playback_commit_conflicts_total").increment()
-                let step = ConflictPolicy.afterConflict(
-                    current, seen: fanout?.highWater ?? (0, 0), rounds: asked, now: self.now, random: Double.random(in: 0...1))
-                // The state another node left is the newest there is; one that went back is not kept.
-                if case .retry = step, let current { fanout?.remember(current, json: json) }
-                var next = asked
-                next.lost += 1
-                take(step, submission, on: playback, directory: directory, cause: cause, rounds: next, finish: finish)
-            case .success(.turnHeld(let heldMs)):
-                Counter(label: "playback_command_turn_waits_total").increment()
-                let step = ConflictPolicy.afterTurnHeld(forMs: heldMs, rounds: asked, now: self.now, random: Double.random(in: 0...1))
-                take(step, submission, on: playback, directory: directory, cause: cause, rounds: asked, finish: finish)
-            case .failure(let error):
-                finish(.failure(unavailable(error)))
-            }
+            onLoop { user in user.answered(reply, plan: plan, submission, on: playback, directory: directory, cause: cause, rounds: asked, finish: finish) }
+        }
+    }
+
+    /// What the storage answered to `plan`, tried on `playback` in `rounds`.
+    private func answered(
+        _ reply: Result<CommandReply, any Error>, plan: CommitPlan, _ submission: Submission, on playback: Playback, directory: DeviceDirectory,
+        cause: ServerMessage.Cause, rounds asked: ConflictPolicy.Rounds, finish: @escaping Finish
+    ) {
+        switch reply {
+        case .success(.done):
+            if let transition = plan.transition, let change = plan.call.change { didCommit(transition, json: change.json, directory: directory) }
+            finish(plan.answer)
+        case .success(.known(let known)):
+            finish(known)
+        case .success(.full(let retryAfterMs)):
+            Counter(label: "playback_request_ids_full_total").increment()
+            finish(.failure(PlaybackError(
+                .rateLimited, "too many request ids in the last 10 minutes (at most \(configuration.idempotencyCapacity)); try again later",
+                retryAfterMs: retryAfterMs)))
+        case .success(.conflict(let current, let json)):
+            Counter(label: "playback_commit_conflicts_total").increment()
+            let step = ConflictPolicy.afterConflict(
+                current, seen: fanout?.highWater ?? (0, 0), rounds: asked, now: self.now, random: Double.random(in: 0...1))
+            // The state another node left is the newest there is; one that went back is not kept.
+            if case .retry = step, let current { fanout?.remember(current, json: json) }
+            var next = asked
+            next.lost += 1
+            take(step, submission, on: playback, directory: directory, cause: cause, rounds: next, finish: finish)
+        case .success(.turnHeld(let heldMs)):
+            Counter(label: "playback_command_turn_waits_total").increment()
+            let step = ConflictPolicy.afterTurnHeld(forMs: heldMs, rounds: asked, now: self.now, random: Double.random(in: 0...1))
+            take(step, submission, on: playback, directory: directory, cause: cause, rounds: asked, finish: finish)
+        case .failure(let error):
+            finish(.failure(unavailable(error)))
         }
     }
 
@@ -136,12 +152,14 @@ extension UserPlayback {
         after pause: Int64, on playback: Playback, _ submission: Submission, directory: DeviceDirectory, cause: ServerMessage.Cause,
         rounds: ConflictPolicy.Rounds, finish: @escaping Finish
     ) {
-        let started = environment.work.submit { [self] in
-            try? await Task.sleep(for: .milliseconds(pause))
-            let (newest, latest) = fanout?.cached() ?? (playback, directory)
-            run(submission, on: newest.version > playback.version ? newest : playback, directory: latest, cause: cause, rounds: rounds, finish: finish)
+        loop.scheduleTask(in: .milliseconds(pause)) { [self] in
+            onLoop { user in
+                let (newest, latest) = user.fanout?.cached() ?? (playback, directory)
+                user.run(
+                    submission, on: newest.version > playback.version ? newest : playback, directory: latest, cause: cause, rounds: rounds,
+                    finish: finish)
+            }
         }
-        if !started { finish(.failure(PlaybackError(.unavailable, "the server is shutting down; try again"))) }
     }
 
     /// Another command has the user's turn: the next round starts when its commit comes on the bus
@@ -152,15 +170,16 @@ extension UserPlayback {
     ) {
         let once = Once()
         let next: @Sendable () -> Void = { [self] in
-            guard once.claim() else { return }
-            guard let (newest, latest) = fanout?.cached() else {
-                attempt(submission, cause: cause, rounds: rounds, finish: finish)
-                return
+            onLoop { user in
+                guard once.claim() else { return }
+                guard let (newest, latest) = user.fanout?.cached() else {
+                    user.attempt(submission, cause: cause, rounds: rounds, finish: finish)
+                    return
+                }
+                user.run(submission, on: newest, directory: latest, cause: cause, rounds: rounds, finish: finish)
             }
-            run(submission, on: newest, directory: latest, cause: cause, rounds: rounds, finish: finish)
         }
         fanout?.whenChanged(above: version, next)
-        let loop = MultiThreadedEventLoopGroup.currentEventLoop ?? MultiThreadedEventLoopGroup.singleton.any()
         loop.scheduleTask(in: .milliseconds(pause)) { next() }
     }
 
@@ -206,7 +225,7 @@ extension UserPlayback {
         }
     }
 
-    func submitConfirmDeadline(epoch: Int64) {
+    nonisolated func submitConfirmDeadline(epoch: Int64) {
         submit(Submission(user: UserIdentity(userID: userID), input: .confirmDeadline(epoch: epoch), device: nil)) { _ in }
     }
 

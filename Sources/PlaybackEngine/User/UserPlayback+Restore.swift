@@ -66,7 +66,7 @@ extension UserPlayback {
         let found = await environment.durability.restore(user: userID, clock: environment.clock, alsoKnown: known)
         // Read after PostgreSQL answered (or timed out): the jump, the floors and the settling count from now.
         let now = self.now
-        let mark = environment.fanouts.highWater(of: userID, now: now)
+        let mark = highWater(now: now)
         if case .unreachable = found, stale == nil, mark == nil {
             Counter(label: "playback_restores_total", dimensions: [("from", "clock")]).increment()
         }

@@ -15,8 +15,11 @@ extension UserPlayback {
     /// storage's, so commands never wait behind the upkeep's round trips (they did: with thousands
     /// of users, one command in ten waited hundreds of ms). Only an expiry takes the gate, as a
     /// command does, and the reducer turns it down if the lease moved meanwhile.
-    func maintain() async {
-        guard let fanout else { return }
+    ///
+    /// False when no device of the user is here (nothing to keep up).
+    @discardableResult
+    func maintain() async -> Bool {
+        guard let fanout else { return false }
         do {
             let now = self.now
             let connected = fanout.connectedSessions
@@ -52,6 +55,7 @@ extension UserPlayback {
         } catch {
             logger.debug("lease upkeep failed", metadata: ["error": .string("\(error)")])
         }
+        return true
     }
 
     /// The storage's deadlines say this user's lease lapsed (its holder's node may be dead, and no

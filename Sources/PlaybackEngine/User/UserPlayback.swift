@@ -5,46 +5,83 @@ import NIOCore
 
 /// One user's playback as this node serves it, the same for both engines: connects and the
 /// welcome, disconnects and what they do to the lease, commands through the reducer, delivery
-/// to the local devices, the lease's upkeep, the durability hooks. Its work is serialized by a
-/// `UserGate`; what it stores goes through a `PlaybackStorage`.
+/// to the local devices, the lease's upkeep, the durability hooks. What it stores goes through a
+/// `PlaybackStorage`.
+///
+/// Everything this node knows of the user lives here, on one event loop: the actor's executor is
+/// the user's loop (`UserShards`), so its state needs no lock, and the storage's replies, read on
+/// that loop's Redis connection, continue it without a hop. Its work is serialized by a `UserGate`
+/// (an actor alone would interleave at every await).
 ///
 /// A command costs one storage call in the common case: the reducer runs on the state this node
 /// keeps while it has devices of the user (`UserFanout`'s cache), and `PlaybackStorage.command`
 /// answers a remembered request id, checks the version, and commits or confirms in one go. A
 /// conflict reply carries the current state, so the retry needs no read. Commands run without a
 /// task: the storage's callback finishes them and starts the next job.
-final class UserPlayback<Storage: PlaybackStorage>: Sendable {
-    let userID: String
-    let environment: UserEnvironment<Storage>
-    let logger: Logger
-    let gate = UserGate()
+actor UserPlayback<Storage: PlaybackStorage> {
+    nonisolated let userID: String
+    nonisolated let environment: UserEnvironment<Storage>
+    nonisolated let logger: Logger
+    /// The loop this user lives on, and the highest epochs and versions seen there of users that left.
+    nonisolated let loop: any EventLoop
+    nonisolated let marks: NIOLoopBoundBox<HighWaterMarks>
 
+    let gate: UserGate
     let lease: LeaseKeeper<Storage>
     let presence: UserPresence<Storage>
+    /// The user's devices on this node and what it knows of the user, while it is subscribed to the
+    /// user's channel.
+    var fanout: UserFanout?
 
-    /// Nothing running or waiting.
-    var isIdle: Bool { gate.isIdle }
+    nonisolated var unownedExecutor: UnownedSerialExecutor { loop.executor.asUnownedSerialExecutor() }
 
-    init(userID: String, environment: UserEnvironment<Storage>) {
+    init(userID: String, environment: UserEnvironment<Storage>, shard: UserShard<Storage>) {
         self.userID = userID
         self.environment = environment
         var logger = environment.logger
         logger[metadataKey: "user.id"] = .string(userID)
         self.logger = logger
+        loop = shard.loop
+        marks = shard.marks
+        gate = UserGate(loop: shard.loop)
         lease = LeaseKeeper(user: userID, storage: environment.storage, timing: environment.timing)
         presence = UserPresence(user: userID, storage: environment.storage, timing: environment.timing, nodeID: environment.nodeID)
     }
 
-    var storage: Storage { environment.storage }
-    var configuration: EngineConfiguration { environment.configuration }
-    var timing: LeaseTiming { environment.timing }
-    var now: Int64 { environment.clock() }
-    var fanout: UserFanout? { environment.fanouts.fanout(for: userID) }
+    nonisolated var storage: Storage { environment.storage }
+    nonisolated var configuration: EngineConfiguration { environment.configuration }
+    nonisolated var timing: LeaseTiming { environment.timing }
+    nonisolated var now: Int64 { environment.clock() }
+
+    /// No device here and nothing running or waiting: the shard may forget the user.
+    var isUnused: Bool { fanout == nil && gate.isIdle }
+
+    /// Runs `body` on the user's loop: at once when called there (a storage reply read on the
+    /// user's Redis connection), else after one hop.
+    nonisolated func onLoop(_ body: @escaping @Sendable (isolated UserPlayback) -> Void) {
+        if loop.inEventLoop {
+            assumeIsolated(body)
+        } else {
+            loop.execute { self.assumeIsolated(body) }
+        }
+    }
+
+    /// The highest epoch and version this node knows were handed out for the user, and when it
+    /// learnt them (from the fan-out, or remembered since it went).
+    func highWater(now: Int64) -> HighWaterMarks.Mark? {
+        var best = marks.value.mark(of: userID)
+        if let seen = fanout?.highWater, seen.version > 0 || seen.epoch > 0,
+            (seen.epoch, seen.version) > (best?.epoch ?? -1, best?.version ?? -1)
+        {
+            best = HighWaterMarks.Mark(epoch: max(seen.epoch, best?.epoch ?? 0), version: max(seen.version, best?.version ?? 0), at: now)
+        }
+        return best
+    }
 
     // MARK: Connections
 
     func connect(hello: ClientMessage.Hello, sink: any DeviceSink, welcome: WelcomeParameters) async throws(ConnectRefusal) {
-        let outcome: Result<Void, ConnectRefusal> = await gate.run {
+        let outcome: Result<Void, ConnectRefusal> = await gate.run { () async -> Result<Void, ConnectRefusal> in
             do throws(ConnectRefusal) {
                 try await connectNow(hello: hello, sink: sink, welcome: welcome)
                 return .success(())
@@ -57,7 +94,9 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
 
     func connectNow(hello: ClientMessage.Hello, sink: any DeviceSink, welcome: WelcomeParameters) async throws(ConnectRefusal) {
         let device = hello.device.id
-        let (fanout, created) = environment.fanouts.fanoutCreating(for: userID)
+        let fanout = self.fanout ?? UserFanout(loop: loop)
+        let created = self.fanout == nil
+        self.fanout = fanout
         do {
             if created { try await storage.subscribe(user: userID) }
             if let replaced = fanout.beginWelcome(sink, device: device) {
@@ -65,7 +104,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
             }
             if let lastSeen = hello.lastSeen {
                 // What the device saw was handed out: a restore must start above it.
-                environment.fanouts.marks.raise(userID, epoch: lastSeen.epoch, version: lastSeen.version, at: now)
+                marks.value.raise(userID, epoch: lastSeen.epoch, version: lastSeen.version, at: now)
             }
             // The cache is loaded once while this node is subscribed; later devices are welcomed from it.
             let (playback, before) = try await cachedOrLoaded(fanout)
@@ -151,8 +190,14 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
         }
     }
 
+    /// Unsubscribes from the user's channel when no device of the user is here any more
+    /// (remembering the highest epoch and version seen).
     func unsubscribeIfUnused() async {
-        if environment.fanouts.removeIfEmpty(userID, now: now) { await storage.unsubscribe(user: userID) }
+        guard let fanout, fanout.isEmpty else { return }
+        self.fanout = nil
+        let mark = fanout.highWater
+        marks.value.raise(userID, epoch: mark.epoch, version: mark.version, at: now)
+        await storage.unsubscribe(user: userID)
     }
 
     // MARK: Storage
@@ -181,7 +226,7 @@ final class UserPlayback<Storage: PlaybackStorage>: Sendable {
 
     func loadPlayback() async throws -> Playback {
         guard let playback = try await storage.loadPlayback(user: userID) else { return try await restorePlayback() }
-        if let seen = environment.fanouts.highWater(of: userID, now: now), RestoreFloor.wentBack(playback, seen: (seen.epoch, seen.version)) {
+        if let seen = highWater(now: now), RestoreFloor.wentBack(playback, seen: (seen.epoch, seen.version)) {
             return try await restorePlayback(replacing: playback)
         }
         // A restore still waiting for newer snapshots: this node offers the newest it can find.
