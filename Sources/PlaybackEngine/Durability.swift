@@ -15,10 +15,10 @@ public final class Durability: Sendable {
     public let writer: WriteBehind?
     let clock: @Sendable () -> Int64
     let logger: Logger
-    private let countries = Mutex<[String: CachedCountry]>([:])
     private let localPlays = Mutex<[String: Deque<PlayedRecord>]>([:])
 
-    struct CachedCountry {
+    /// A user's country from the users table, and until when it is good (the user keeps it).
+    struct CachedCountry: Sendable {
         var country: String?
         var expiresAt: Int64
     }
@@ -30,7 +30,6 @@ public final class Durability: Sendable {
 
     /// How long a user's country from the users table is cached (failed lookups: a tenth of it).
     static let countryTTLMs: Int64 = 300_000
-    static let countryCacheLimit = 100_000
 
     public init(writer: WriteBehind?, logger: Logger, clock: @escaping @Sendable () -> Int64 = ServerClock.nowMs) {
         self.writer = writer
@@ -90,34 +89,20 @@ public final class Durability: Sendable {
 
     // MARK: Reading
 
-    /// The user's country when it is known without a lookup: `.some(nil)` for a known "unknown".
-    func knownCountry(of user: UserIdentity) -> String?? {
-        if let country = user.country { return .some(country) }
-        guard store != nil else { return .some(nil) }
-        let now = clock()
-        guard let cached = countries.withLock({ $0[user.userID] }), cached.expiresAt > now else { return nil }
-        return .some(cached.country)
-    }
+    /// Whether a user whose token carries no country has one in the users table to look up.
+    var looksUpCountries: Bool { store != nil }
 
-    /// The user's country: the token's claim, else the users table (cached), else unknown.
-    func country(of user: UserIdentity) async -> String? {
-        if let country = user.country { return country }
-        guard let store else { return nil }
+    /// The user's country from the users table (unknown when the lookup fails, for a tenth as long).
+    func lookUpCountry(of user: String) async -> CachedCountry {
         let now = clock()
-        if let cached = countries.withLock({ $0[user.userID] }), cached.expiresAt > now { return cached.country }
-        let looked: CachedCountry
+        guard let store else { return CachedCountry(country: nil, expiresAt: .max) }
         do {
-            let country = try await store.user(id: user.userID)?.country
-            looked = CachedCountry(country: country, expiresAt: now + Self.countryTTLMs)
+            let country = try await store.user(id: user)?.country
+            return CachedCountry(country: country, expiresAt: now + Self.countryTTLMs)
         } catch {
-            logger.debug("country lookup failed", metadata: ["user.id": .string(user.userID), "error": .string(error.description)])
-            looked = CachedCountry(country: nil, expiresAt: now + Self.countryTTLMs / 10)
+            logger.debug("country lookup failed", metadata: ["user.id": .string(user), "error": .string(error.description)])
+            return CachedCountry(country: nil, expiresAt: now + Self.countryTTLMs / 10)
         }
-        countries.withLock { cache in
-            if cache.count >= Self.countryCacheLimit { cache.removeAll(keepingCapacity: true) }
-            cache[user.userID] = looked
-        }
-        return looked.country
     }
 
     /// The user's latest plays, newest first.

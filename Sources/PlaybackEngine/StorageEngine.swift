@@ -173,19 +173,7 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
             completion(.failure(shed))
             return
         }
-        var submission = submission
-        if let country = durability.knownCountry(of: submission.user) {
-            submission.user.country = country
-            withUser(submission.user.userID) { [submission] in $0.submitHere(submission, completion: completion) }
-            return
-        }
-        // The country is not cached: look it up first (once per user every few minutes).
-        let started = work.submit { [self, submission] in
-            var submission = submission
-            submission.user.country = await durability.country(of: submission.user)
-            withUser(submission.user.userID) { [submission] in $0.submitHere(submission, completion: completion) }
-        }
-        if !started { completion(.failure(PlaybackError(.unavailable, "the server is shutting down; try again"))) }
+        withUser(submission.user.userID) { $0.submitHere(submission, completion: completion) }
     }
 
     /// The refusal for a new command while the bus lags past `maxBusLagMs`, if it does: committing

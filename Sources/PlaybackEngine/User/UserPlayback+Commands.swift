@@ -37,15 +37,38 @@ extension UserPlayback {
 
     /// One try: the reducer on the cached state (loaded first when there is none), then one call.
     func attempt(_ submission: Submission, cause: ServerMessage.Cause, rounds: ConflictPolicy.Rounds, finish: @escaping Finish) {
+        var submission = submission
+        if submission.user.country == nil, environment.durability.looksUpCountries {
+            guard let known = storedCountry, known.expiresAt > now else {
+                // Licensing needs the country: looked up once per user every few minutes, in the gate.
+                let started = environment.work.submit { [self, submission] in
+                    let found = await environment.durability.lookUpCountry(of: userID)
+                    await foundCountry(found, submission, cause: cause, rounds: rounds, finish: finish)
+                }
+                if !started { finish(.failure(PlaybackError(.unavailable, "the server is shutting down; try again"))) }
+                return
+            }
+            submission.user.country = known.country
+        }
         if let fanout, let (playback, directory) = fanout.cached() {
             run(submission, on: playback, directory: directory, cause: cause, rounds: rounds, finish: finish)
             return
         }
         // Not cached (no device of the user here, or the cache was dropped): read it first.
-        let started = environment.work.submit { [self] in
+        let started = environment.work.submit { [self, submission] in
             await loadAndRun(submission, cause: cause, rounds: rounds, finish: finish)
         }
         if !started { finish(.failure(PlaybackError(.unavailable, "the server is shutting down; try again"))) }
+    }
+
+    private func foundCountry(
+        _ found: Durability.CachedCountry, _ submission: Submission, cause: ServerMessage.Cause, rounds: ConflictPolicy.Rounds,
+        finish: @escaping Finish
+    ) {
+        storedCountry = found
+        var submission = submission
+        submission.user.country = found.country
+        attempt(submission, cause: cause, rounds: rounds, finish: finish)
     }
 
     private func loadAndRun(_ submission: Submission, cause: ServerMessage.Cause, rounds: ConflictPolicy.Rounds, finish: @escaping Finish) async {

@@ -32,6 +32,9 @@ actor UserPlayback<Storage: PlaybackStorage> {
     /// The user's devices on this node and what it knows of the user, while it is subscribed to the
     /// user's channel.
     var fanout: UserFanout?
+    /// The user's country from the users table, for tokens that carry none (looked up by the first
+    /// command that needs it).
+    var storedCountry: Durability.CachedCountry?
 
     nonisolated var unownedExecutor: UnownedSerialExecutor { loop.executor.asUnownedSerialExecutor() }
 
