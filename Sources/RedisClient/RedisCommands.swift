@@ -1,3 +1,4 @@
+import Dispatch
 import NIOCore
 
 /// What the daemon asks of Redis, whether it is one server (`RedisClient`) or a cluster
@@ -25,8 +26,8 @@ public protocol RedisCommands: Sendable {
 /// (`RedisShardedSubscriber`) the channels are shard channels, one connection per master.
 public protocol RedisPubSub: Sendable {
     var isConnected: Bool { get }
-    /// How far behind the subscription is (see `SubscriptionLag`).
-    var lag: SubscriptionLag { get }
+    /// How far behind the subscription is now, ms (see `SubscriptionLag`).
+    var lagMs: Int64 { get }
     func subscribe(_ channel: String) async throws
     func unsubscribe(_ channel: String) async throws
     @discardableResult func waitUntilConnected(timeout: Duration) async -> Bool
@@ -39,4 +40,6 @@ extension RedisClient: RedisCommands {
     public var endpoint: String { configuration.redacted }
 }
 
-extension RedisSubscriber: RedisPubSub {}
+extension RedisSubscriber: RedisPubSub {
+    public var lagMs: Int64 { lag.ms(nowNs: DispatchTime.now().uptimeNanoseconds) }
+}

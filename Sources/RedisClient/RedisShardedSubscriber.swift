@@ -124,6 +124,7 @@ public final class RedisShardedSubscriber: RedisPubSub {
     /// How far behind the subscriptions are: a `PING` on every link each `probeIntervalMs`, the
     /// slowest round trip the lag (see `SubscriptionLag`).
     public let lag = SubscriptionLag()
+    public var lagMs: Int64 { lag.ms(nowNs: DispatchTime.now().uptimeNanoseconds) }
 
     static let probeIntervalMs: Int64 = 100
 

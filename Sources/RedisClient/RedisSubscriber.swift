@@ -6,7 +6,7 @@ import Synchronization
 
 /// A dedicated pub/sub connection. It keeps the set of channels callers want, subscribes them on
 /// every (re)connection, and reports messages and reconnections. While it is disconnected,
-/// messages are lost; `onResubscribed` tells the caller so it can catch up (re-read state).
+/// messages are lost; `onResubscribed` tells the caller which channels, so it can catch up (re-read state).
 public final class RedisSubscriber: Sendable {
     public typealias MessageHandler = @Sendable (_ channel: String, _ payload: ByteBuffer) -> Void
 
@@ -14,7 +14,7 @@ public final class RedisSubscriber: Sendable {
     private let group: any EventLoopGroup
     private let logger: Logger
     private let onMessage: MessageHandler
-    private let onResubscribed: @Sendable () -> Void
+    private let onResubscribed: @Sendable (_ channels: [String]) -> Void
 
     private struct State {
         var wanted: Set<String> = []
@@ -28,7 +28,7 @@ public final class RedisSubscriber: Sendable {
 
     public init(
         configuration: RedisConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
-        logger: Logger = Logger(label: "playback.redis.pubsub"), onResubscribed: @escaping @Sendable () -> Void = {},
+        logger: Logger = Logger(label: "playback.redis.pubsub"), onResubscribed: @escaping @Sendable (_ channels: [String]) -> Void = { _ in },
         onMessage: @escaping MessageHandler
     ) {
         self.configuration = configuration
@@ -135,7 +135,7 @@ public final class RedisSubscriber: Sendable {
                 try await Self.subscribe(Array(missed), on: connection)
                 for waiter in waiters { waiter.resume() }
                 if failures > 0 { logger.info("redis pub/sub resubscribed", metadata: ["channels": .stringConvertible(channels.count)]) }
-                onResubscribed()
+                onResubscribed(channels + missed)
                 failures = 0
                 try await probe(connection)
             } catch {

@@ -125,7 +125,7 @@ struct RedisClientTests {
         let received = Mutex<[String]>([])
         let resubscribed = Mutex(0)
         let subscriberConfiguration = try TestRedis.named("subscriber")
-        let subscriber = RedisSubscriber(configuration: subscriberConfiguration, onResubscribed: { resubscribed.withLock { $0 += 1 } }) { channel, payload in
+        let subscriber = RedisSubscriber(configuration: subscriberConfiguration, onResubscribed: { _ in resubscribed.withLock { $0 += 1 } }) { channel, payload in
             received.withLock { $0.append("\(channel)=\(String(buffer: payload))") }
         }
         let channel = TestRedis.key("channel")

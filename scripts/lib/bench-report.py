@@ -131,11 +131,16 @@ if "versus" in results:
         if "skipped" in theirs:
             continue
         ratio = ours["commandToLastDevice"]["p99"] / max(theirs["commandToLastDevice"]["p99"], 0.001)
-        for name, run in (("playback-syncd", ours), ("nginx + nchan", theirs)):
+        sides = [("playback-syncd", ours, ratio), ("nginx + nchan", theirs, None)]
+        if "baseline" in row:
+            base = row["baseline"]
+            sides.append((f"baseline `{pathlib.Path(base['binary']).name}`", base,
+                          base["commandToLastDevice"]["p99"] / max(theirs["commandToLastDevice"]["p99"], 0.001)))
+        for name, run, p99_ratio in sides:
             per = run["daemon_cpu_percent"] * 10 / max(run["throughput_per_second"], 1)
             add(f"| {row['offered_rate']} | {name} | {run['throughput_per_second']} | {pct(run['commandToLastDevice'])} | "
                 f"{reached(run)} | {run['daemon_cpu_percent']} | {per:.3f} | "
-                f"{'**%.2f×**' % ratio if name == 'playback-syncd' else ''} |")
+                f"{'**%.2f×**' % p99_ratio if p99_ratio is not None else ''} |")
     rc = v.get("redis_commands")
     if rc:
         add("")

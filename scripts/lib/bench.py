@@ -64,10 +64,10 @@ class Process:
         return round(100 * (self.cpu_seconds() - start) / seconds, 1)
 
 
-def start_daemon(extra=(), redis=None):
+def start_daemon(extra=(), redis=None, binary=None):
     port = free_port()
     daemon = subprocess.Popen(
-        [str(daemon_bin), "--port", str(port), "--engine", "redis", "--redis-url", redis or redis_url, "--log-level", "error",
+        [str(binary or daemon_bin), "--port", str(port), "--engine", "redis", "--redis-url", redis or redis_url, "--log-level", "error",
          "--messages-per-second", "1000", "--max-devices-per-user", "1000", *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=raise_nofile)
     for _ in range(200):
@@ -161,9 +161,10 @@ def established(port):
     return count
 
 
-def run_load(users, rate, duration, mix=None, processes=2, extra=(), light=False, redis=None, watch=()):
-    """`watch`: other processes (Redis masters) whose CPU over the run goes into the result."""
-    daemon, port = start_daemon(extra, redis=redis)
+def run_load(users, rate, duration, mix=None, processes=2, extra=(), light=False, redis=None, watch=(), binary=None):
+    """`watch`: other processes (Redis masters) whose CPU over the run goes into the result;
+    `binary`: another daemon than the one built (a baseline)."""
+    daemon, port = start_daemon(extra, redis=redis, binary=binary)
     process = Process(daemon.pid)
     try:
         cpu_start, wall_start = process.cpu_seconds(), time.time()
@@ -328,13 +329,21 @@ def versus():
     rates = [100] if quick else [1000, 2500, 5000]
     users = 25 if quick else 250
     seconds = 3 if quick else 15
+    # BENCH_BASELINE_DAEMON: another build of the daemon (say, the commit before a change), run at
+    # each rate beside this one, so that the two are compared within one run.
+    baseline = os.environ.get("BENCH_BASELINE_DAEMON")
     rows = []
     for rate in rates:
         ours = run_load(users, rate, seconds, mix="seek:1", processes=1 if quick else 2, light=True)
         theirs = reference_at(rate, users=users, seconds=seconds, light=True)
-        rows.append({"offered_rate": rate, "daemon": ours, "nchan": theirs})
+        row = {"offered_rate": rate, "daemon": ours, "nchan": theirs}
+        if baseline:
+            row["baseline"] = run_load(users, rate, seconds, mix="seek:1", processes=1 if quick else 2, light=True, binary=baseline)
+            row["baseline"]["binary"] = baseline
+        rows.append(row)
         print(f"bench: versus {rate}/s daemon p99 {ours['commandToLastDevice']['p99']} ms, "
-              f"nchan p99 {theirs.get('commandToLastDevice', {}).get('p99')} ms", file=sys.stderr)
+              f"nchan p99 {theirs.get('commandToLastDevice', {}).get('p99')} ms"
+              + (f", baseline p99 {row['baseline']['commandToLastDevice']['p99']} ms" if baseline else ""), file=sys.stderr)
     return {"users": users, "devices_per_user": 4, "rows": rows,
             "redis_commands": redis_commands(users, 100 if quick else 1000, 3 if quick else 10)}
 
@@ -587,7 +596,7 @@ print(f"bench: results in {results_path}")
 def runs_of(name, result):
     runs = result if isinstance(result, list) else [result]
     if name == "versus":
-        runs = [row["daemon"] for row in result["rows"]] + [row["nchan"] for row in result["rows"]]
+        runs = [row[side] for row in result["rows"] for side in ("daemon", "nchan", "baseline") if side in row]
     if name == "cluster":
         runs = result["runs"] + result["light_runs"]
     if name == "callgrind":

@@ -46,7 +46,8 @@ final class UserFanout {
         /// a reconnect storm) go out as one, the newest.
         var pendingDevices: (list: [DeviceInfo], except: String?)?
         /// Commands of this node waiting for a change above a version (another node's turn).
-        var changeWaiters: [(above: Int64, wake: @Sendable () -> Void)] = []
+        var changeWaiters: [(id: UInt64, above: Int64, wake: @Sendable () -> Void)] = []
+        var lastWaiter: UInt64 = 0
 
         mutating func remember(_ playback: Playback, json: ByteBuffer?) {
             if let known = self.playback, known.value.version > playback.version { return }
@@ -222,14 +223,23 @@ final class UserFanout {
 
     /// Calls `wake` when a change above `version` comes on the channel, at once when one has (a
     /// command waiting for another node's turn to end starts again when that turn's commit
-    /// arrives). A waiter is dropped unwoken past the newest 256: each also has a timer of its own.
-    func whenChanged(above version: Int64, _ wake: @escaping @Sendable () -> Void) {
+    /// arrives). Each waiter also has a timer of its own, which calls `forgetWaiter` with the
+    /// number returned (nil: woken at once); past the newest 256, the oldest is dropped unwoken.
+    @discardableResult
+    func whenChanged(above version: Int64, _ wake: @escaping @Sendable () -> Void) -> UInt64? {
         if max(state.latestVersion, state.undecoded?.version ?? -1, state.playback?.value.version ?? -1) > version {
             wake()
-            return
+            return nil
         }
         if state.changeWaiters.count >= 256 { state.changeWaiters.removeFirst() }
-        state.changeWaiters.append((version, wake))
+        state.lastWaiter &+= 1
+        state.changeWaiters.append((state.lastWaiter, version, wake))
+        return state.lastWaiter
+    }
+
+    /// Drops a waiter of `whenChanged` whose timer came first.
+    func forgetWaiter(_ id: UInt64) {
+        state.changeWaiters.removeAll { $0.id == id }
     }
 
     /// Sends the device list that came in this turn.

@@ -202,8 +202,13 @@ extension UserPlayback {
                 user.run(submission, on: newest, directory: latest, cause: cause, rounds: rounds, finish: finish)
             }
         }
-        fanout?.whenChanged(above: version, next)
-        loop.scheduleTask(in: .milliseconds(pause)) { next() }
+        let waiter = fanout?.whenChanged(above: version, next) ?? nil
+        loop.scheduleTask(in: .milliseconds(pause)) { [self] in
+            onLoop { user in
+                if let waiter { user.fanout?.forgetWaiter(waiter) }
+                next()
+            }
+        }
     }
 
     /// How far the holder's own position is from the server's extrapolation: sync you can see.

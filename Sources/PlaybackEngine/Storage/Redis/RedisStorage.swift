@@ -57,8 +57,11 @@ public final class RedisStorage: PlaybackStorage {
         } else {
             // A connection per event loop: a command's script and its reply stay on the loop that sent it.
             redis = RedisLoopClients(configuration: commands, logger: logger)
-            subscriber = RedisSubscriber(
-                configuration: pubsub, logger: logger, onResubscribed: { handlers.current?.resubscribed(nil) }, onMessage: onMessage)
+            // And a pub/sub connection per loop: a user's frames are read on the loop the user lives on.
+            subscriber = RedisLoopSubscribers(
+                configuration: pubsub, logger: logger,
+                onResubscribed: { channels in handlers.current?.resubscribed(channels.compactMap(RedisKeys.user(ofChannel:))) },
+                onMessage: onMessage)
         }
     }
 
@@ -90,7 +93,7 @@ public final class RedisStorage: PlaybackStorage {
         logger.warning("lease deadline not indexed", metadata: ["user.id": .string(user), "error": .string(message)])
     }
 
-    public var busLagMs: Int64 { subscriber.lag.ms(nowNs: DispatchTime.now().uptimeNanoseconds) }
+    public var busLagMs: Int64 { subscriber.lagMs }
 
     public func attach(onFrame: @escaping @Sendable (String, BusMessage) -> Void, onResubscribed: @escaping @Sendable ([String]?) -> Void) {
         handlers.current = BusHandlers(frame: onFrame, resubscribed: onResubscribed)
