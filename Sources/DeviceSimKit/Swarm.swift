@@ -193,8 +193,10 @@ public struct Swarm: Sendable {
                 }
             let id = "c\(number)"
             let target = devices[user * options.devicesPerUser + device]
+            // Timed from the send itself, not from before the pause until it was due (as the reference's publishes are).
+            let sentNs = DispatchTime.now().uptimeNanoseconds
             if target.send(.command(.init(id: id, command: command))) {
-                sent.append(SentCommand(id: id, user: target.userName, op: op, effect: SentCommand.effect(of: command), sentNs: now))
+                sent.append(SentCommand(id: id, user: target.userName, op: op, effect: SentCommand.effect(of: command), sentNs: sentNs))
             }
         }
         let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
