@@ -91,13 +91,13 @@ struct JSONWriter {
 
     init(capacity: Int) { bytes.reserveCapacity(capacity) }
 
-    mutating func open(_ bracket: Character) {
-        bytes.append(bracket == "{" ? UInt8(ascii: "{") : UInt8(ascii: "["))
+    mutating func open(_ bracket: Unicode.Scalar) {
+        bytes.append(UInt8(ascii: bracket))
         hasMember.append(false)
     }
 
-    mutating func close(_ bracket: Character) {
-        bytes.append(bracket == "}" ? UInt8(ascii: "}") : UInt8(ascii: "]"))
+    mutating func close(_ bracket: Unicode.Scalar) {
+        bytes.append(UInt8(ascii: bracket))
         hasMember.removeLast()
     }
 
@@ -113,7 +113,19 @@ struct JSONWriter {
         if hasMember[hasMember.count - 1] { bytes.append(UInt8(ascii: ",")) } else { hasMember[hasMember.count - 1] = true }
     }
 
-    mutating func int(_ value: Int64) { bytes.append(contentsOf: String(value).utf8) }
+    mutating func int(_ value: Int64) {
+        if value < 0 { bytes.append(UInt8(ascii: "-")) }
+        var rest = value.magnitude
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 20) { digits in
+            var start = digits.count
+            repeat {
+                start -= 1
+                digits[start] = UInt8(ascii: "0") + UInt8(rest % 10)
+                rest /= 10
+            } while rest > 0
+            bytes.append(contentsOf: UnsafeBufferPointer(rebasing: digits[start...]))
+        }
+    }
 
     mutating func bool(_ value: Bool) { bytes.append(contentsOf: (value ? "true" : "false").utf8) }
 
@@ -142,6 +154,17 @@ struct JSONWriter {
     /// rest as UTF-8.
     mutating func string(_ value: String) {
         bytes.append(UInt8(ascii: "\""))
+        // Most strings (ids, titles, keys) need no escape: copied in one go.
+        var value = value
+        let copied = value.withUTF8 { utf8 in
+            guard !utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) else { return false }
+            bytes.append(contentsOf: utf8)
+            return true
+        }
+        if copied {
+            bytes.append(UInt8(ascii: "\""))
+            return
+        }
         for byte in value.utf8 {
             switch byte {
             case UInt8(ascii: "\""): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\"")])
