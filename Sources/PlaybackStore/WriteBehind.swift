@@ -204,7 +204,8 @@ public final class WriteBehind: Sendable {
                 // PostgreSQL refused the data itself (not an outage): one bad row must not hold up the rest.
                 await isolate(batch, now: now)
             } catch {
-                failed(batch, error: error, now: now)
+                // Stopping (the task was cancelled mid-write): queued again for the final flush, not an outage.
+                if Task.isCancelled { requeue(batch, now: now) } else { failed(batch, error: error, now: now) }
             }
             report()
         }
@@ -315,7 +316,25 @@ public final class WriteBehind: Sendable {
 
     /// Puts the batch back (newer snapshots win) and backs off.
     private func failed(_ batch: Batch, error: StoreError, now: Int64) {
+        requeue(batch, now: now)
         let first: Bool = queues.withLock { queues in
+            let first = queues.lastError == nil
+            queues.lastError = error
+            queues.backoffMs = min(limits.maxBackoffMs, max(limits.tickMs * 2, queues.backoffMs * 2))
+            queues.retryAt = now + queues.backoffMs
+            return first
+        }
+        Counter(label: "playback_store_write_failures_total", dimensions: [("code", error.code.rawValue)]).increment()
+        if first {
+            logger.error("postgres writes failing; queueing", metadata: ["error": .string(error.description)])
+        } else {
+            logger.debug("postgres writes still failing", metadata: ["error": .string(error.description)])
+        }
+    }
+
+    /// Puts an unwritten batch back in the queues (behind what was queued for the same rows since).
+    private func requeue(_ batch: Batch, now: Int64) {
+        queues.withLock { queues in
             for snapshot in batch.snapshots where queues.snapshots[snapshot.userID] == nil {
                 if let playback = try? JSONDecoder().decode(Playback.self, from: Data(snapshot.stateJSON.utf8)) {
                     queues.snapshots[snapshot.userID] = PendingSnapshot(playback: playback, takenAt: snapshot.takenAt, dueAt: now)
@@ -329,17 +348,6 @@ public final class WriteBehind: Sendable {
                 queues.devices[device.userID + "\u{1F}" + device.deviceID] = device
             }
             for user in batch.users where queues.users[user.id] == nil { queues.users[user.id] = user }
-            let first = queues.lastError == nil
-            queues.lastError = error
-            queues.backoffMs = min(limits.maxBackoffMs, max(limits.tickMs * 2, queues.backoffMs * 2))
-            queues.retryAt = now + queues.backoffMs
-            return first
-        }
-        Counter(label: "playback_store_write_failures_total", dimensions: [("code", error.code.rawValue)]).increment()
-        if first {
-            logger.error("postgres writes failing; queueing", metadata: ["error": .string(error.description)])
-        } else {
-            logger.debug("postgres writes still failing", metadata: ["error": .string(error.description)])
         }
     }
 

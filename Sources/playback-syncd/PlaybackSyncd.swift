@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import SyncServer
 
 /// `playback-syncd`: runs the server (`serve`, the default) until SIGTERM/SIGINT (sessions are
 /// closed with 1001), or manages its PostgreSQL database (`migrate`, `seed-catalog`).
@@ -27,10 +28,17 @@ func number<T: LosslessStringConvertible>(_ flag: T?, _ name: String) throws -> 
     return value
 }
 
-func bootstrapLogging(_ requested: String?) throws {
+func bootstrapLogging(_ requested: String?, format requestedFormat: String? = nil) throws {
     let level = setting(requested, "PLAYBACK_LOG_LEVEL").map { Logger.Level(rawValue: $0.lowercased()) } ?? .info
     guard let level else { throw ValidationError("unknown log level") }
+    let format = setting(requestedFormat, "PLAYBACK_LOG_FORMAT")?.lowercased() ?? "text"
+    guard format == "text" || format == "json" else { throw ValidationError("unknown log format \(format) (text or json)") }
     LoggingSystem.bootstrap { label in
+        if format == "json" {
+            var handler = JSONLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
         var handler = StreamLogHandler.standardError(label: label)
         handler.logLevel = level
         return handler

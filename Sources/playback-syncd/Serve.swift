@@ -53,6 +53,8 @@ struct Serve: AsyncParsableCommand {
     var allowedOrigins: String?
     @Option(help: "trace, debug, info, notice, warning, error or critical. [PLAYBACK_LOG_LEVEL, default info]")
     var logLevel: String?
+    @Option(help: "text (one line per record) or json (one JSON object per line: ts, level, logger, message, source and the metadata). [PLAYBACK_LOG_FORMAT, default text]")
+    var logFormat: String?
     @Flag(help: "Test only: serve an unauthenticated echo at /v1/diagnostics/echo on the same WebSocket pipeline, for conformance suites.")
     var diagnosticsEcho = false
     @Flag(help: "Offer permessage-deflate (RFC 7692, no context takeover: a broadcast is compressed once for all). [PLAYBACK_PERMESSAGE_DEFLATE=1]")
@@ -68,7 +70,7 @@ struct Serve: AsyncParsableCommand {
     var snapshotIntervalMs: Int64?
 
     func run() async throws {
-        try bootstrapLogging(logLevel)
+        try bootstrapLogging(logLevel, format: logFormat)
         let registry = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
         let logger = Logger(label: "playback-syncd")
