@@ -21,6 +21,9 @@ public final class RedisClient: Sendable {
     }
 
     private let state = Mutex(State())
+    /// For a client of one event loop (`RedisLoopClients`): the connection as that loop last saw it
+    /// up, read there without the lock (every command of the loop's users reads it).
+    private let loopConnection: (loop: any EventLoop, box: NIOLoopBoundBox<RedisConnection?>)?
 
     public init(
         configuration: RedisConfiguration, group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton,
@@ -29,6 +32,7 @@ public final class RedisClient: Sendable {
         self.configuration = configuration
         self.group = group
         self.logger = logger
+        loopConnection = (group as? any EventLoop).map { ($0, NIOLoopBoundBox.makeEmptyBox(valueType: RedisConnection.self, eventLoop: $0)) }
     }
 
     public func send(_ arguments: [RedisArgument]) async throws -> RESPValue {
@@ -73,10 +77,8 @@ public final class RedisClient: Sendable {
                 return connection.sendRawFuture(["EVAL", .string(script.source)] + arguments)
             }
         }
-        guard let sha = script.sha else { return script.load(on: connection).flatMap(runLoaded) }
-        return run(sha).flatMap { reply in
+        return run(script.sha).flatMap { reply in
             guard Self.isNoScript(reply) else { return loop.makeSucceededFuture(reply) }
-            script.forget(sha: sha)
             return script.load(on: connection).flatMap(runLoaded)
         }
     }
@@ -88,10 +90,14 @@ public final class RedisClient: Sendable {
 
     /// The connection when one is up, without waiting.
     private var connectedConnection: RedisConnection? {
-        state.withLock { state in
+        let bound = loopConnection.flatMap { $0.loop.inEventLoop ? $0.box : nil }
+        if let bound, let connection = bound.value, connection.isActive { return connection }
+        let connection = state.withLock { state -> RedisConnection? in
             guard !state.closed, let connection = state.connection, connection.isActive else { return nil }
             return connection
         }
+        bound?.value = connection
+        return connection
     }
 
     /// The current connection, connecting (once, for all callers) when there is none.
@@ -164,46 +170,77 @@ public final class RedisClient: Sendable {
     }
 }
 
-/// A Lua script, loaded once per Redis and run by SHA. Callers that find it not loaded share one
-/// `SCRIPT LOAD` (a daemon starting under load would otherwise send one per command in flight).
+/// A Lua script, run by its SHA-1, which is known without asking Redis (`EVALSHA` needs no state
+/// of the client, so a command reads no lock for it). Where Redis does not have it (`NOSCRIPT`: a
+/// new or restarted Redis, `SCRIPT FLUSH`), callers share one `SCRIPT LOAD` (a daemon starting
+/// under load would otherwise send one per command in flight).
 public final class RedisScript: Sendable {
     public let source: String
+    /// The SHA-1 of `source`, hex: the name Redis gives the script.
+    public let sha: String
 
-    private struct State {
-        var sha: String?
-        var loading: EventLoopFuture<String>?
+    private let loading = Mutex<EventLoopFuture<String>?>(nil)
+
+    public init(_ source: String) {
+        self.source = source
+        sha = SHA1.hex(Array(source.utf8))
     }
-
-    private let state = Mutex(State())
-
-    public init(_ source: String) { self.source = source }
-
-    var sha: String? { state.withLock { $0.sha } }
 
     /// Loads the script on `connection`, or joins the load already on its way.
     func load(on connection: RedisConnection) -> EventLoopFuture<String> {
-        let (future, started) = state.withLock { state -> (EventLoopFuture<String>, Bool) in
-            if let loading = state.loading { return (loading, false) }
-            let loading = connection.sendRawFuture(["SCRIPT", "LOAD", .string(source)]).flatMapThrowing { reply -> String in
+        let (future, started) = loading.withLock { loading -> (EventLoopFuture<String>, Bool) in
+            if let loading { return (loading, false) }
+            let load = connection.sendRawFuture(["SCRIPT", "LOAD", .string(source)]).flatMapThrowing { reply -> String in
                 guard let sha = reply.string, !sha.isEmpty else { throw RedisError(.protocolError, "SCRIPT LOAD returned no SHA: \(reply)") }
                 return sha
             }
-            state.loading = loading
-            return (loading, true)
+            loading = load
+            return (load, true)
         }
         if started {
-            future.whenComplete { [self] result in
-                state.withLock { state in
-                    state.loading = nil
-                    if case .success(let sha) = result { state.sha = sha }
-                }
-            }
+            future.whenComplete { [self] _ in loading.withLock { $0 = nil } }
         }
         return future
     }
+}
 
-    /// Redis lost the script (a restart, `SCRIPT FLUSH`): the next call loads it again.
-    func forget(sha: String) {
-        state.withLock { state in if state.sha == sha { state.sha = nil } }
+/// SHA-1 (FIPS 180-4), for the names Redis gives scripts; nothing here relies on it for security.
+enum SHA1 {
+    static func hex(_ message: [UInt8]) -> String {
+        var h: (UInt32, UInt32, UInt32, UInt32, UInt32) = (0x6745_2301, 0xEFCD_AB89, 0x98BA_DCFE, 0x1032_5476, 0xC3D2_E1F0)
+        var data = message
+        data.append(0x80)
+        while data.count % 64 != 56 { data.append(0) }
+        let bits = UInt64(message.count) * 8
+        for shift in stride(from: 56, through: 0, by: -8) { data.append(UInt8(truncatingIfNeeded: bits >> UInt64(shift))) }
+        var w = [UInt32](repeating: 0, count: 80)
+        for chunk in stride(from: 0, to: data.count, by: 64) {
+            for i in 0..<16 {
+                let at = chunk + 4 * i
+                w[i] = UInt32(data[at]) << 24 | UInt32(data[at + 1]) << 16 | UInt32(data[at + 2]) << 8 | UInt32(data[at + 3])
+            }
+            for i in 16..<80 { w[i] = (w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16]).rotatedLeft(1) }
+            var (a, b, c, d, e) = h
+            for i in 0..<80 {
+                let (f, k): (UInt32, UInt32) =
+                    switch i {
+                    case 0..<20: ((b & c) | (~b & d), 0x5A82_7999)
+                    case 20..<40: (b ^ c ^ d, 0x6ED9_EBA1)
+                    case 40..<60: ((b & c) | (b & d) | (c & d), 0x8F1B_BCDC)
+                    default: (b ^ c ^ d, 0xCA62_C1D6)
+                    }
+                let temp = a.rotatedLeft(5) &+ f &+ e &+ k &+ w[i]
+                (e, d, c, b, a) = (d, c, b.rotatedLeft(30), a, temp)
+            }
+            h = (h.0 &+ a, h.1 &+ b, h.2 &+ c, h.3 &+ d, h.4 &+ e)
+        }
+        return [h.0, h.1, h.2, h.3, h.4].map { word in
+            let text = String(word, radix: 16)
+            return String(repeating: "0", count: 8 - text.count) + text
+        }.joined()
     }
+}
+
+extension UInt32 {
+    fileprivate func rotatedLeft(_ count: UInt32) -> UInt32 { self << count | self >> (32 - count) }
 }

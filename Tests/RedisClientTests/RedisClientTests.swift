@@ -62,6 +62,21 @@ struct RedisClientTests {
         await client.shutdown()
     }
 
+    /// A script's SHA is computed here, not asked of Redis: it must be the name Redis gives it.
+    @Test(arguments: ["", "return 1", "return redis.call('GET', KEYS[1]) -- é", "return '" + String(repeating: "x", count: 1_000) + "'"])
+    func aScriptsSHAIsTheOneRedisGivesIt(source: String) async throws {
+        let client = RedisClient(configuration: try TestRedis.configuration)
+        let loaded = try await client.send(["SCRIPT", "LOAD", .string(source)]).string
+        #expect(RedisScript(source).sha == loaded)
+        await client.shutdown()
+    }
+
+    @Test func sha1MatchesTheStandardsVectors() {
+        #expect(SHA1.hex(Array("abc".utf8)) == "a9993e364706816aba3e25717850c26c9cd0d89d")
+        #expect(SHA1.hex(Array("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8)) == "84983e441c3bd26ebaae4aa1f95129e5e54670f1")
+        #expect(SHA1.hex([]) == "da39a3ee5e6b4b0d3255bfef95601890afd80709")
+    }
+
     @Test func errorRepliesThrowWithTheServersMessage() async throws {
         let client = RedisClient(configuration: try TestRedis.configuration)
         let key = TestRedis.key("string")
