@@ -48,6 +48,7 @@ must_fail("server", "error.version_conflict", lambda m: m.pop("version"), "versi
 must_fail("client", "command.volume", lambda m: m["args"].update(percent=101), "volume 101")
 must_fail("client", "command.seek", lambda m: m["args"].update(position_ms="60"), "a string position")
 must_fail("client", "hello", lambda m: m["device"].update(id="bad id!"), "an invalid device id")
+must_fail("client", "hello.remote", lambda m: m.update(role="controller"), "an unknown role")
 must_fail("client", "command.pause", lambda m: m.update(op="explode"), "an unknown op")
 
 for path in schemas:

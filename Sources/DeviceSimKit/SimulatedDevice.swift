@@ -29,6 +29,8 @@ public actor SimulatedDevice {
         /// A broken target: it takes a transfer that asks for confirmation but never starts (no
         /// report), so the daemon hands playback back.
         public var failStart = false
+        /// Connect as a remote control (`hello` with `role: remote`): never listed, never active.
+        public var remote = false
 
         public init(server: ServerAddress, token: @escaping @Sendable () async throws -> String) {
             self.server = server
@@ -132,7 +134,8 @@ public actor SimulatedDevice {
         output.yield(.connection("connected to \(options.server.host):\(options.server.port)"))
         let lastSeen = state.map { ClientMessage.Hello.LastSeen(epoch: $0.epoch, version: $0.version) }
         try await connection.send(.hello(.init(
-            device: identity, lastSeen: lastSeen, capabilities: options.capabilities.isEmpty ? nil : options.capabilities)))
+            device: identity, lastSeen: lastSeen, capabilities: options.capabilities.isEmpty || options.remote ? nil : options.capabilities,
+            role: options.remote ? .remote : nil)))
         for _ in 0..<3 { try await connection.send(.clock(t0: .double(Self.localNowMs()))) }
         return events
     }

@@ -227,3 +227,14 @@ public struct Readiness: Sendable, Equatable {
     /// Ready, but something is queued or down that does not stop commands (PostgreSQL).
     public var degraded: Bool { ready && checks.values.contains { $0 != "up" } }
 }
+
+/// A remote control's connection (`hello` with `role: remote`): it gets what the user's devices
+/// get, and is otherwise no device: never listed, never counted against the cap, never active, its
+/// commands from no device.
+public enum RemoteControl {
+    /// The key of a remote's connection among the user's connections on a node: no device id has a
+    /// colon, so a remote never replaces a device's connection (or the other way round).
+    public static func key(_ id: String) -> String { "remote:" + id }
+
+    public static func isKey(_ key: String) -> Bool { key.hasPrefix("remote:") }
+}

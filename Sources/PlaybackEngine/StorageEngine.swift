@@ -161,7 +161,7 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
 
     public func connect(user: UserIdentity, hello: ClientMessage.Hello, sink: any DeviceSink, welcome: WelcomeParameters) async throws(ConnectRefusal) {
         try await self.user(user.userID).connect(hello: hello, sink: sink, welcome: welcome)
-        durability.sawDevice(user: user, device: hello.device, at: environment.clock())
+        if !hello.isRemote { durability.sawDevice(user: user, device: hello.device, at: environment.clock()) }
     }
 
     public func disconnect(user: UserIdentity, device: String, sessionID: String, kind: DisconnectKind) async {

@@ -75,6 +75,7 @@ public func buildDaemon(
         throw ConfigurationError(description: "the catalog from PostgreSQL needs --postgres-url")
     }
     let durability = Durability(writer: writer, logger: logger)
+    ServerMetrics.registerAtStart(withStore: store != nil)
     let engine: any PlaybackEngine
     switch configuration.engine {
     case .memory:

@@ -6,15 +6,17 @@ import StoreInspection
 
 // MARK: - One-shot commands
 
-/// Connects as a short-lived device, does one thing, prints the result, exits with its code.
+/// Connects as a remote control (never listed as one of the user's devices), does one thing,
+/// prints the result, exits with its code.
 struct OneShot {
-    static func run(_ connection: ConnectionOptions, id: String?, _ action: (SimulatedDevice) async -> Int32) async throws -> Never {
+    static func run(_ connection: ConnectionOptions, _ action: (SimulatedDevice) async -> Int32) async throws -> Never {
         var options = SimulatedDevice.Options(server: try connection.address()) { try await connection.token() }
         options.connection = try connection.connectionOptions()
         options.answerTimeout = .seconds(10)
         options.reconnect = false
+        options.remote = true
         let device = SimulatedDevice(
-            identity: .init(id: id ?? "device-sim-\(ProcessInfo.processInfo.processIdentifier)", name: "device-sim", kind: .other),
+            identity: .init(id: "device-sim-\(ProcessInfo.processInfo.processIdentifier)", name: "device-sim", kind: .other),
             options: options)
         let runner = Task { await device.run() }
         guard await device.waitUntilConnected(timeout: .seconds(10)) else {
@@ -60,7 +62,7 @@ struct StateCommand: AsyncParsableCommand {
     @Flag(help: "Print the state as JSON.") var json = false
 
     func run() async throws {
-        try await OneShot.run(connection, id: nil) { device in
+        try await OneShot.run(connection) { device in
             guard let state = await device.state else { return 1 }
             print(json ? String(decoding: (try? JSONEncoder().encode(state)) ?? Data(), as: UTF8.self) : Formatting.state(state))
             return 0
@@ -76,7 +78,7 @@ struct History: AsyncParsableCommand {
 
     func run() async throws {
         guard (1...PlayedItem.maxLimit).contains(limit) else { throw ValidationError("--limit must be from 1 to \(PlayedItem.maxLimit)") }
-        try await OneShot.run(connection, id: nil) { device in
+        try await OneShot.run(connection) { device in
             switch await device.history(limit: limit) {
             case .history(let history)?:
                 print(json ? String(decoding: (try? JSONEncoder().encode(history.items)) ?? Data(), as: UTF8.self) : Formatting.history(history.items))
@@ -97,8 +99,8 @@ struct Devices: AsyncParsableCommand {
     @OptionGroup var connection: ConnectionOptions
 
     func run() async throws {
-        try await OneShot.run(connection, id: nil) { device in
-            print(Formatting.devices(await device.devices.filter { $0.id != device.identity.id }))
+        try await OneShot.run(connection) { device in
+            print(Formatting.devices(await device.devices))
             return 0
         }
     }
@@ -126,7 +128,7 @@ struct Play: AsyncParsableCommand {
             play.positionMs = ms
         }
         let command = play
-        try await OneShot.run(connection, id: nil) { sim in
+        try await OneShot.run(connection) { sim in
             if command.device == nil, await sim.state?.activeDevice == nil {
                 print("error no_active_device: no device is active; name one with --device")
                 return 1
@@ -146,7 +148,7 @@ protocol WordsCommand: AsyncParsableCommand {
 extension WordsCommand {
     func run() async throws {
         let command = try OneShot.parse([Self.verb] + words)
-        try await OneShot.run(connection, id: nil) { await OneShot.send(command, on: $0) }
+        try await OneShot.run(connection) { await OneShot.send(command, on: $0) }
     }
 }
 

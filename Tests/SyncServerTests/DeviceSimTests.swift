@@ -155,6 +155,27 @@ struct DeviceSimTests {
         }
     }
 
+    /// One-shot commands are a remote control, not a device: after several of them the user's
+    /// devices are the ones that connected, with no `device-sim-<pid>` left behind (offline for a day).
+    @Test func oneShotCommandsLeaveNoDeviceBehind() async throws {
+        try await TestServer.with { server in
+            let (speaker, _) = try await server.device("kitchen", user: "carol", kind: .speaker)
+            let address = ["--server", "ws://127.0.0.1:\(server.port)", "--user", "carol.\(server.namespace)"]
+            let play = try await SimProcess.run(["play", "t0001", "--device", "kitchen"] + address)
+            #expect(play.code == 0 && play.output.hasPrefix("ok version="), "\(play.output)")
+            _ = try await speaker.expect("lease_granted")
+            for words in [["state"], ["pause"], ["vol", "40"], ["history"]] {
+                let run = try await SimProcess.run(words + address)
+                #expect(run.code == 0, "\(words): \(run.output)")
+            }
+            let devices = try await SimProcess.run(["devices"] + address)
+            #expect(devices.code == 0 && devices.output.contains("kitchen") && !devices.output.contains("device-sim"), "\(devices.output)")
+            let (_, listed) = try await RESTTests().remote(server, user: "carol").json("GET", "/v1/me/player/devices")
+            let ids = (listed["devices"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String }
+            #expect(ids == ["kitchen"], "\(ids)")
+        }
+    }
+
     @Test func oneShotErrorsExitNonZero() async throws {
         try await TestServer.with { server in
             let address = ["--server", "ws://127.0.0.1:\(server.port)", "--user", "bob"]

@@ -5,7 +5,7 @@ import SyncServer
 import Synchronization
 import Testing
 
-@Suite("JSON logs")
+@Suite("a daemon's logs and metrics, start to stop")
 struct JSONLogTests {
     /// The lines a handler wrote.
     final class Lines: Sendable {
@@ -44,10 +44,11 @@ struct JSONLogTests {
         #expect(abs(parsed.timeIntervalSinceNow) < 60, "\(timestamp)")
     }
 
-    /// A daemon started with `--log-format json` writes nothing but JSON lines, from its start to
-    /// a clean stop on SIGTERM, and a clean stop (with Redis and PostgreSQL) logs no error.
+    /// A daemon (Redis, PostgreSQL, `--log-format json`) shows every metric the README lists from
+    /// the start, writes nothing but JSON lines, and a clean stop on SIGTERM, with a device playing,
+    /// logs no error.
     @Test(.enabled(if: FaultCluster.binaryExists, "needs .build/debug/playback-syncd"))
-    func aDaemonWritesOnlyJSONLinesAndNoErrorOnACleanStop() async throws {
+    func aDaemonShowsEveryListedMetricWritesOnlyJSONLinesAndStopsWithoutAnError() async throws {
         let database = try await TestDatabase.create()
         defer { database.drop() }
         let redis = ProcessInfo.processInfo.environment["PLAYBACK_REDIS_URL"] ?? "redis://127.0.0.1:6390/0"
@@ -65,6 +66,11 @@ struct JSONLogTests {
         let device = try await TestClient.connect(port: daemon.port, token: try await FaultCluster.token(user: "json-log-\(daemon.port)"))
         _ = try await device.hello("speaker", kind: .speaker)
         try await device.acked("p", .play(.init(trackID: "t0001")))
+        // Every metric the README lists is there from the start (this daemon has Redis and PostgreSQL).
+        let metrics = try await offloaded { try runProgram("/usr/bin/curl", ["-sf", "-m", "5", "http://127.0.0.1:\(daemon.port)/metrics"]) }
+        for name in try Self.metricsTheREADMELists() {
+            #expect(metrics.output.contains("\n\(name)") || metrics.output.contains("# TYPE \(name) "), "\(name) is not at /metrics")
+        }
         let log = try await offloaded {
             daemon.signal(SIGTERM)
             let status = daemon.waitForExit(seconds: 15)
@@ -80,5 +86,16 @@ struct JSONLogTests {
             levels.append(object?["level"] as? String ?? "?")
         }
         #expect(!levels.contains("error") && !levels.contains("critical"), "\(log.1)")
+    }
+
+    /// The metric names in the README's row for `GET /metrics`.
+    static func metricsTheREADMELists() throws -> [String] {
+        let readme = try String(contentsOf: FaultCluster.root.appendingPathComponent("README.md"), encoding: .utf8)
+        guard let row = readme.split(separator: "\n").first(where: { $0.hasPrefix("| `GET /metrics`") }) else {
+            throw TestFailure("the README has no row for GET /metrics")
+        }
+        let names = row.matches(of: /`(playback_[a-z_]+)/).map { String($0.output.1) }
+        guard names.count >= 20 else { throw TestFailure("only \(names.count) metrics found in the README's row") }
+        return names
     }
 }

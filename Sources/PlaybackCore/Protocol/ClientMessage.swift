@@ -34,16 +34,28 @@ public enum ClientMessage: Sendable, Equatable {
             }
         }
 
+        /// What the connection is: a device (the default), or a remote control, which sees and
+        /// changes the user's playback but plays nothing: it is never listed, never active, and its
+        /// commands come from no device (as REST's do).
+        public enum Role: String, Codable, Sendable, Equatable {
+            case device, remote
+        }
+
         public var device: Device
         public var lastSeen: LastSeen?
         /// What the device can do beyond the base protocol (`Capability`); unknown names are ignored.
         public var capabilities: [String]?
+        /// Absent: a device.
+        public var role: Role?
 
-        public init(device: Device, lastSeen: LastSeen? = nil, capabilities: [String]? = nil) {
+        public init(device: Device, lastSeen: LastSeen? = nil, capabilities: [String]? = nil, role: Role? = nil) {
             self.device = device
             self.lastSeen = lastSeen
             self.capabilities = capabilities
+            self.role = role
         }
+
+        public var isRemote: Bool { role == .remote }
 
         /// The capabilities this server knows, each once, in a stable order.
         public var knownCapabilities: [String] {
@@ -51,7 +63,7 @@ public enum ClientMessage: Sendable, Equatable {
         }
 
         enum CodingKeys: String, CodingKey {
-            case device, capabilities
+            case device, capabilities, role
             case lastSeen = "last_seen"
         }
     }

@@ -141,9 +141,11 @@ final class UserFanout {
         return (epoch, version)
     }
 
-    /// Each device connected here with the session of its connection.
+    /// Each device connected here with the session of its connection (remote controls are no devices).
     var connectedSessions: [(device: String, session: String)] {
-        state.devices.deviceIDs.compactMap { id in state.devices.sink(for: id).map { (id, $0.sessionID) } }
+        state.devices.deviceIDs.compactMap { id in
+            RemoteControl.isKey(id) ? nil : state.devices.sink(for: id).map { (id, $0.sessionID) }
+        }
     }
 
     func hasDevice(_ device: String) -> Bool { state.devices.sink(for: device) != nil }
@@ -151,7 +153,9 @@ final class UserFanout {
     /// The last measured round trip of each connected device here that has one (device → ms).
     var roundTrips: [String: Int] {
         var rtts: [String: Int] = [:]
-        for id in state.devices.deviceIDs { if let rtt = state.devices.sink(for: id)?.roundTripMs { rtts[id] = rtt } }
+        for id in state.devices.deviceIDs where !RemoteControl.isKey(id) {
+            if let rtt = state.devices.sink(for: id)?.roundTripMs { rtts[id] = rtt }
+        }
         return rtts
     }
 
@@ -261,7 +265,8 @@ final class UserFanout {
             // A list can be older than what this node did since (its own join's list still on the
             // way while the next device joined): a device connected here stays as this node knows it.
             var directory = DeviceDirectory(devices)
-            directory.keepConnected(Array(state.devices.deviceIDs) + Array(state.waiting.keys), as: known)
+            let connected = (Array(state.devices.deviceIDs) + Array(state.waiting.keys)).filter { !RemoteControl.isKey($0) }
+            directory.keepConnected(connected, as: known)
             state.directory = directory
         }
         // A version already delivered comes again only from a recovery racing the channel: dropped.

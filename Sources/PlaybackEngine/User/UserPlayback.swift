@@ -96,7 +96,7 @@ actor UserPlayback<Storage: PlaybackStorage> {
     }
 
     func connectNow(hello: ClientMessage.Hello, sink: any DeviceSink, welcome: WelcomeParameters) async throws(ConnectRefusal) {
-        let device = hello.device.id
+        let device = hello.isRemote ? RemoteControl.key(hello.device.id) : hello.device.id
         let fanout = self.fanout ?? UserFanout(loop: loop)
         let created = self.fanout == nil
         self.fanout = fanout
@@ -112,28 +112,12 @@ actor UserPlayback<Storage: PlaybackStorage> {
             // The cache is loaded once while this node is subscribed; later devices are welcomed from it.
             let (playback, before) = try await cachedOrLoaded(fanout)
             let now = self.now
-            let cap = configuration.maxDevicesPerUser
-            var directory = before
-            directory.markOnline(id: device, name: hello.device.name, kind: hello.device.kind, capabilities: hello.knownCapabilities, now: now)
-            directory.prune(now: now, retentionMs: configuration.deviceRetentionMs, cap: cap)
-            let devices = directory.list(for: playback)
-            // The cap as this node sees it, then as the storage does (atomically, across nodes).
-            guard before.isOnline(device) || before.onlineCount < cap,
-                try await storage.join(
-                    user: userID, device: device, entry: presence.entry(of: hello, session: sink.sessionID, now: now),
-                    presenceUntil: presence.presenceUntil(now: now), cap: cap,
-                    frame: BusMessage(devices: devices, except: device, replace: .init(device: device, session: sink.sessionID)))
-            else {
-                _ = fanout.detach(device: device, sessionID: sink.sessionID)
-                await unsubscribeIfUnused()
-                throw ConnectRefusal(code: .policyViolation, reason: "too many devices connected (at most \(cap))")
-            }
-            presence.connected(hello)
-            fanout.remember(directory: directory)
-            if playback.activeDevice == device {
-                // Back within the grace period (or moved nodes): this node holds the lease now.
-                try await lease.take(for: playback, now: now)
-            }
+            // A remote control is delivered to as a device is, and otherwise left out: not listed,
+            // not counted against the cap, never active.
+            let devices =
+                hello.isRemote
+                ? before.list(for: playback)
+                : try await join(hello, sink: sink, fanout: fanout, playback: playback, directory: before, now: now)
             let changed = hello.lastSeen.map { $0.epoch != playback.epoch || $0.version != playback.version } ?? true
             let message = EncodedMessage(.welcome(.init(
                 session: sink.sessionID, serverTime: now, heartbeatMs: welcome.heartbeatMs, limits: welcome.limits,
@@ -151,12 +135,48 @@ actor UserPlayback<Storage: PlaybackStorage> {
         }
     }
 
+    /// A device joins the user's directory (within the cap, as this node sees it and then as the
+    /// storage does, atomically across nodes) and takes back its lease if it held it; answers the
+    /// device list its welcome shows.
+    private func join(
+        _ hello: ClientMessage.Hello, sink: any DeviceSink, fanout: UserFanout, playback: Playback, directory before: DeviceDirectory, now: Int64
+    ) async throws -> [DeviceInfo] {
+        let device = hello.device.id
+        let cap = configuration.maxDevicesPerUser
+        var directory = before
+        directory.markOnline(id: device, name: hello.device.name, kind: hello.device.kind, capabilities: hello.knownCapabilities, now: now)
+        directory.prune(now: now, retentionMs: configuration.deviceRetentionMs, cap: cap)
+        let devices = directory.list(for: playback)
+        guard before.isOnline(device) || before.onlineCount < cap,
+            try await storage.join(
+                user: userID, device: device, entry: presence.entry(of: hello, session: sink.sessionID, now: now),
+                presenceUntil: presence.presenceUntil(now: now), cap: cap,
+                frame: BusMessage(devices: devices, except: device, replace: .init(device: device, session: sink.sessionID)))
+        else {
+            _ = fanout.detach(device: device, sessionID: sink.sessionID)
+            await unsubscribeIfUnused()
+            throw ConnectRefusal(code: .policyViolation, reason: "too many devices connected (at most \(cap))")
+        }
+        presence.connected(hello)
+        fanout.remember(directory: directory)
+        if playback.activeDevice == device {
+            // Back within the grace period (or moved nodes): this node holds the lease now.
+            try await lease.take(for: playback, now: now)
+        }
+        return devices
+    }
+
     func disconnect(device: String, sessionID: String, kind: DisconnectKind) async {
         await gate.run { await disconnectNow(device: device, sessionID: sessionID, kind: kind) }
     }
 
     func disconnectNow(device: String, sessionID: String, kind: DisconnectKind) async {
         guard let fanout, fanout.detach(device: device, sessionID: sessionID) else { return }
+        // A remote control was never listed and never held the lease.
+        guard !RemoteControl.isKey(device) else {
+            await unsubscribeIfUnused()
+            return
+        }
         let identity = presence.leaving(device, stillHere: fanout.hasDevice(device))
         do {
             let (playback, before) = try await cachedOrLoaded(fanout)

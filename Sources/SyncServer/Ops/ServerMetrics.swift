@@ -14,6 +14,46 @@ enum ServerMetrics {
     /// Connections closed because their TLS handshake and request head took longer than the request timeout.
     static let requestTimeouts = Counter(label: "playback_http_request_timeouts_total")
 
+    /// Registers every metric the README lists, at zero, so that `/metrics` shows each from the
+    /// start (a dashboard or an alert on a counter that has not happened yet still finds it).
+    /// Labelled ones start with a label set they take; `withStore`: the PostgreSQL writer's too.
+    static func registerAtStart(withStore: Bool) {
+        for (label, dimensions) in [
+            ("playback_ws_rejected_upgrades_total", [("reason", "token")]),
+            ("playback_messages_total", [("type", "command"), ("result", "ok")]),
+            ("playback_commands_total", [("op", "play"), ("result", "ok")]),
+            ("playback_ws_closes_total", [("code", "1000")]),
+            ("playback_lease_changes_total", [("reason", "transferred")]),
+            ("playback_restores_total", [("from", "snapshot")]),
+        ] as [(String, [(String, String)])] {
+            counter(label, dimensions).increment(by: 0)
+        }
+        for label in [
+            "playback_commit_conflicts_total", "playback_lease_sweeps_total", "playback_request_ids_full_total",
+            "playback_work_dropped_total", "playback_commands_shed_total", "playback_commands_contended_total",
+            "playback_command_turn_waits_total", "playback_storage_regressions_total", "playback_lease_index_failures_total",
+            "playback_plays_recorded_total",
+        ] {
+            Counter(label: label).increment(by: 0)
+        }
+        upgrades.increment(by: 0)
+        connections.set(0)
+        sessions.set(0)
+        Gauge(label: "playback_bus_lag_seconds").record(0)
+        // Timers are made, not recorded: a zero would be a measurement.
+        _ = Metrics.Timer(label: "playback_report_drift_seconds")
+        _ = [commandDuration, roundTrip]
+        guard withStore else { return }
+        for kind in ["snapshot", "play", "device"] { Gauge(label: "playback_store_pending", dimensions: [("kind", kind)]).record(0) }
+        Gauge(label: "playback_store_up").record(1)
+        for kind in ["snapshot", "play"] {
+            Counter(label: "playback_store_written_total", dimensions: [("kind", kind)]).increment(by: 0)
+            Counter(label: "playback_store_dropped_total", dimensions: [("kind", kind)]).increment(by: 0)
+            Counter(label: "playback_store_rejected_total", dimensions: [("kind", kind)]).increment(by: 0)
+        }
+        Counter(label: "playback_store_write_failures_total", dimensions: [("code", "unavailable")]).increment(by: 0)
+    }
+
     static func closed(_ code: UInt16) {
         counter("playback_ws_closes_total", [("code", String(code))]).increment()
     }

@@ -41,12 +41,21 @@ final class SessionServices: Sendable {
         var user: UserIdentity
         var device: String?
         var sink: any DeviceSink
+
+        /// A remote control's session: its commands come from no device (`RemoteControl`).
+        var isRemote: Bool { device.map(RemoteControl.isKey) ?? false }
     }
 
     /// Handles one message and calls `completion` with what the session does next. Commands,
     /// reports and releases go to the engine without a task; the rare rest (hello, auth, history)
     /// runs in one.
     func handle(_ message: ClientMessage, session: Session, completion: @escaping @Sendable (Outcome) -> Void) {
+        if session.isRemote, Self.isFromAPlayer(message) {
+            // A remote control plays nothing.
+            let error = PlaybackError.badRequest("a remote control plays nothing: \(message.type) is for devices")
+            completion(.reply(.error(.init(id: message.requestID, error: error)), malformed: true))
+            return
+        }
         switch message {
         case .command(let request):
             let started = ContinuousClock.now
@@ -90,7 +99,7 @@ final class SessionServices: Sendable {
             do {
                 try await engine.connect(user: session.user, hello: hello, sink: session.sink, welcome: welcome)
                 ServerMetrics.sessions.increment()
-                return .connected(device: hello.device.id)
+                return .connected(device: hello.isRemote ? RemoteControl.key(hello.device.id) : hello.device.id)
             } catch {
                 return .close(error.code, error.reason)
             }
@@ -126,8 +135,17 @@ final class SessionServices: Sendable {
         completion: @escaping @Sendable (Result<Receipt, PlaybackError>) -> Void
     ) {
         engine.submit(
-            Submission(user: session.user, input: input, device: session.device, requestID: requestID, ifVersion: ifVersion),
+            Submission(
+                user: session.user, input: input, device: session.isRemote ? nil : session.device, requestID: requestID, ifVersion: ifVersion),
             completion: completion)
+    }
+
+    /// What only a device that plays can say.
+    private static func isFromAPlayer(_ message: ClientMessage) -> Bool {
+        switch message {
+        case .report, .trackEnded, .release: true
+        default: false
+        }
     }
 
     private static func silentUnlessFailed(_ result: Result<Receipt, PlaybackError>, id: String?) -> Outcome {
