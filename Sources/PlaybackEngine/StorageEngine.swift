@@ -148,11 +148,18 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
         }
     }
 
-    /// The user, made when there is none.
-    func user(_ id: String) async -> UserPlayback<Storage> {
+    /// Runs `body` on the user (made when there is none), which the upkeep does not forget while
+    /// `body` runs (it would otherwise see a user with no device and nothing in its gate between
+    /// the lookup and `body`'s first step, and a second one could be made meanwhile).
+    func visit<T: Sendable, E: Error>(_ id: String, _ body: (UserPlayback<Storage>) async throws(E) -> T) async throws(E) -> T {
         let shard = users.shard(of: id)
-        if shard.loop.inEventLoop { return user(id, on: shard) }
-        return await shard.onLoop { self.user(id, on: shard) }
+        let user = await shard.onLoop {
+            let user = self.user(id, on: shard)
+            user.assumeIsolated { $0.visitors += 1 }
+            return user
+        }
+        defer { user.onLoop { $0.visitors -= 1 } }
+        return try await body(user)
     }
 
     private func user(_ id: String, on shard: UserShard<Storage>) -> UserPlayback<Storage> {
@@ -160,12 +167,12 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
     }
 
     public func connect(user: UserIdentity, hello: ClientMessage.Hello, sink: any DeviceSink, welcome: WelcomeParameters) async throws(ConnectRefusal) {
-        try await self.user(user.userID).connect(hello: hello, sink: sink, welcome: welcome)
+        try await visit(user.userID) { (playback) async throws(ConnectRefusal) in try await playback.connect(hello: hello, sink: sink, welcome: welcome) }
         if !hello.isRemote { durability.sawDevice(user: user, device: hello.device, at: environment.clock()) }
     }
 
     public func disconnect(user: UserIdentity, device: String, sessionID: String, kind: DisconnectKind) async {
-        await self.user(user.userID).disconnect(device: device, sessionID: sessionID, kind: kind)
+        await visit(user.userID) { await $0.disconnect(device: device, sessionID: sessionID, kind: kind) }
     }
 
     public func submit(_ submission: Submission, completion: @escaping @Sendable (Result<Receipt, PlaybackError>) -> Void) {
@@ -186,7 +193,7 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
     }
 
     public func snapshot(user: UserIdentity) async throws(PlaybackError) -> (state: PlayerState, devices: [DeviceInfo]) {
-        try await self.user(user.userID).snapshot()
+        try await visit(user.userID) { (playback) async throws(PlaybackError) in try await playback.snapshot() }
     }
 
     public func recentlyPlayed(user: UserIdentity, limit: Int) async throws(PlaybackError) -> [PlayedItem] {
@@ -296,7 +303,7 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
         guard !due.isEmpty else { return }
         Counter(label: "playback_lease_sweeps_total").increment(by: due.count)
         await withTaskGroup(of: Void.self) { group in
-            for user in due { group.addTask { await self.user(user).sweep() } }
+            for user in due { group.addTask { await self.visit(user) { await $0.sweep() } } }
         }
     }
 

@@ -56,8 +56,11 @@ actor UserPlayback<Storage: PlaybackStorage> {
     nonisolated var timing: LeaseTiming { environment.timing }
     nonisolated var now: Int64 { environment.clock() }
 
-    /// No device here and nothing running or waiting: the shard may forget the user.
-    var isUnused: Bool { fanout == nil && gate.isIdle }
+    /// Callers of the engine between finding the user and being done with it (`StorageEngine.visit`).
+    var visitors = 0
+
+    /// No device here, nothing running or waiting, nobody about to: the shard may forget the user.
+    var isUnused: Bool { fanout == nil && gate.isIdle && visitors == 0 }
 
     /// Runs `body` on the user's loop: at once when called there (a storage reply read on the
     /// user's Redis connection), else after one hop.
