@@ -44,11 +44,13 @@ public final class RESPParser {
     }
 
     public init() {
-        guard let reader = redisReaderCreate() else { preconditionFailure("hiredis could not allocate a reader") }
+        // Arrays are bounded (`PLAYBACK_MAX_REPLY_ELEMENTS` in the shim): hiredis allocates an
+        // array's slots on its header, before any element arrives.
+        guard let reader = playback_reader_create() else { preconditionFailure("hiredis could not allocate a reader") }
         self.reader = reader
     }
 
-    deinit { redisReaderFree(reader) }
+    deinit { playback_reader_free(reader) }
 
     public func feed(_ buffer: ByteBuffer) {
         buffer.withUnsafeReadableBytes { bytes in

@@ -38,6 +38,18 @@ struct RESPCodecTests {
         #expect(throws: RESPParser.ProtocolError.self) { try parser.next() }
     }
 
+    /// hiredis allocates an array's slots on its header: an absurd count is refused before any
+    /// allocation (a fuzzed "*999999991" asked for 8 GB), nested or not; a large real one parses.
+    @Test func anArrayAnnouncingMoreThanAMillionElementsIsAProtocolError() throws {
+        for wire in ["*999999991\r\n$0\r\n\r\n", "*1\r\n*2000000\r\n:1\r\n"] {
+            let parser = RESPParser()
+            parser.feed(ByteBuffer(string: wire))
+            #expect(throws: RESPParser.ProtocolError.self, "\(wire.debugDescription)") { try parser.next() }
+        }
+        let many = "*10000\r\n" + String(repeating: ":7\r\n", count: 10_000)
+        #expect(try parse([Array(many.utf8)[...]]) == [.array(Array(repeating: .integer(7), count: 10_000))])
+    }
+
     @Test func commandsAreFormattedAsRESPArraysOfBulkStrings() {
         var buffer = ByteBuffer()
         RESPEncoder.encode(["SET", "key", .bytes(ByteBuffer(bytes: [0, 13, 10, 255])), .integer(-7)], into: &buffer)
