@@ -3,11 +3,13 @@ import PlaybackCore
 
 /// Readable one-line forms of states and device lists, for the console.
 public enum Formatting {
-    public static func state(_ state: PlayerState) -> String {
+    /// `positionMs`: where playback is now (a playing track moves on from the state's own
+    /// position); nil: the state's position.
+    public static func state(_ state: PlayerState, positionMs: Int64? = nil) -> String {
         guard let track = state.track else {
             return "nothing loaded (v\(state.version), active: \(state.activeDevice ?? "nobody"))"
         }
-        let position = CommandParser.clock(state.position(at: state.positionAt))
+        let position = CommandParser.clock(positionMs ?? state.position(at: state.positionAt))
         var text = "\(state.isPlaying ? "▶" : "❚❚") \(track.id) \"\(track.title)\" — \(track.artist) at \(position)/\(CommandParser.clock(track.durationMs))"
         text += " on \(state.activeDevice ?? "nobody"), vol \(state.volume)"
         if state.repeat != .off { text += ", repeat \(state.repeat.rawValue)" }

@@ -81,7 +81,9 @@ actor Console {
                     let answer = await device.command(command)
                     if !json { emit(describeAnswer(answer)) }  // in JSON mode the answer is printed as received
                 case .showDevices: emit(Formatting.devices(await device.devices))
-                case .showState: emit(await device.state.map { Formatting.state($0) } ?? "no state yet")
+                case .showState:
+                    let position = await device.position()
+                    emit(await device.state.map { Formatting.state($0, positionMs: position) } ?? "no state yet")
                 case .help: emit(CommandParser.help)
                 case .quit: return
                 }

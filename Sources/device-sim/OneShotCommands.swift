@@ -64,7 +64,9 @@ struct StateCommand: AsyncParsableCommand {
     func run() async throws {
         try await OneShot.run(connection) { device in
             guard let state = await device.state else { return 1 }
-            print(json ? String(decoding: (try? JSONEncoder().encode(state)) ?? Data(), as: UTF8.self) : Formatting.state(state))
+            // Where it plays now, not where the state was taken (a playing track's position moves).
+            let position = await device.position()
+            print(json ? String(decoding: (try? JSONEncoder().encode(state)) ?? Data(), as: UTF8.self) : Formatting.state(state, positionMs: position))
             return 0
         }
     }

@@ -10,7 +10,11 @@ struct PlaybackSyncd: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "playback-syncd",
         abstract: "Real-time playback sync daemon: one active device per user, every change on every device.",
-        discussion: "Every option can also be set with the environment variable shown in its help; the flag wins.",
+        discussion: """
+            `serve` is the default: `playback-syncd --port 9000` serves. Its options (port, engine, Redis, PostgreSQL, \
+            tokens, limits, logs): `playback-syncd serve --help`. Every option can also be set with the environment \
+            variable shown in its help; the flag wins.
+            """,
         version: "0.3.0",
         subcommands: [Serve.self, Migrate.self, SeedCatalog.self],
         defaultSubcommand: Serve.self)

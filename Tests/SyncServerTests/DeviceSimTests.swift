@@ -176,6 +176,24 @@ struct DeviceSimTests {
         }
     }
 
+    /// `state` prints where a playing track is now, not where the state was taken.
+    @Test func stateShowsThePositionNow() async throws {
+        try await TestServer.with { server in
+            let (speaker, _) = try await server.device("kitchen", user: "dave", kind: .speaker)
+            let address = ["--server", "ws://127.0.0.1:\(server.port)", "--user", "dave.\(server.namespace)"]
+            #expect(try await SimProcess.run(["play", "t0001", "--device", "kitchen"] + address).code == 0)
+            _ = try await speaker.expect("lease_granted")
+            func position() async throws -> String {
+                let output = try await SimProcess.run(["state"] + address).output
+                return output.firstMatch(of: /at (\d+:\d\d)\//).map { String($0.output.1) } ?? "none: \(output)"
+            }
+            let first = try await position()
+            try await Task.sleep(for: .milliseconds(2_100))
+            let second = try await position()
+            #expect(first != second && !second.hasPrefix("none"), "\(first) then \(second)")
+        }
+    }
+
     @Test func oneShotErrorsExitNonZero() async throws {
         try await TestServer.with { server in
             let address = ["--server", "ws://127.0.0.1:\(server.port)", "--user", "bob"]
