@@ -28,7 +28,15 @@ public enum ConnectError: Error, CustomStringConvertible, Sendable {
 
     public var description: String {
         switch self {
-        case .refused(let status, let body): "the server refused the connection (HTTP \(status)) \(body)"
+        case .refused(let status, let body):
+            // The daemon's refusals are {"error":{"message":...}}; anything else is shown as it came.
+            if let data = body.data(using: .utf8), let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+                let message = (object["error"] as? [String: Any])?["message"] as? String
+            {
+                "the server refused the connection (HTTP \(status)): \(message)"
+            } else {
+                "the server refused the connection (HTTP \(status)) \(body)"
+            }
         case .timedOut: "the connection timed out"
         case .invalidURL(let url): "invalid server URL \(url) (expected ws://host:port)"
         }

@@ -85,6 +85,7 @@ public actor SimulatedDevice {
                 attempt = 0
                 await serve(events)
             } catch {
+                lastConnectError = "\(error)"
                 output.yield(.connection("connection failed: \(error)"))
             }
             guard !stopping, options.reconnect else { break }
@@ -97,6 +98,9 @@ public actor SimulatedDevice {
         output.finish()
         resumeWaiter()
     }
+
+    /// Why the last attempt to connect failed, if it did.
+    public private(set) var lastConnectError: String?
 
     /// Waits until the first `welcome` arrived; false when it did not within `timeout` or the device gave up.
     public func waitUntilConnected(timeout: Duration) async -> Bool {

@@ -15,6 +15,28 @@ public struct ConfigurationError: Error, CustomStringConvertible {
     public init(description: String) { self.description = description }
 }
 
+/// The token checks `configuration` asks for; an identity provider's keys are loaded first. A key
+/// file that cannot be used stops the start; a URL that cannot be fetched yet is retried on use
+/// (its tokens are answered 503 meanwhile), so that daemons can start while the provider is down.
+func makeAuthenticator(_ configuration: ServerConfiguration, logger: Logger) async throws -> Authenticator {
+    var issuerKeys: IssuerKeys?
+    if let source = configuration.jwks {
+        let keys = IssuerKeys(source: source, settings: configuration.jwksSettings, logger: logger)
+        do {
+            try await keys.load()
+        } catch {
+            if case .file = source { throw ConfigurationError(description: "the JWKS \(source) cannot be used: \(error)") }
+            logger.error(
+                "the identity provider's keys could not be fetched; its tokens are refused with 503 until they are",
+                metadata: ["jwks": .string(source.description), "error": .string(error.description)])
+        }
+        issuerKeys = keys
+    }
+    return await Authenticator(
+        secret: configuration.acceptedSecret, issuerKeys: issuerKeys, rules: configuration.tokenRules,
+        allowedOrigins: configuration.allowedOrigins)
+}
+
 /// Builds the HTTP server: the WebSocket endpoint and the HTTP routes on one port, over `engine`.
 /// Run it in a ServiceGroup after `EngineService(engine)`, as `playback-syncd` and the tests do.
 ///
@@ -29,7 +51,7 @@ public func buildApplication(
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
 ) async throws -> some ApplicationProtocol {
     try configuration.validate()
-    let authenticator = await Authenticator(secret: configuration.jwtSecret, allowedOrigins: configuration.allowedOrigins)
+    let authenticator = try await makeAuthenticator(configuration, logger: logger)
     let services = SessionServices(engine: engine, authenticator: authenticator, configuration: configuration, logger: logger)
 
     let router = Router()
@@ -51,6 +73,7 @@ public func buildApplication(
             return try TLSChannel(channel, tlsConfiguration: tls)
         },
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "playback-syncd"),
+        services: authenticator.issuerKeys.map { [$0] } ?? [],
         onServerRunning: onServerRunning,
         logger: logger)
 }

@@ -25,8 +25,10 @@ struct DeviceSim: AsyncParsableCommand {
 struct ConnectionOptions: ParsableArguments {
     @Option(help: "The daemon. [PLAYBACK_SERVER, default ws://127.0.0.1:8080]")
     var server: String?
-    @Option(help: "User id (the token's sub).")
-    var user: String
+    @Option(help: "User id (the token's sub), for a token minted here with the HS256 secret.")
+    var user: String?
+    @Option(help: "A token from your identity provider, used as it is (then --user, --secret and --country are not needed). [PLAYBACK_ACCESS_TOKEN]")
+    var accessToken: String?
     @Option(help: "HS256 secret. [PLAYBACK_JWT_SECRET, default: the development secret]")
     var secret: String?
     @Option(help: "Country claim (ISO 3166-1 alpha-2), for licensing.")
@@ -48,7 +50,11 @@ struct ConnectionOptions: ParsableArguments {
     }
 
     func token() async throws -> String {
-        try await AccessTokens.mint(user: user, ttlSeconds: 3_600, country: country, secret: secret)
+        if let given = accessToken ?? ProcessInfo.processInfo.environment["PLAYBACK_ACCESS_TOKEN"].flatMap({ $0.isEmpty ? nil : $0 }) {
+            return given
+        }
+        guard let user else { throw ValidationError("give --user (a token is minted with the HS256 secret) or --access-token") }
+        return try await AccessTokens.mint(user: user, ttlSeconds: 3_600, country: country, secret: secret)
     }
 }
 

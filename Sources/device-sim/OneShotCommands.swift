@@ -20,7 +20,8 @@ struct OneShot {
             options: options)
         let runner = Task { await device.run() }
         guard await device.waitUntilConnected(timeout: .seconds(10)) else {
-            FileHandle.standardError.write(Data("could not connect to the daemon at \(try connection.address())\n".utf8))
+            let reason = await device.lastConnectError.map { ": \($0)" } ?? ""
+            FileHandle.standardError.write(Data("could not connect to the daemon at \(try connection.address())\(reason)\n".utf8))
             Foundation.exit(3)
         }
         let code = await action(device)

@@ -17,8 +17,9 @@ struct Serve: AsyncParsableCommand {
     var host: String?
     @Option(help: "Port to listen on (0 picks one). [PLAYBACK_PORT, default 8080]")
     var port: Int?
-    @Option(help: "HS256 secret for access tokens, at least 32 bytes. [PLAYBACK_JWT_SECRET, default: the public development secret, on loopback only]")
+    @Option(help: "HS256 secret for access tokens, at least 32 bytes. [PLAYBACK_JWT_SECRET, default: with --jwks none (HS256 refused), else the public development secret, on loopback only]")
     var jwtSecret: String?
+    @OptionGroup(title: "Access tokens from an identity provider") var tokens: TokenOptions
     @Flag(help: "Serve with the public development secret on an address other than loopback: anyone who can reach it can mint tokens. For demos only.")
     var insecureDevelopmentSecretOnNetwork = false
     @Option(help: "Where playback lives: memory (this process only) or redis (shared by several daemons). [PLAYBACK_ENGINE, default memory]")
@@ -86,6 +87,7 @@ struct Serve: AsyncParsableCommand {
         }
         if let secret = setting(jwtSecret, "PLAYBACK_JWT_SECRET") { config.jwtSecret = secret }
         config.insecureDevelopmentSecretOnNetwork = insecureDevelopmentSecretOnNetwork
+        try tokens.apply(to: &config)
         config.engine.graceMs = try number(graceMs, "PLAYBACK_GRACE_MS") ?? config.engine.graceMs
         if let confirmMs = try number(transferConfirmMs, "PLAYBACK_TRANSFER_CONFIRM_MS") {
             guard confirmMs > 0 else { throw ValidationError("--transfer-confirm-ms must be positive") }

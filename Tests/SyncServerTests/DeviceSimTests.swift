@@ -176,6 +176,25 @@ struct DeviceSimTests {
         }
     }
 
+    /// With an identity provider, device-sim takes its token as given.
+    @Test func anIdentityProvidersTokenIsUsedAsGiven() async throws {
+        let key = try await SigningKey.ec("idp-1")
+        try await KeySetServer.with([key]) { issuer in
+            try await TestServer.with({ issuer.configure(&$0) }) { server in
+                let token = try await key.sign(IdPClaims(sub: "erin.\(server.namespace)"))
+                let speaker = try await TestClient.connect(port: server.port, token: token)
+                _ = try await speaker.hello("kitchen", kind: .speaker)
+                let address = ["--server", "ws://127.0.0.1:\(server.port)", "--access-token", token]
+                let play = try await SimProcess.run(["play", "t0001", "--device", "kitchen"] + address)
+                #expect(play.code == 0 && play.output.hasPrefix("ok version="), "\(play.output)")
+                _ = try await speaker.expect("lease_granted")
+                // A token it would mint with the development secret is refused beside a JWKS.
+                let minted = try await SimProcess.run(["state", "--server", "ws://127.0.0.1:\(server.port)", "--user", "erin.\(server.namespace)"])
+                #expect(minted.code == 3, "\(minted.output)")
+            }
+        }
+    }
+
     /// `state` prints where a playing track is now, not where the state was taken.
     @Test func stateShowsThePositionNow() async throws {
         try await TestServer.with { server in

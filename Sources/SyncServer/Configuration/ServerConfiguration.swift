@@ -9,8 +9,14 @@ public struct ServerConfiguration: Sendable {
     public var host = "127.0.0.1"
     /// 0 picks a free port (tests).
     public var port = 8080
-    /// HS256 secret, at least 32 bytes.
+    /// HS256 secret, at least 32 bytes. With `jwks` set, the development secret means none: HS256
+    /// tokens are then refused.
     public var jwtSecret = ServerConfiguration.developmentJWTSecret
+    /// The identity provider's public keys, if its tokens are accepted.
+    public var jwks: IssuerKeys.Source?
+    public var jwksSettings = IssuerKeys.Settings()
+    /// What every token must claim, and which claims carry the user and the country.
+    public var tokenRules = TokenRules()
     /// Allowed `Origin` values for browsers; empty allows any.
     public var allowedOrigins: [String] = []
     public var heartbeatMs: Int64 = ProtocolInfo.heartbeatMs
@@ -55,7 +61,11 @@ public struct ServerConfiguration: Sendable {
 
     public init() {}
 
-    public var usesDevelopmentSecret: Bool { jwtSecret == Self.developmentJWTSecret }
+    /// Whether HS256 tokens signed with the public development secret are accepted.
+    public var usesDevelopmentSecret: Bool { jwtSecret == Self.developmentJWTSecret && jwks == nil }
+
+    /// The HS256 secret tokens may be signed with, if any.
+    public var acceptedSecret: String? { jwks != nil && jwtSecret == Self.developmentJWTSecret ? nil : jwtSecret }
 
     /// Whether `host` only accepts connections from this machine.
     public var listensOnLoopbackOnly: Bool {

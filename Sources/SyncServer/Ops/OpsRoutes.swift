@@ -48,12 +48,8 @@ struct ConnectRoute {
             do throws(AuthError) {
                 _ = try await authenticator.authenticate(
                     origin: request.headers[.origin], authorization: request.headers[.authorization], query: request.uri.query)
-            } catch .foreignOrigin {
-                return ErrorResponse.make(status: .forbidden, code: "forbidden", message: AuthError.foreignOrigin.message)
             } catch {
-                return ErrorResponse.make(
-                    status: .unauthorized, code: "unauthorized", message: error.message,
-                    headers: [.wwwAuthenticate: "Bearer"])
+                return ErrorResponse.make(refusal: error)
             }
             return ErrorResponse.make(
                 status: .upgradeRequired, code: "bad_request", message: "GET /v1/connect is a WebSocket endpoint",
@@ -64,6 +60,26 @@ struct ConnectRoute {
 
 /// JSON error bodies: `{"error":{"status":..,"code":..,"message":..}}`.
 enum ErrorResponse {
+    /// A refused authentication: 401 with `WWW-Authenticate: Bearer`, 403 for a foreign Origin,
+    /// 503 with `Retry-After` while the identity provider's keys are not loaded.
+    static func refusal(_ error: AuthError) -> (status: HTTPResponse.Status, code: String, headers: HTTPFields) {
+        let status = HTTPResponse.Status(code: error.status.code)
+        var headers: HTTPFields = [:]
+        switch error {
+        case .foreignOrigin: break
+        case .keysUnavailable: headers[.retryAfter] = "5"
+        default:
+            headers[.wwwAuthenticate] = #"Bearer error="invalid_token""#
+            if error == .missingToken { headers[.wwwAuthenticate] = "Bearer" }
+        }
+        return (status, error.status.name, headers)
+    }
+
+    static func make(refusal error: AuthError) -> Response {
+        let (status, code, headers) = refusal(error)
+        return make(status: status, code: code, message: error.message, headers: headers)
+    }
+
     static func make(status: HTTPResponse.Status, code: String, message: String, headers: HTTPFields = [:]) -> Response {
         var fields = headers
         fields[.contentType] = "application/json"

@@ -20,6 +20,7 @@ enum ServerMetrics {
     static func registerAtStart(withStore: Bool) {
         for (label, dimensions) in [
             ("playback_ws_rejected_upgrades_total", [("reason", "token")]),
+            ("playback_auth_refusals_total", [("reason", "expired")]),
             ("playback_messages_total", [("type", "command"), ("result", "ok")]),
             ("playback_commands_total", [("op", "play"), ("result", "ok")]),
             ("playback_ws_closes_total", [("code", "1000")]),

@@ -125,9 +125,7 @@ struct PlayerRoutes {
                 origin: request.headers[.origin], authorization: request.headers[.authorization], query: request.uri.query
             ).identity
         } catch {
-            return error == .foreignOrigin
-                ? ErrorResponse.make(status: .forbidden, code: "forbidden", message: error.message)
-                : ErrorResponse.make(status: .unauthorized, code: "unauthorized", message: error.message, headers: [.wwwAuthenticate: "Bearer"])
+            return ErrorResponse.make(refusal: error)
         }
         // This node's budget first (no round trip for a flood), then the one every node shares.
         if let retryAfterMs = limiter.take(user.userID) {

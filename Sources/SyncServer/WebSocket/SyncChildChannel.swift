@@ -140,10 +140,10 @@ struct SyncChildChannel: ServerChildChannel, HTTPChannelHandler {
                 await handleHTTP(asyncChannel: http, logger: logger)
             case .refused(let http, let error):
                 try await http.executeThenClose { _, outbound in
-                    let (status, code) = error == .foreignOrigin ? (HTTPResponse.Status.forbidden, "forbidden") : (.unauthorized, "unauthorized")
+                    let (status, code, headers) = ErrorResponse.refusal(error)
                     let body = ErrorResponse.body(status: status, code: code, message: error.message)
                     var fields: HTTPFields = [.connection: "close", .contentType: "application/json", .contentLength: String(body.readableBytes)]
-                    if status == .unauthorized { fields[.wwwAuthenticate] = "Bearer" }
+                    fields.append(contentsOf: headers)
                     try await outbound.write(contentsOf: [.head(HTTPResponse(status: status, headerFields: fields)), .body(body), .end(nil)])
                 }
             }
