@@ -69,6 +69,7 @@ let package = Package(
             name: "PlaybackEngine",
             dependencies: [
                 "PlaybackCore", "RedisClient", "PlaybackStore",
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),

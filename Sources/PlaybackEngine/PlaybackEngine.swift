@@ -1,4 +1,5 @@
 @_exported import PlaybackCore
+import Tracing
 import NIOCore
 import Synchronization
 
@@ -117,6 +118,8 @@ public struct Submission: Sendable {
     /// The request id (commands) or REST `Idempotency-Key`; repeated ids are answered from the log.
     public var requestID: String?
     public var ifVersion: Int64?
+    /// The trace the command belongs to, when it is traced (`CommandTracing`).
+    public var traceContext: ServiceContext?
 
     /// The request id answers are remembered under: commands only (reports and releases are not idempotent by id).
     public var rememberedRequestID: String? {

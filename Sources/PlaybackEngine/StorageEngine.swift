@@ -223,6 +223,13 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
         let shard = users.shard(of: id)
         let bucket = users.bucket(of: id)
         let deliver: @Sendable () -> Void = {
+            // Each daemon's delivery joins the committing command's trace.
+            let span = frame.traceParent.flatMap { traceParent in
+                CommandTracing.isEnabled
+                    ? CommandTracing.span("deliver", under: CommandTracing.context(traceParent: traceParent), kind: .consumer) : nil
+            }
+            span?.attributes["playback.user"] = id
+            defer { span?.end() }
             guard let user = shard.existing(id, bucket: bucket),
                 let device = user.assumeIsolated({ $0.fanout?.receive(frame) })
             else { return }

@@ -55,6 +55,8 @@ public func buildApplication(
     let services = SessionServices(engine: engine, authenticator: authenticator, configuration: configuration, logger: logger)
 
     let router = Router()
+    // A span per HTTP request, continuing the caller's W3C traceparent.
+    if CommandTracing.isEnabled { router.middlewares.add(TraceMiddleware()) }
     OpsRoutes(engine: engine, metrics: metrics).register(on: router)
     ConnectRoute(authenticator: authenticator).register(on: router)
     WebRoutes(authenticator: authenticator, developmentTokens: configuration.usesDevelopmentSecret).register(on: router)

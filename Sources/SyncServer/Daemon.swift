@@ -21,6 +21,8 @@ public struct DaemonConfiguration: Sendable {
     /// The catalog from PostgreSQL (refreshed every minute) instead of the built-in demo catalog.
     public var catalogFromPostgres = false
     public var writeBehind = WriteBehind.Limits()
+    /// Run before everything else and stopped after it (the trace exporter, which sends the last spans).
+    public var firstServices: [any Service] = []
 
     public init(server: ServerConfiguration) {
         self.server = server
@@ -46,7 +48,7 @@ public func buildDaemon(
     _ configuration: DaemonConfiguration, store: PlaybackStore?, metrics: PrometheusCollectorRegistry, logger: Logger,
     onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }
 ) async throws -> Daemon {
-    var services: [any Service] = []
+    var services: [any Service] = configuration.firstServices
     var writer: WriteBehind?
     var catalog: any TrackCatalog = DemoCatalog.shared
     if let store {

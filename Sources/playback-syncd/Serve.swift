@@ -64,6 +64,12 @@ struct Serve: AsyncParsableCommand {
     var tlsCert: String?
     @Option(help: "PEM private key for --tls-cert. [PLAYBACK_TLS_KEY]")
     var tlsKey: String?
+    @Option(help: "Send traces to this OpenTelemetry collector (OTLP/HTTP), e.g. http://127.0.0.1:4318/v1/traces. [PLAYBACK_OTLP_TRACES_URL, default: no tracing]")
+    var otlpTracesUrl: String?
+    @Option(help: "protobuf or json, for --otlp-traces-url. [PLAYBACK_OTLP_PROTOCOL, default protobuf]")
+    var otlpProtocol: String?
+    @Option(help: "Share of commands traced when the caller did not decide (a traceparent's sampled flag wins), 0–1; 1 costs about 60 % more CPU per command. [PLAYBACK_TRACE_SAMPLE_RATIO, default 0.01]")
+    var traceSampleRatio: Double?
     @OptionGroup var postgres: PostgresOptions
     @Option(help: "Where tracks come from: postgres (the tracks tables, cached in memory) or builtin (300 demo tracks). [PLAYBACK_CATALOG, default postgres when --postgres-url is set]")
     var catalog: String?
@@ -142,6 +148,21 @@ struct Serve: AsyncParsableCommand {
             daemon.engine = .redis(redis)
         case let other:
             throw ValidationError("unknown engine \(other): use memory or redis")
+        }
+        if let url = setting(otlpTracesUrl, "PLAYBACK_OTLP_TRACES_URL") {
+            var export = TraceExport(url: url)
+            switch setting(otlpProtocol, "PLAYBACK_OTLP_PROTOCOL") ?? "protobuf" {
+            case "protobuf": export.json = false
+            case "json": export.json = true
+            case let other: throw ValidationError("unknown OTLP protocol \(other): use protobuf or json")
+            }
+            export.sampleRatio = try number(traceSampleRatio, "PLAYBACK_TRACE_SAMPLE_RATIO") ?? export.sampleRatio
+            do {
+                daemon.firstServices.append(try export.bootstrap(logger: logger))
+            } catch let error as ConfigurationError {
+                throw ValidationError(error.description)
+            }
+            logger.info("sending traces", metadata: ["otlp.url": .string(url), "trace.sample_ratio": .stringConvertible(export.sampleRatio)])
         }
         let postgresSettings = try postgres.settings()
         switch setting(catalog, "PLAYBACK_CATALOG") ?? (postgresSettings == nil ? "builtin" : "postgres") {

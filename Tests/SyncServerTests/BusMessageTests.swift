@@ -28,6 +28,20 @@ struct BusMessageTests {
         #expect(decoded.stored == original.stored)
         #expect(decoded.devices == original.devices && decoded.except == original.except)
         #expect(decoded.replace?.device == original.replace?.device && decoded.replace?.session == original.replace?.session)
+        #expect(decoded.traceParent == original.traceParent)
+    }
+
+    /// A traced commit's frame carries its `traceparent` beside every other part.
+    @Test(arguments: [false, true])
+    func aTraceParentRidesTheFrame(withDevices: Bool) throws {
+        var message = BusMessage(event: Self.event(revoked: true, granted: true), devices: withDevices ? Self.devices : nil)
+        message.traceParent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        message.stored = ByteBuffer(string: #"{"epoch":4}"#)
+        var appended = message.encodedHead(storedLength: message.stored?.readableBytes ?? 0)
+        appended.writeString(#"{"epoch":4}"#)
+        let decoded = try BusMessage(decoding: appended)
+        same(decoded, message)
+        #expect(decoded.traceParent == "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
     }
 
     @Test(arguments: [(false, false), (true, false), (false, true), (true, true)])

@@ -192,6 +192,25 @@ if "contention" in results:
     add(f"- invariant violations: {c['invariant_violations']}")
     add("")
 
+if "tracing" in results:
+    t = results["tracing"]["result"]
+    add("## Traces: CPU per command with tracing off and on")
+    add("")
+    add(f"Measured {results['tracing']['measured_at']} (`scripts/bench tracing`): the versus load ({t['users']} users x 4 devices, "
+        f"light client, `seek` commands) at {t['offered_rate']}/s, alternating tracing off, on keeping every trace, and on keeping "
+        "1 in 100 (OTLP/protobuf to a local sink), each run on a fresh daemon.")
+    add("")
+    add("| tracing | daemon CPU % | CPU ms per command | → last device p50 / p90 / p99 / p99.9 / max (ms) | OTLP posts |")
+    add("|---|---|---|---|---|")
+    for run in t["rows"]:
+        ratio = run.get("sample_ratio")
+        label = "off" if ratio is None else f"on, ratio {ratio}"
+        add(f"| {label} | {run['daemon_cpu_percent']} | {run['cpu_ms_per_command']} | {pct(run['commandToLastDevice'])} | {run['otlp_posts']} |")
+    add("")
+    rises = ", ".join(f"ratio {ratio}: **{rise:+} %**" for ratio, rise in t["rise_percent"].items())
+    add(f"CPU per command against tracing off ({t['cpu_ms_per_command_off']} ms): {rises}.")
+    add("")
+
 if "callgrind" in results:
     c = results["callgrind"]["result"]
     add("## Instructions per command (valgrind --tool=callgrind)")

@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -348,6 +349,72 @@ def versus():
             "redis_commands": redis_commands(users, 100 if quick else 1000, 3 if quick else 10)}
 
 
+class OTLPSink:
+    """A collector that takes OTLP/HTTP posts and keeps only their count and size."""
+
+    def __init__(self):
+        import http.server
+        sink = self
+        self.requests = 0
+        self.bytes = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                sink.requests += 1
+                sink.bytes += len(body)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def tracing():
+    """CPU per command with traces off, and on (OTLP/protobuf to a local sink) keeping every trace
+    and keeping 1 in 100, alternating in one run at 2,500 commands/s (the versus load: 250 users x
+    4 devices, seeks)."""
+    rate = 100 if quick else 2500
+    users = 25 if quick else 250
+    seconds = 3 if quick else 15
+    sink = OTLPSink()
+    rows = []
+    try:
+        for _ in range(1 if quick else 2):
+            for ratio in (None, 1.0, 0.01):
+                extra = ("--otlp-traces-url", sink.url, "--trace-sample-ratio", str(ratio)) if ratio is not None else ()
+                before = sink.requests
+                run = run_load(users, rate, seconds, mix="seek:1", processes=1 if quick else 2, light=True, extra=extra)
+                answered = max(run["commands_answered"], 1)
+                run["sample_ratio"] = ratio
+                run["cpu_ms_per_command"] = round(10 * run["daemon_cpu_percent"] * run["duration_seconds"] / answered, 4)
+                run["otlp_posts"] = sink.requests - before
+                rows.append(run)
+                print(f"bench: tracing {'off' if ratio is None else f'on, ratio {ratio}'}: cpu {run['daemon_cpu_percent']} % "
+                      f"{run['cpu_ms_per_command']} ms/command, p99 {run['commandToLastDevice']['p99']} ms, "
+                      f"{run['otlp_posts']} OTLP posts", file=sys.stderr)
+    finally:
+        sink.close()
+
+    def mean(ratio):
+        values = [r["cpu_ms_per_command"] for r in rows if r["sample_ratio"] == ratio]
+        return sum(values) / len(values)
+
+    off = mean(None)
+    return {"offered_rate": rate, "users": users, "rows": rows, "cpu_ms_per_command_off": round(off, 4),
+            "rise_percent": {str(ratio): round(100 * (mean(ratio) / off - 1), 1) for ratio in (1.0, 0.01)},
+            "otlp_bytes": sink.bytes}
+
+
 def redis_commands(users, rate, seconds):
     """Redis commands the daemon sends per command, from MONITOR over a whole run (upkeep included):
     every line but the ones scripts run inside Redis ([0 lua])."""
@@ -570,6 +637,7 @@ state_message_bytes = 620
 
 scenarios = {"connections": connections, "throughput": throughput, "latency": latency, "transfer": transfer,
              "reconnect": reconnect, "reference": reference, "versus": versus, "cluster": cluster, "contention": contention,
+             "tracing": tracing,
              "callgrind": callgrind}
 # Under valgrind a run takes minutes: counted when named, not in every run.
 chosen = args or [name for name in scenarios if name != "callgrind"]
@@ -599,6 +667,8 @@ def runs_of(name, result):
         runs = [row[side] for row in result["rows"] for side in ("daemon", "nchan", "baseline") if side in row]
     if name == "cluster":
         runs = result["runs"] + result["light_runs"]
+    if name == "tracing":
+        runs = result["rows"]
     if name == "callgrind":
         runs = result["daemon"]["runs"] + result.get("baseline", {}).get("runs", [])
     if name == "latency" and isinstance(result, dict) and "at_1000" in result:

@@ -13,7 +13,7 @@ import NIOCore
 /// Header: the byte 0xB1, a flags byte (1 change, 2 devices, 4 except, 8 replace); for a change
 /// its version and epoch (Int64), the active, revoked and granted devices (strings) and the
 /// lengths of the state, revoked, granted and stored parts (UInt32); the device list as JSON
-/// (UInt32 length); `except`; the replaced device and session. Strings are a UInt16 length
+/// (UInt32 length); `except`; the replaced device and session; the `traceparent` (flag 16). Strings are a UInt16 length
 /// (0xFFFF for none) and UTF-8. Frames of earlier nodes (a JSON header and a newline) are read too.
 public struct BusMessage: Sendable {
     struct Replacement: Codable, Sendable {
@@ -30,6 +30,9 @@ public struct BusMessage: Sendable {
     var except: String?
     /// A device connected anew: its other connections are closed with 4001.
     var replace: Replacement?
+    /// The W3C `traceparent` of the commit, when the command is traced: each daemon's delivery
+    /// joins its trace.
+    var traceParent: String?
 
     init(event: PreparedEvent, devices: [DeviceInfo]? = nil) {
         self.event = event
@@ -52,6 +55,7 @@ public struct BusMessage: Sendable {
         static let devices: UInt8 = 2
         static let except: UInt8 = 4
         static let replace: UInt8 = 8
+        static let trace: UInt8 = 16
     }
 
     func encoded() -> ByteBuffer {
@@ -69,6 +73,7 @@ public struct BusMessage: Sendable {
         if devices != nil { flags |= Flag.devices }
         if except != nil { flags |= Flag.except }
         if replace != nil { flags |= Flag.replace }
+        if traceParent != nil { flags |= Flag.trace }
         buffer.writeInteger(Self.marker)
         buffer.writeInteger(flags)
         if let event {
@@ -92,6 +97,7 @@ public struct BusMessage: Sendable {
             Self.write(replace.device, into: &buffer)
             Self.write(replace.session, into: &buffer)
         }
+        if let traceParent { Self.write(traceParent, into: &buffer) }
         if let event {
             var state = event.state.bytes
             buffer.writeBuffer(&state)
@@ -135,6 +141,7 @@ public struct BusMessage: Sendable {
             guard let device = try Self.readString(&payload), let session = try Self.readString(&payload) else { throw Malformed() }
             replace = Replacement(device: device, session: session)
         }
+        if flags & Flag.trace != 0 { traceParent = try Self.readString(&payload) }
         if let header {
             try readEvent(
                 from: &payload, version: header.version, epoch: header.epoch, active: header.active, revoked: header.revoked,

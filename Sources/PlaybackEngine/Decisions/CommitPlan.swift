@@ -21,7 +21,8 @@ struct CommitPlan {
     ///   refusal (trying again may succeed).
     static func make(
         _ submission: Submission, outcome: Result<Transition, PlaybackError>, on playback: Playback, directory: DeviceDirectory,
-        cause: ServerMessage.Cause, configuration: EngineConfiguration, leaseTTLMs: Int64, turn: CommandCall.Turn?
+        cause: ServerMessage.Cause, configuration: EngineConfiguration, leaseTTLMs: Int64, turn: CommandCall.Turn?,
+        traceParent: String? = nil
     ) -> CommitPlan {
         let answer = outcome.map { Receipt(version: $0.playback.version, entry: $0.entry, changed: $0.changed) }
         var requestID = submission.rememberedRequestID
@@ -34,11 +35,11 @@ struct CommitPlan {
                 transition.lease == nil ? .keep
                 : next.activeDevice == nil ? .clear : .set(holder: LeaseHolder.value(of: next), ttlMs: leaseTTLMs)
             let listChanged = transition.lease != nil || next.deviceVolumes != playback.deviceVolumes
-            change = CommandCall.Change(
-                playback: next, json: ByteBuffer(bytes: PlaybackJSON.encode(next)), lease: lease,
-                frame: BusMessage(
-                    event: PlaybackEvent(transition, cause: Self.cause(of: transition, submitted: cause)).prepared,
-                    devices: listChanged ? directory.list(for: next) : nil))
+            var frame = BusMessage(
+                event: PlaybackEvent(transition, cause: Self.cause(of: transition, submitted: cause)).prepared,
+                devices: listChanged ? directory.list(for: next) : nil)
+            frame.traceParent = traceParent
+            change = CommandCall.Change(playback: next, json: ByteBuffer(bytes: PlaybackJSON.encode(next)), lease: lease, frame: frame)
             committed = transition
         }
         let call = CommandCall(

@@ -5,6 +5,7 @@ import Synchronization
 /// answers in this process, behind one lock per user; the bus is a direct call. It keeps the same
 /// rules as the Redis scripts (`RedisScripts`), so both engines behave alike.
 public final class MemoryStorage: PlaybackStorage {
+    public var system: String { "memory" }
     private struct Record {
         var playback: Playback?
         var lease: (holder: String, until: Int64)?

@@ -7,6 +7,8 @@ import NIOCore
 ///
 /// Every operation is about one user's keys, so a storage can shard users (Redis Cluster).
 public protocol PlaybackStorage: Sendable {
+    /// What it is, for traces (`db.system`): `redis` or `memory`.
+    var system: String { get }
     /// Where the frames of the users this node subscribes to go, and who hears that frames may
     /// have been lost (the bus reconnected). Set once, before `run`.
     func attach(onFrame: @escaping @Sendable (_ user: String, BusMessage) -> Void, onResubscribed: @escaping @Sendable (_ users: [String]?) -> Void)

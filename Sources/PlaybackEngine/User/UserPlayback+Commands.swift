@@ -3,6 +3,7 @@ import Logging
 import Metrics
 import NIOCore
 import Synchronization
+import Tracing
 
 /// A user's commands: the reducer on the cached state, one storage call, the conflict policy,
 /// what a commit does on this node, and the two-phase transfer's deadline.
@@ -18,6 +19,20 @@ extension UserPlayback {
     /// `submit` on the user's loop.
     func submitHere(_ submission: Submission, completion: @escaping @Sendable (Result<Receipt, PlaybackError>) -> Void) {
         let cause = ServerMessage.Cause(op: submission.input.causeOp, device: submission.device, request: submission.requestID)
+        if let span = CommandTracing.span("engine \(cause.op)", under: submission.traceContext) {
+            // The engine's part: the wait for the user's turn, every round, the answer.
+            span.attributes["playback.user"] = userID
+            var submission = submission
+            submission.traceContext = span.context
+            gate.enqueue { [self] done in
+                attempt(submission, cause: cause, rounds: .init(startedAt: now)) { result in
+                    span.end(with: result)
+                    completion(result)
+                    done()
+                }
+            }
+            return
+        }
         gate.enqueue { [self] done in
             attempt(submission, cause: cause, rounds: .init(startedAt: now)) { result in
                 completion(result)
@@ -104,10 +119,18 @@ extension UserPlayback {
         if rounds.asksForTurn, rounds.turnToken == nil { rounds.turnToken = newTurnToken() }
         let turn = rounds.turnToken.map { CommandCall.Turn(token: $0, ttlMs: ConflictPolicy.turnTTLMs) }
         let asked = rounds
+        // One span per round's storage call; the change's frame carries it to every daemon.
+        let storageSpan = CommandTracing.span("storage command", under: submission.traceContext, kind: .client)
+        storageSpan?.attributes["db.system"] = storage.system
+        storageSpan?.attributes["playback.expected_version"] = Int(playback.version)
         let plan = CommitPlan.make(
             submission, outcome: outcome, on: playback, directory: directory, cause: cause, configuration: configuration,
-            leaseTTLMs: timing.leaseTTLMs, turn: turn)
+            leaseTTLMs: timing.leaseTTLMs, turn: turn, traceParent: storageSpan.flatMap { CommandTracing.traceParent(of: $0.context) })
         storage.command(user: userID, plan.call) { [self] reply in
+            if let storageSpan {
+                if case .failure(let error) = reply { storageSpan.recordError(error) }
+                storageSpan.end()
+            }
             onLoop { user in user.answered(reply, plan: plan, submission, on: playback, directory: directory, cause: cause, rounds: asked, finish: finish) }
         }
     }

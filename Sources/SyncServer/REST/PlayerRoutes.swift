@@ -4,6 +4,7 @@ import Hummingbird
 import Logging
 import PlaybackEngine
 import Synchronization
+import Tracing
 
 /// The REST remote control, shaped like the public Spotify Web API player endpoints. Every
 /// command goes through the same engine path as a WebSocket command (and is broadcast to the
@@ -159,7 +160,10 @@ struct PlayerRoutes {
             throw PlaybackError.badRequest("Idempotency-Key must be 1 to \(ProtocolInfo.maxRequestIDBytes) bytes")
         }
         let started = ContinuousClock.now
-        let result = await engine.submit(Submission(user: user, input: .command(command), device: nil, requestID: key, ifVersion: ifVersion))
+        var submission = Submission(user: user, input: .command(command), device: nil, requestID: key, ifVersion: ifVersion)
+        // The request's span (TracingMiddleware, which honours a W3C traceparent) is the parent.
+        if CommandTracing.isEnabled { submission.traceContext = ServiceContext.current }
+        let result = await engine.submit(submission)
         ServerMetrics.commandDuration.record(ContinuousClock.now - started)
         switch result {
         case .success(let receipt):

@@ -1,5 +1,6 @@
 import Logging
 import PlaybackEngine
+import Tracing
 
 /// What a WebSocket session needs beyond its socket: the engine, token checks, settings.
 /// Shared by all sessions; `handle` runs one client message against the engine.
@@ -134,10 +135,25 @@ final class SessionServices: Sendable {
         _ input: Input, session: Session, requestID: String? = nil, ifVersion: Int64? = nil,
         completion: @escaping @Sendable (Result<Receipt, PlaybackError>) -> Void
     ) {
-        engine.submit(
-            Submission(
-                user: session.user, input: input, device: session.isRemote ? nil : session.device, requestID: requestID, ifVersion: ifVersion),
-            completion: completion)
+        var submission = Submission(
+            user: session.user, input: input, device: session.isRemote ? nil : session.device, requestID: requestID, ifVersion: ifVersion)
+        guard CommandTracing.isEnabled, CommandTracing.keepsRoot() else {
+            engine.submit(submission, completion: completion)
+            return
+        }
+        // A trace starts at the WebSocket message (REST requests start theirs in TracingMiddleware).
+        guard let span = CommandTracing.span("ws \(input.causeOp)", under: .topLevel, kind: .server) else {
+            engine.submit(submission, completion: completion)
+            return
+        }
+        span.attributes["playback.user"] = session.user.userID
+        span.attributes["playback.device"] = session.device
+        if let requestID { span.attributes["playback.request"] = requestID }
+        submission.traceContext = span.context
+        engine.submit(submission) { result in
+            span.end(with: result)
+            completion(result)
+        }
     }
 
     /// What only a device that plays can say.

@@ -14,6 +14,7 @@ import Synchronization
 /// type moves before the script that takes or keeps a lease (so a node that dies in between leaves
 /// a deadline for the sweep to check, never a lease nobody sweeps).
 public final class RedisStorage: PlaybackStorage {
+    public var system: String { "redis" }
     let redis: any RedisCommands
     let subscriber: any RedisPubSub
     /// True on a Redis Cluster.
