@@ -148,8 +148,9 @@ public actor IssuerKeys: Service {
     /// The collection holding the key `kid` names, if the key may verify `algorithm`.
     func collection(kid: String, algorithm: String) async throws(AuthError) -> JWTKeyCollection {
         guard kid.utf8.count <= Self.maximumKeyIDBytes else { throw .unknownKey }
-        if let loadedAt, loadedAt.duration(to: .now) > settings.maximumAge, running {
-            // Old keys keep serving while the new ones are fetched.
+        if let loadedAt, loadedAt.duration(to: .now) > settings.maximumAge, running, !fetchRunning, !fetchedRecently {
+            // Old keys keep serving while the new ones are fetched (at most once per interval
+            // while the issuer fails).
             requestFetch()
         }
         var key = keys[kid]
@@ -163,12 +164,17 @@ public actor IssuerKeys: Service {
         return key.collection
     }
 
+    /// Whether a fetch started within `minimumRefreshInterval`.
+    private var fetchedRecently: Bool {
+        lastFetch.map { $0.duration(to: .now) < settings.minimumRefreshInterval } ?? false
+    }
+
     /// Fetches unless a fetch ran within `minimumRefreshInterval`, joining one pending, and waits
     /// for it to end.
     private func refreshIfAllowed() async {
         guard running else { return }
         if !fetchPending, !fetchRunning {
-            if let lastFetch, lastFetch.duration(to: .now) < settings.minimumRefreshInterval { return }
+            guard !fetchedRecently else { return }
             requestFetch()
         }
         await withCheckedContinuation { waiters.append($0) }
