@@ -2,19 +2,25 @@ import Foundation
 import PlaybackCore
 import PlaybackEngine
 import RedisClient
+import SyncServer
 import Testing
 
 /// Several daemons (in-process, each with its own port and RedisEngine) on one redis-server.
 @Suite("several daemons on one Redis", .enabled(if: ProcessInfo.processInfo.environment["PLAYBACK_REDIS_URL"] != nil || ProcessInfo.processInfo.environment["CI"] == "true", "needs PLAYBACK_REDIS_URL"))
 struct MultiNodeTests {
-    static func cluster<T>(_ count: Int, _ body: ([TestServer]) async throws -> T) async throws -> T {
+    static func cluster<T>(
+        _ count: Int, configure: (inout ServerConfiguration) -> Void = { _ in }, _ body: ([TestServer]) async throws -> T
+    ) async throws -> T {
         let namespace = String(UInt32.random(in: 0...UInt32.max), radix: 36)
         var nodes: [TestServer] = []
         do {
             // None of these tests is about expiry: the default grace (the lock's TTL) keeps a lease
             // from lapsing when a loaded machine renews it seconds late.
             for _ in 0..<count {
-                nodes.append(try await TestServer.start(engine: .redis, namespace: namespace) { $0.engine.graceMs = 10_000 })
+                nodes.append(try await TestServer.start(engine: .redis, namespace: namespace) {
+                    $0.engine.graceMs = 10_000
+                    configure(&$0)
+                })
             }
             let result = try await body(nodes)
             for node in nodes { await node.stop() }
@@ -195,7 +201,9 @@ struct MultiNodeTests {
     /// above every epoch and version the devices saw, so they keep applying changes; the holder is
     /// granted the lease again at the new epoch.
     @Test func aUserLostByRedisWithoutPostgresComesBackFromTheDaemonsAboveWhatItsDevicesSaw() async throws {
-        try await Self.cluster(2) { nodes in
+        // A settling window wide enough that the first command after the loss falls in it on a
+        // loaded machine too (with the default 1 s, an upkeep tick could restore and settle first).
+        try await Self.cluster(2, configure: { $0.engine.restoreSettleMs = 4_000 }) { nodes in
             let (phone, _) = try await nodes[0].device("phone")
             let (laptop, _) = try await nodes[1].device("laptop")
             try await phone.command("p", .play(.init(trackID: "t0001", device: "phone")))
@@ -208,7 +216,7 @@ struct MultiNodeTests {
                                                       "DEL", "pb:\(tag)", "lock:\(tag)", "dev:\(tag)", "online:\(tag)"])
             // Refused with a retry hint while the restore settles (another node might hold a newer snapshot).
             let (ack, refusals) = try await laptop.ackedOnceAvailable("after", .volume(percent: 50))
-            #expect(!refusals.isEmpty && refusals.allSatisfy { ($0.retryAfterMs ?? 0) > 0 && ($0.retryAfterMs ?? 0) <= 1_000 }, "\(refusals)")
+            #expect(!refusals.isEmpty && refusals.allSatisfy { ($0.retryAfterMs ?? 0) > 0 && ($0.retryAfterMs ?? 0) <= 4_000 }, "\(refusals)")
             #expect(ack.version > 4, "versions go on above what the devices saw: \(ack.version)")
             var granted: ServerMessage.LeaseGranted?
             while true {
