@@ -194,7 +194,13 @@ public final class Durability: Sendable {
             return .unreachable(empty)
         }
         guard let (playback, takenAt) = base else { return .fresh }
-        var resumed = Self.resume(playback, takenAt: takenAt, now: clock())
+        let now = clock()
+        var resumed = Self.resume(playback, takenAt: takenAt, now: now)
+        if alsoKnown == nil {
+            // No daemon here saw the user since the snapshot (a restart, not a Redis loss under a
+            // running daemon): its holder is gone with that daemon, and no time ran since.
+            resumed = resumed.pausedAtLoss(lostAt: takenAt, now: now)
+        }
         resumed.restoredFrom = .init(source: playback.contentVersion, at: resumed.version)
         Counter(label: "playback_restores_total", dimensions: [("from", "snapshot")]).increment()
         logger.notice("playback restored from snapshot", metadata: [

@@ -46,4 +46,35 @@ struct PlayHistoryTests {
         try player.run(.play(.init(trackID: "t6", device: "phone")), at: 30_000)
         #expect(player.last?.finishedPlays == [], "a track skipped before any of it played is not history")
     }
+
+    /// A state restored after the daemon that served it was gone (a restart): paused where it was
+    /// when the daemon last recorded it, nobody holding it, and the time nobody was there neither
+    /// played nor heard.
+    @Test func aStateWhoseHolderWasLostResumesPausedAtTheLossAndCountsNoTimeAfterIt() throws {
+        var player = Player()
+        try player.run(.play(.init(context: Fixture.album, device: "phone")), at: 0)
+        try player.run(.volume(percent: 40), at: 20_000)
+        // Last recorded at 30 s (the snapshot at shutdown); restored ten minutes later.
+        player.state = player.state.pausedAtLoss(lostAt: 30_000, now: 630_000)
+        #expect(!player.state.isPlaying && player.state.activeDevice == nil)
+        #expect(player.state.position(at: 630_000) == 30_000, "where it was at the loss, not 630 s on (past the track's end)")
+        #expect(player.state.listening?.playedMs == 30_000)
+        // Played again on the phone for 10 s, then skipped: 40 s heard, not 640.
+        try player.run(.resume, at: 631_000)
+        try player.run(.next, at: 641_000)
+        let record = try #require(player.last?.finishedPlays.first)
+        #expect(record.trackID == "t1" && record.msPlayed == 40_000, "\(record)")
+    }
+
+    @Test func aLossAfterTheTrackWouldHaveEndedPausesAtItsEnd() {
+        var player = Player()
+        _ = try? player.run(.play(.init(trackID: "t9", device: "phone")), at: 0)
+        let paused = player.state.pausedAtLoss(lostAt: 60_000, now: 90_000)
+        #expect(paused.position(at: 90_000) == 10_000 && !paused.isPlaying)
+        #expect(paused.listening?.playedMs == 10_000, "heard to its end, not beyond")
+        // A paused state keeps its position; only the lease goes.
+        _ = try? player.run(.pause, at: 5_000)
+        let idle = player.state.pausedAtLoss(lostAt: 6_000, now: 90_000)
+        #expect(idle.position(at: 90_000) == 5_000 && idle.activeDevice == nil)
+    }
 }

@@ -178,10 +178,14 @@ struct DurabilityTests {
         let namespace = "restart\(UInt32.random(in: 0...UInt32.max))"
         let first = try await TestServer.start(namespace: namespace, durability: store.durability, catalog: catalog)
         let (phone, _) = try await first.device("phone")
+        let startedAt = ServerClock.nowMs()
         _ = try await phone.acked("p", .play(.init(context: .init(kind: "album", id: "a04"), device: "phone")))
         let last = try await phone.acked("q", .queueAdd(trackID: "t0200", at: .next))
+        let playedFor = ServerClock.nowMs() - startedAt
         await first.stop()
         #expect(await store.writer.flush())
+        // Nobody listens while no daemon runs.
+        try await Task.sleep(for: .seconds(2))
 
         let second = try await TestServer.start(namespace: namespace, durability: store.durability, catalog: catalog)
         defer { Task { await second.stop() } }
@@ -190,6 +194,17 @@ struct DurabilityTests {
         #expect(welcome.state.track?.id == "t0031" && welcome.state.queue?.first?.track.id == "t0200")
         #expect(welcome.state.version > last.version && welcome.state.epoch > 1, "restored above everything handed out")
         #expect(welcome.changed)
+        // Paused where it was when the daemon stopped, nobody holding it: the two seconds without a
+        // daemon did not play.
+        #expect(!welcome.state.isPlaying && welcome.state.activeDevice == nil)
+        #expect(welcome.state.positionMs <= playedFor + 500, "position \(welcome.state.positionMs) ms after \(playedFor) ms of play")
+        // And history credits only the time heard: resumed, then skipped at once.
+        _ = try await client.acked("r", .play(.init(device: "phone")))
+        _ = try await client.acked("n", .next)
+        #expect(await store.writer.flush())
+        let heard = try await second.engine.recentlyPlayed(user: .init(userID: "alice.\(namespace)"), limit: 5)
+        let first31 = try #require(heard.first { $0.track.id == "t0031" })
+        #expect(first31.msPlayed < playedFor + 1_000, "\(first31.msPlayed) ms heard of \(playedFor) ms played before the stop")
     }
 
     @Test func losingRedisRestoresPlaybackWithRisingEpochsAndVersions() async throws {

@@ -129,6 +129,30 @@ public struct Playback: Codable, Sendable, Equatable {
             durationMs: current?.track.durationMs, now: now)
     }
 
+    /// This playback after its holder was lost with the daemon that served it (a restart, the state
+    /// gone from Redis with no daemon left that saw it since): paused where it was at `lostAt` (the
+    /// last moment a daemon recorded it), nobody holding it, and the play in progress counted up to
+    /// then and no further. The rule of a lease's expiry: time runs only while a device is there.
+    public func pausedAtLoss(lostAt: Int64, now: Int64) -> Playback {
+        guard isPlaying || activeDevice != nil || pendingTransfer != nil else { return self }
+        var paused = self
+        if isPlaying, let track = current?.track {
+            let moment = min(now, max(lostAt, positionAt))
+            if var heard = listening {
+                let wouldEnd = positionAt + max(0, track.durationMs - positionMs)
+                heard.playedMs += max(0, min(moment, wouldEnd) - max(heard.countedUntil, positionAt))
+                heard.countedUntil = now
+                paused.listening = heard
+            }
+            paused.positionMs = position(at: moment)
+            paused.positionAt = now
+            paused.isPlaying = false
+        }
+        paused.activeDevice = nil
+        paused.pendingTransfer = nil
+        return paused
+    }
+
     /// Upcoming context entry ids: the rest of the play order after the cursor, without wrap-around.
     var upcomingContextEntries: ArraySlice<String> {
         playOrder[min(cursor + 1, playOrder.count)...]
