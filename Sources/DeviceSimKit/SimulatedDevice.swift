@@ -90,14 +90,19 @@ public actor SimulatedDevice {
             }
             guard !stopping, options.reconnect else { break }
             attempt += 1
-            let ceiling = min(options.maxBackoffMs, 250 * (1 << min(attempt, 10)))
-            let delay = Int64.random(in: ceiling / 2...ceiling, using: &generator)
+            // Exponential backoff with full jitter, never sooner than the server asked (PROTOCOL.md §9).
+            let delay = Reconnecting.delayMs(
+                attempt: attempt, hintMs: retryHintMs, capMs: options.maxBackoffMs, random: Double.random(in: 0...1, using: &generator))
+            retryHintMs = nil
             output.yield(.connection("reconnecting in \(delay) ms"))
             try? await Task.sleep(for: .milliseconds(delay))
         }
         output.finish()
         resumeWaiter()
     }
+
+    /// When the server said to come back, from the last close (`retry_after_ms`).
+    private var retryHintMs: Int64?
 
     /// Why the last attempt to connect failed, if it did.
     public private(set) var lastConnectError: String?
@@ -215,6 +220,7 @@ public actor SimulatedDevice {
             output.yield(.received(message))
         case .closed(let code, let reason):
             connection = nil
+            retryHintMs = Reconnecting.retryAfterMs(inCloseReason: reason)
             if isActive { isActive = false }
             let described = code.map { "closed by the server: \($0) \(reason)" } ?? "connection lost"
             output.yield(.connection(described))

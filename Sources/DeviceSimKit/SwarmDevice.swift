@@ -24,6 +24,8 @@ extension Swarm {
             var finals: [String: ClientMessage] = [:]
             /// Come back after a loss (set once the load starts).
             var reconnects = false
+            /// When the last close said to come back (`retry_after_ms`).
+            var retryHintMs: Int64?
         }
 
         let userName: String
@@ -98,8 +100,9 @@ extension Swarm {
                     }
                     state.events.append(.summary(summary, ns: ns))
                 case .pinged(let ns): state.events.append(.pinged(ns: ns))
-                case .closed(let code, _):
+                case .closed(let code, let reason):
                     state.events.append(.closed(code: code, ns: DispatchTime.now().uptimeNanoseconds))
+                    state.retryHintMs = Reconnecting.retryAfterMs(inCloseReason: reason)
                     state.connection = nil
                     state.closed = true
                     if state.reconnects, !state.stopping { Task { await self.reconnect() } }
@@ -138,12 +141,18 @@ extension Swarm {
             return connection
         }
 
-        /// After a loss: the next server, after a short jittered pause, until connected or stopped.
+        /// After a loss: the next server, after a pause (full jitter, short as a load generator
+        /// wants, never sooner than the server's hint), until connected or stopped.
         func reconnect() async {
             var attempt = 0
             while !state.withLock({ $0.stopping }) {
                 attempt += 1
-                try? await Task.sleep(for: .milliseconds(Int.random(in: 100...300) * min(attempt, 10)))
+                let hint = state.withLock { state in
+                    defer { state.retryHintMs = nil }
+                    return state.retryHintMs
+                }
+                let delay = Reconnecting.delayMs(attempt: attempt, hintMs: hint, baseMs: 100, capMs: 3_000, random: Double.random(in: 0...1))
+                try? await Task.sleep(for: .milliseconds(delay))
                 state.withLock { $0.server += 1 }
                 if (try? await connect()) != nil { return }
             }

@@ -167,6 +167,11 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
     }
 
     public func connect(user: UserIdentity, hello: ClientMessage.Hello, sink: any DeviceSink, welcome: WelcomeParameters) async throws(ConnectRefusal) {
+        // Shedding load: a device told when to come back (1013 with a hint) adds no work now.
+        if let shed = shedding() {
+            throw ConnectRefusal(
+                code: .tryAgainLater, reason: Reconnecting.closeReason(shed.message, retryAfterMs: jittered(shed.retryAfterMs ?? 1_000)))
+        }
         try await visit(user.userID) { (playback) async throws(ConnectRefusal) in try await playback.connect(hello: hello, sink: sink, welcome: welcome) }
         if !hello.isRemote { durability.sawDevice(user: user, device: hello.device, at: environment.clock()) }
     }
@@ -182,6 +187,10 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
         }
         withUser(submission.user.userID) { $0.submitHere(submission, completion: completion) }
     }
+
+    /// A retry hint spread between itself and twice itself, so that the devices refused together
+    /// do not all come back together.
+    private func jittered(_ ms: Int64) -> Int64 { ms + Int64.random(in: 0...max(ms, 1)) }
 
     /// The refusal for a new command while the bus lags past `maxBusLagMs`, if it does: committing
     /// more would only make the devices fall further behind (and Redis close the subscription).

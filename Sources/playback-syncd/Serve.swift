@@ -36,6 +36,8 @@ struct Serve: AsyncParsableCommand {
     var restoreSettleMs: Int64?
     @Option(help: "Past this lag on the bus (a change's way back from Redis to this daemon), new commands are refused with unavailable and a retry hint instead of acknowledged while devices fall behind, ms; 0 never sheds. [PLAYBACK_MAX_BUS_LAG_MS, default 500]")
     var maxBusLagMs: Int64?
+    @Option(help: "On SIGTERM each device is closed with 1001 and told to come back after a random moment of this window (at most half the grace), so that they reconnect elsewhere spread out, ms. [PLAYBACK_DRAIN_WINDOW_MS, default 5000]")
+    var drainWindowMs: Int64?
     @Option(help: "Server ping interval, ms. [PLAYBACK_HEARTBEAT_MS, default 15000]")
     var heartbeatMs: Int64?
     @Option(help: "Time allowed for hello after the upgrade, ms. [PLAYBACK_HELLO_TIMEOUT_MS, default 10000]")
@@ -106,6 +108,10 @@ struct Serve: AsyncParsableCommand {
         if let lagMs = try number(maxBusLagMs, "PLAYBACK_MAX_BUS_LAG_MS") {
             guard lagMs >= 0 else { throw ValidationError("--max-bus-lag-ms must not be negative") }
             config.engine.maxBusLagMs = lagMs
+        }
+        if let window = try number(drainWindowMs, "PLAYBACK_DRAIN_WINDOW_MS") {
+            guard window >= 0 else { throw ValidationError("--drain-window-ms must not be negative") }
+            config.drainWindowMs = window
         }
         config.heartbeatMs = try number(heartbeatMs, "PLAYBACK_HEARTBEAT_MS") ?? config.heartbeatMs
         config.helloTimeoutMs = try number(helloTimeoutMs, "PLAYBACK_HELLO_TIMEOUT_MS") ?? config.helloTimeoutMs

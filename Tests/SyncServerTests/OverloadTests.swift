@@ -20,6 +20,16 @@ struct OverloadTests {
             try await Task.sleep(for: .milliseconds(600))
             let shed = try await phone.refused("shed", .volume(percent: 10))
             #expect(shed.code == .unavailable && (shed.retryAfterMs ?? 0) > 0, "\(shed)")
+            // A device arriving now is told to come back later (1013 with a hint), not taken on.
+            let newcomer = try await server.connect()
+            try await newcomer.send(.hello(.init(device: .init(id: "laptop", name: "Laptop", kind: .computer))))
+            var refusal: (code: UInt16?, reason: String)?
+            while refusal == nil, let event = await newcomer.next(timeout: .seconds(5)) {
+                if case .close(let code, let reason) = event { refusal = (code, reason) }
+                if case .disconnected = event { break }
+            }
+            #expect(refusal?.code == CloseCode.tryAgainLater.rawValue, "\(String(describing: refusal))")
+            #expect((Reconnecting.retryAfterMs(inCloseReason: refusal?.reason ?? "") ?? 0) > 0, "\(String(describing: refusal))")
             // Once Redis answers again the lag falls and the same id is accepted (refusals are not remembered).
             let (ack, _) = try await phone.ackedOnceAvailable("shed", .volume(percent: 10))
             let state = try await phone.state { $0.version == ack.version }

@@ -134,7 +134,9 @@ actor UserPlayback<Storage: PlaybackStorage> {
             _ = fanout.detach(device: device, sessionID: sink.sessionID)
             await unsubscribeIfUnused()
             logger.warning("connect failed: storage unavailable", metadata: ["error": .string("\(error)")])
-            throw ConnectRefusal(code: .tryAgainLater, reason: "storage unavailable, try again later")
+            throw ConnectRefusal(
+                code: .tryAgainLater,
+                reason: Reconnecting.closeReason("storage unavailable, try again later", retryAfterMs: Int64.random(in: 1_000...3_000)))
         }
     }
 

@@ -37,6 +37,12 @@ public struct ServerConfiguration: Sendable {
     /// Messages decoded but not yet handled before the connection stops reading.
     public var maxPendingMessages = 32
     public var engine = EngineConfiguration()
+    /// On a graceful shutdown each session is closed with 1001 and a retry hint drawn from
+    /// `[0, drainWindowMs]`, so that the devices come back (to other daemons) spread over the
+    /// window instead of at once. At most half the grace is used: a holder back at the end of the
+    /// window still has its lease.
+    public var drainWindowMs: Int64 = 5_000
+    public var effectiveDrainWindowMs: Int64 { max(0, min(drainWindowMs, engine.graceMs / 2)) }
     /// Serves `/v1/diagnostics/echo`, an unauthenticated echo on the same WebSocket pipeline, for
     /// conformance test suites only. Never enable it in production.
     public var diagnosticsEcho = false

@@ -77,7 +77,9 @@ final class SessionHandler: ChannelDuplexHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is ChannelShouldQuiesceEvent {
-            close(.goingAway, "server going away")
+            // Drain: every device is told to come back at its own moment of the window.
+            let window = services.configuration.effectiveDrainWindowMs
+            close(.goingAway, Reconnecting.closeReason("server going away", retryAfterMs: Int64.random(in: 0...window)))
         } else if let event = event as? ChannelEvent, event == .inputClosed {
             context.close(promise: nil)  // the server allows half-closure (for HTTP); a WebSocket ends with the peer's FIN
         } else {

@@ -89,7 +89,10 @@ final class SessionServices: Sendable {
             }
         case .hello, .auth, .clock, .history:
             let started = engine.perform { completion(await self.handleRare(message, session: session)) }
-            if !started { completion(.close(.goingAway, "server shutting down")) }
+            if !started {
+                let hint = Int64.random(in: 0...configuration.effectiveDrainWindowMs)
+                completion(.close(.goingAway, Reconnecting.closeReason("server shutting down", retryAfterMs: hint)))
+            }
         }
     }
 

@@ -23,6 +23,7 @@ const app = {
   lastReportAt: 0,
   endedVersion: -1,
   reconnectDelay: 500,
+  retryHintMs: 0,        // the last close's retry_after_ms
   reconnectTimer: null,
   stopped: false,        // replaced or signed out: do not reconnect
 };
@@ -117,6 +118,7 @@ function connect() {
   ws.onclose = (event) => {
     if (app.ws !== ws) return;
     app.ws = null;
+    app.retryHintMs = retryHint(event.reason);
     app.active = false;
     for (const resolve of app.pending.values()) resolve({ type: "error", code: "unavailable", message: "connection lost" });
     app.pending.clear();
@@ -163,9 +165,23 @@ function signOut(reason) {
   $("signin").hidden = false;
 }
 
+// A close 1001 (the server drains) or 1013 (overloaded) may say when to come back:
+// {"reason":"…","retry_after_ms":N} (PROTOCOL.md, section 9).
+function retryHint(reason) {
+  if (!reason || reason[0] !== "{") return 0;
+  try {
+    const hint = JSON.parse(reason).retry_after_ms;
+    return Number.isFinite(hint) && hint >= 0 ? Math.min(hint, 60000) : 0;
+  } catch (_) {
+    return 0;
+  }
+}
+
+// Exponential backoff with full jitter, never sooner than the server asked.
 function retry() {
   if (app.stopped) return;
-  const delay = app.reconnectDelay * (0.5 + Math.random());
+  const delay = Math.max(app.reconnectDelay * Math.random(), app.retryHintMs || 0);
+  app.retryHintMs = 0;
   app.reconnectDelay = Math.min(app.reconnectDelay * 2, 15000);
   setStatus("offline", `offline, reconnecting in ${Math.round(delay / 100) / 10} s`);
   app.reconnectTimer = setTimeout(connect, delay);
