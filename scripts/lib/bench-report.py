@@ -211,6 +211,24 @@ if "tracing" in results:
     add(f"CPU per command against tracing off ({t['cpu_ms_per_command_off']} ms): {rises}.")
     add("")
 
+if "idempotency" in results:
+    r = results["idempotency"]["result"]
+    add("## Remembered answers: Redis bytes per command")
+    add("")
+    add(f"Measured {results['idempotency']['measured_at']} (`scripts/bench idempotency`): {r['users']} users x 4 devices, "
+        f"`seek` commands with ids at {r['offered_rate']}/s for {r['seconds']} s into a Redis database of their own; then every "
+        "key of the remembered answers measured with `MEMORY USAGE`, and `used_memory` against the empty database (less the "
+        "users' other keys).")
+    add("")
+    add("| build | commands answered | answers remembered | keys | bytes each (MEMORY USAGE) | bytes each (used_memory) | encodings |")
+    add("|---|---|---|---|---|---|---|")
+    for side, label in (("baseline", "before (`BENCH_BASELINE_DAEMON`)"), ("daemon", "this build")):
+        if side in r:
+            x = r[side]
+            add(f"| {label} | {x['commands_answered']:,} | {x['remembered']:,} | {x['keys']:,} | **{x['bytes_per_remembered']}** | "
+                f"{x['used_memory_per_remembered']} | {', '.join(f'{k} {v}' for k, v in sorted(x['encodings'].items()))} |")
+    add("")
+
 if "callgrind" in results:
     c = results["callgrind"]["result"]
     add("## Instructions per command (valgrind --tool=callgrind)")

@@ -415,6 +415,95 @@ def tracing():
             "otlp_bytes": sink.bytes}
 
 
+def resp(port, *commands, db=0):
+    """Sends RESP commands to Redis on one connection (pipelined) and returns the parsed replies."""
+    def encode(args):
+        out = f"*{len(args)}\r\n"
+        for arg in args:
+            arg = str(arg)
+            out += f"${len(arg.encode())}\r\n{arg}\r\n"
+        return out.encode()
+
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        reader = s.makefile("rb")
+        s.sendall(encode(["SELECT", db]) + b"".join(encode(c) for c in commands))
+
+        def read():
+            line = reader.readline().rstrip(b"\r\n")
+            kind, rest = line[:1], line[1:]
+            if kind in (b"+", b"-"):
+                return rest.decode()
+            if kind == b":":
+                return int(rest)
+            if kind == b"$":
+                n = int(rest)
+                if n < 0:
+                    return None
+                data = reader.read(n + 2)[:-2]
+                return data.decode(errors="replace")
+            if kind == b"*":
+                n = int(rest)
+                return None if n < 0 else [read() for _ in range(n)]
+            raise ValueError(line)
+
+        read()
+        return [read() for _ in commands]
+
+
+def idempotency():
+    """Redis bytes per remembered command: 250 users x 4 devices send `seek` commands (each with a
+    request id, as the swarm names them: `c<n>`) at 1,000/s for 60 s into a Redis database of their
+    own; then the remembered answers' keys are measured (MEMORY USAGE, and used_memory against the
+    empty database). With BENCH_BASELINE_DAEMON the same for that build, beside."""
+    rate = 100 if quick else 1000
+    users = 25 if quick else 250
+    seconds = 3 if quick else 60
+    redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    db = 12
+    url = f"redis://127.0.0.1:{redis_port}/{db}"
+
+    def measure(binary):
+        resp(redis_port, ["FLUSHDB"], db=db)
+        before = int(next(l for l in resp(redis_port, ["INFO", "memory"], db=db)[0].splitlines() if l.startswith("used_memory:")).split(":")[1])
+        run = run_load(users, rate, seconds, mix="seek:1", processes=1 if quick else 2, light=True, redis=url, binary=binary)
+        keys = []
+        cursor = "0"
+        while True:
+            cursor, batch = resp(redis_port, ["SCAN", cursor, "COUNT", 1000], db=db)[0]
+            keys += batch
+            if cursor == "0":
+                break
+        answers = [k for k in keys if k.startswith("req")]
+        sizes = resp(redis_port, *[["MEMORY", "USAGE", k, "SAMPLES", 0] for k in answers], db=db) if answers else []
+        types = resp(redis_port, *[["TYPE", k] for k in answers], db=db) if answers else []
+        counts = resp(redis_port, *[["HLEN", k] for k, t in zip(answers, types) if t == "hash"], db=db)
+        remembered = sum(counts) + sum(1 for t in types if t == "string")
+        others = [k for k in keys if not k.startswith("req")]
+        other_bytes = sum(resp(redis_port, *[["MEMORY", "USAGE", k, "SAMPLES", 0] for k in others], db=db)) if others else 0
+        after = int(next(l for l in resp(redis_port, ["INFO", "memory"], db=db)[0].splitlines() if l.startswith("used_memory:")).split(":")[1])
+        encodings = resp(redis_port, *[["OBJECT", "ENCODING", k] for k in answers[:2000]], db=db) if answers else []
+        result = {
+            "commands_answered": run["commands_answered"], "remembered": remembered, "keys": len(answers),
+            "memory_usage_bytes": sum(sizes), "bytes_per_remembered": round(sum(sizes) / max(remembered, 1), 1),
+            "used_memory_delta_bytes": after - before, "other_keys_bytes": other_bytes,
+            "used_memory_per_remembered": round((after - before - other_bytes) / max(remembered, 1), 1),
+            "encodings": {e: encodings.count(e) for e in set(encodings)}, "invariant_violations": run["invariant_violations"],
+        }
+        resp(redis_port, ["FLUSHDB"], db=db)
+        return result
+
+    result = {"offered_rate": rate, "users": users, "seconds": seconds, "daemon": measure(None)}
+    baseline = os.environ.get("BENCH_BASELINE_DAEMON")
+    if baseline:
+        result["baseline"] = {"binary": baseline, **measure(baseline)}
+    for side in ("daemon", "baseline"):
+        if side in result:
+            r = result[side]
+            print(f"bench: idempotency {side}: {r['remembered']} remembered in {r['keys']} keys, {r['bytes_per_remembered']} B each "
+                  f"(MEMORY USAGE), {r['used_memory_per_remembered']} B each (used_memory)", file=sys.stderr)
+    return result
+
+
 def redis_commands(users, rate, seconds):
     """Redis commands the daemon sends per command, from MONITOR over a whole run (upkeep included):
     every line but the ones scripts run inside Redis ([0 lua])."""
@@ -637,7 +726,7 @@ state_message_bytes = 620
 
 scenarios = {"connections": connections, "throughput": throughput, "latency": latency, "transfer": transfer,
              "reconnect": reconnect, "reference": reference, "versus": versus, "cluster": cluster, "contention": contention,
-             "tracing": tracing,
+             "tracing": tracing, "idempotency": idempotency,
              "callgrind": callgrind}
 # Under valgrind a run takes minutes: counted when named, not in every run.
 chosen = args or [name for name in scenarios if name != "callgrind"]
@@ -669,6 +758,8 @@ def runs_of(name, result):
         runs = result["runs"] + result["light_runs"]
     if name == "tracing":
         runs = result["rows"]
+    if name == "idempotency":
+        runs = [result[side] for side in ("daemon", "baseline") if side in result]
     if name == "callgrind":
         runs = result["daemon"]["runs"] + result.get("baseline", {}).get("runs", [])
     if name == "latency" and isinstance(result, dict) and "at_1000" in result:

@@ -11,8 +11,8 @@ import RedisClient
 /// | `lock:{u:ID}` | string, PX TTL | `<device>|<epoch>`: the lease, renewed by the node holding the device |
 /// | `dev:{u:ID}` | hash | device id → JSON `{name, kind, last_seen, session, node}` |
 /// | `online:{u:ID}` | sorted set | device id, scored by when its presence expires (ms) |
-/// | `req:{u:ID}:<request id>` | string, PX 10 min | the first final answer to that request |
-/// | `reqs:{u:ID}` | sorted set | the user's `req:` keys, scored by when they leave the window (Redis time, ms): at most `idempotencyCapacity` |
+/// | `reqs:{u:ID}:<n>` | hash, PXAT | request id → the first final answer to that request, for the ids first answered in the n-th tenth of the window since the epoch (minutes, for the default 10); the key expires the window after its stretch ends, so an id is remembered 10–11 minutes; at most `idempotencyCapacity` ids over the user's live stretches |
+/// | `req:{u:ID}:<request id>` | string, PX 10 min | the same, as the previous release kept it: read (never written) until the last of them expires |
 /// | `rest:{u:ID}` | hash, PX | the user's REST token bucket (`tokens`, `at`), shared by every node |
 /// | `turn:{u:ID}` | string, PX | the token of the command that has the user's turn (it lost rounds to other nodes; `CommandScript`) |
 /// | channel `ev:{u:ID}` | pub/sub | committed changes, device lists, replacements |
@@ -44,9 +44,10 @@ struct RedisKeys {
     var channel: String { "ev:\(tag)" }
     var turn: String { "turn:\(tag)" }
 
-    func request(_ id: String) -> String { "req:\(tag):\(id)" }
-    /// The user's remembered request ids (their `req:` keys), scored by when they leave the window.
-    var requests: String { "reqs:\(tag)" }
+    /// A request id's answer as the previous release remembered it (one key per id).
+    func legacyRequest(_ id: String) -> String { "req:\(tag):\(id)" }
+    /// The answers to the request ids first answered in `bucket` (`RequestBuckets`).
+    func requests(bucket: Int64) -> String { "reqs:\(tag):\(bucket)" }
     /// The user's REST token bucket, shared by every node.
     var requestBucket: String { "rest:\(tag)" }
 

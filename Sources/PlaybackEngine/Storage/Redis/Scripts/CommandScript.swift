@@ -8,8 +8,12 @@ import RedisClient
 /// lease, remembers the answer, publishes the change with the stored state appended to the frame)
 /// or, for a command that changed nothing, confirms the version and remembers the answer.
 ///
-/// A user remembers at most a capacity of request ids inside the window (`reqs:{u:ID}` lists them by
-/// when they leave it): a new id beyond that is refused, never an old one forgotten early.
+/// A user remembers at most a capacity of request ids inside the window: a new id beyond that is
+/// refused, never an old one forgotten early. The answers live in one hash per minute
+/// (`reqs:{u:ID}:<n>`, a tenth of the window each: `RequestBuckets`): an id is looked up in the window's minutes, written
+/// into the current one, and leaves with its minute, the window after the minute ends. A small hash
+/// is a listpack, a few bytes beyond the id and the answer: about 45 bytes per remembered command
+/// instead of two keys' worth (docs/redis.md).
 ///
 /// The turn (`turn:{u:ID}`): a command that lost a few rounds to other nodes asks for it with a token
 /// of its own; while one holds it, the others wait (reply 4) instead of racing, and the holder
@@ -20,55 +24,66 @@ import RedisClient
 /// conflict, {2, answer} for a known request, {3, ms until an id leaves the window} when the user has
 /// as many ids remembered as it may, {4, ms the turn is still held} while another command has it.
 struct CommandScript: RedisScriptCall {
+    /// KEYS: 1 playback, 2 lock, 3 the id's key of the previous release, 4 turn, 5… the window's
+    /// minutes (oldest first, the current one last), then the lease deadlines (one Redis only).
     static let lua = DeadlineLua.functions + """
         local remember = ARGV[2] ~= '0'
+        local minutes = tonumber(ARGV[17])
+        local current_minute = KEYS[4 + minutes]
+        local function remember_answer()
+          redis.call('HSETNX', current_minute, ARGV[16], ARGV[3])
+          redis.call('PEXPIREAT', current_minute, ARGV[18])
+        end
         if remember then
           local known = redis.call('GET', KEYS[3])
           if known then return {2, known} end
-          local now = now_ms()
-          redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-          if redis.call('ZCARD', KEYS[4]) >= tonumber(ARGV[2]) then
-            local oldest = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
-            return {3, math.max(1, tonumber(oldest[2]) - now)}
+          local count = 0
+          for i = 5, 4 + minutes do
+            local answer = redis.call('HGET', KEYS[i], ARGV[16])
+            if answer then return {2, answer} end
+            count = count + redis.call('HLEN', KEYS[i])
+          end
+          if count >= tonumber(ARGV[2]) then
+            for i = 5, 4 + minutes do
+              local ttl = redis.call('PTTL', KEYS[i])
+              if ttl > 0 then return {3, ttl} end
+            end
+            return {3, 1}
           end
         end
-        local turn = redis.call('GET', KEYS[5])
-        if turn and turn ~= ARGV[5] then return {4, math.max(1, redis.call('PTTL', KEYS[5]))} end
-        if ARGV[5] ~= '' and not turn then redis.call('SET', KEYS[5], ARGV[5], 'PX', ARGV[6]) end
+        local turn = redis.call('GET', KEYS[4])
+        if turn and turn ~= ARGV[5] then return {4, math.max(1, redis.call('PTTL', KEYS[4]))} end
+        if ARGV[5] ~= '' and not turn then redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[6]) end
         local current = redis.call('HMGET', KEYS[1], 'version', 'state')
         local version = tonumber(current[1] or '0')
         if version ~= tonumber(ARGV[1]) then return {0, version, current[2]} end
-        if ARGV[5] ~= '' then redis.call('DEL', KEYS[5]) end
+        if ARGV[5] ~= '' then redis.call('DEL', KEYS[4]) end
         if ARGV[7] ~= 'commit' then
-          if remember then
-            redis.call('SET', KEYS[3], ARGV[3], 'NX', 'PX', ARGV[4])
-            lapse_in(KEYS[4], ARGV[4], KEYS[3])
-          end
+          if remember then remember_answer() end
           return {1, version}
         end
+        local deadlines = KEYS[5 + minutes]
         redis.call('HSET', KEYS[1], 'version', ARGV[8], 'epoch', ARGV[9], 'state', ARGV[10])
         if ARGV[11] == 'set' then
           redis.call('SET', KEYS[2], ARGV[12], 'PX', ARGV[13])
-          lapse_in(KEYS[6], ARGV[13], ARGV[16])
+          lapse_in(deadlines, ARGV[13], ARGV[15])
         elseif ARGV[11] == 'del' then
           redis.call('DEL', KEYS[2])
-          if KEYS[6] then redis.call('ZREM', KEYS[6], ARGV[16]) end
+          if deadlines then redis.call('ZREM', deadlines, ARGV[15]) end
         end
-        if remember then
-          redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
-          lapse_in(KEYS[4], ARGV[4], KEYS[3])
-        end
-        redis.call('PUBLISH', ARGV[14], ARGV[15] .. ARGV[10])
+        if remember then remember_answer() end
+        redis.call('PUBLISH', ARGV[14], ARGV[19] .. ARGV[10])
         return {1, tonumber(ARGV[8])}
         """
 
     // KEYS
     var playback: String
     var lock: String
-    /// The request id's key (`req:{u:ID}:-` when the answer is not remembered).
-    var request: String
-    var requests: String
+    /// The request id's key of the previous release (`req:{u:ID}:-` when the answer is not remembered).
+    var legacyRequest: String
     var turn: String
+    /// The window's minutes, oldest first; the answer goes into the last.
+    var requestMinutes: [String]
     /// `lease-deadlines` on one Redis; nil on a cluster.
     var deadlines: String?
 
@@ -76,8 +91,11 @@ struct CommandScript: RedisScriptCall {
     var expectedVersion: Int64
     /// The capacity of remembered ids, or 0 when the answer is not remembered.
     var capacity: Int
+    var requestID: String
     var answer: ByteBuffer?
     var answerTTLMs: Int64
+    /// When the current minute's hash expires (ms since the epoch).
+    var currentMinuteExpiresAt: Int64
     var turnToken: String?
     var turnTTLMs: Int64
     var commit: Commit?
@@ -93,17 +111,20 @@ struct CommandScript: RedisScriptCall {
         var user: String
     }
 
-    init(user: String, _ call: CommandCall, deadlines: String?) {
+    init(user: String, _ call: CommandCall, deadlines: String?, nowMs: Int64 = ServerClock.nowMs()) {
         let keys = RedisKeys(user: user)
         playback = keys.playback
         lock = keys.lock
-        request = keys.request(call.requestID ?? "-")
-        requests = keys.requests
+        legacyRequest = keys.legacyRequest(call.requestID ?? "-")
         turn = keys.turn
+        let minutes = RequestBuckets(windowMs: call.answerTTLMs, nowMs: nowMs)
+        requestMinutes = minutes.buckets.map { keys.requests(bucket: $0) }
+        currentMinuteExpiresAt = minutes.currentExpiresAt
         self.deadlines = deadlines
         expectedVersion = call.expectedVersion
         capacity = call.requestID == nil ? 0 : call.answerCapacity
-        answer = call.requestID == nil ? nil : StoredAnswer.json(call.answer)
+        requestID = call.requestID ?? ""
+        answer = call.requestID == nil ? nil : StoredAnswer.compact(call.answer)
         answerTTLMs = call.answerTTLMs
         turnToken = call.turn?.token
         turnTTLMs = call.turn?.ttlMs ?? 0
@@ -114,26 +135,31 @@ struct CommandScript: RedisScriptCall {
         }
     }
 
-    var keys: [String] { [playback, lock, request, requests, turn] + (deadlines.map { [$0] } ?? []) }
+    var keys: [String] { [playback, lock, legacyRequest, turn] + requestMinutes + (deadlines.map { [$0] } ?? []) }
 
     var arguments: [RedisArgument] {
         var arguments: [RedisArgument] = [
             .integer(expectedVersion), .integer(Int64(capacity)), answer.map { .bytes($0) } ?? .string(""), .integer(answerTTLMs),
             .string(turnToken ?? ""), .integer(turnTTLMs),
         ]
-        guard let commit else {
-            arguments.append("confirm")
-            return arguments
-        }
         let (operation, lock, ttl): (String, String, Int64) =
-            switch commit.lease {
-            case .keep: ("keep", "", 0)
+            switch commit?.lease {
             case .set(let holder, let ttlMs): ("set", holder, ttlMs)
             case .clear: ("del", "", 0)
+            case .keep, nil: ("keep", "", 0)
             }
+        // ARGV 7-15 (the commit's), then 16-19 (every call's): fixed places whatever the call.
+        if let commit {
+            arguments += [
+                "commit", .integer(commit.version), .integer(commit.epoch), .bytes(commit.state), .string(operation), .string(lock),
+                .integer(ttl), .string(commit.channel), .string(commit.user),
+            ]
+        } else {
+            arguments += ["confirm", 0, 0, "", "keep", "", 0, "", ""]
+        }
         arguments += [
-            "commit", .integer(commit.version), .integer(commit.epoch), .bytes(commit.state), .string(operation), .string(lock),
-            .integer(ttl), .string(commit.channel), .bytes(commit.frameHead), .string(commit.user),
+            .string(requestID), .integer(Int64(requestMinutes.count)), .integer(currentMinuteExpiresAt),
+            commit.map { .bytes($0.frameHead) } ?? .string(""),
         ]
         return arguments
     }
@@ -151,7 +177,7 @@ struct CommandScript: RedisScriptCall {
         case (4, .integer(let heldMs)):
             return .success(.turnHeld(forMs: heldMs))
         case (2, .bulkString(let stored)):
-            guard let answer = try? StoredAnswer.decode(stored) else { return .failure(RedisError(.protocolError, "unreadable remembered answer")) }
+            guard let answer = try? StoredAnswer.read(stored) else { return .failure(RedisError(.protocolError, "unreadable remembered answer")) }
             return .success(.known(answer))
         case (0, _):
             guard parts.count > 2, case .bulkString(let json) = parts[2] else { return .success(.conflict(nil, json: nil)) }

@@ -42,3 +42,48 @@ struct StoredAnswer: Codable {
         return (try? ByteBuffer(bytes: JSONEncoder().encode(StoredAnswer(answer)))) ?? ByteBuffer(string: "{}")
     }
 }
+
+extension StoredAnswer {
+    /// The form the minute hashes keep: `<version>` or `<version>:<entry>` for a success (the
+    /// common case, a few bytes), the JSON form for an error.
+    static func compact(_ answer: Result<Receipt, PlaybackError>) -> ByteBuffer {
+        guard case .success(let receipt) = answer else { return json(answer) }
+        var buffer = ByteBuffer(string: String(receipt.version))
+        if let entry = receipt.entry {
+            buffer.writeString(":")
+            buffer.writeString(entry)
+        }
+        return buffer
+    }
+
+    /// Either form: JSON (errors, and every answer the previous release kept), or compact.
+    static func read(_ stored: ByteBuffer) throws -> Result<Receipt, PlaybackError> {
+        if stored.readableBytesView.first == UInt8(ascii: "{") { return try decode(stored) }
+        let text = String(decoding: stored.readableBytesView, as: UTF8.self)
+        let parts = text.split(separator: ":", maxSplits: 1)
+        guard let first = parts.first, let version = Int64(first) else { throw Unreadable() }
+        return .success(Receipt(version: version, entry: parts.count > 1 ? String(parts[1]) : nil, changed: false))
+    }
+
+    struct Unreadable: Error {}
+}
+
+/// The stretches of time a user's remembered answers are kept in: a tenth of the window each (a
+/// minute for the default 10 minutes), one hash per stretch, looked up over the window's stretches
+/// and the current one, each expiring the window after its stretch ends. An id is so remembered
+/// for at least the window and at most a tenth longer. Every daemon must have the same window.
+struct RequestBuckets: Equatable {
+    /// The stretches to look in, oldest first; the current one (where new answers go) last.
+    let buckets: [Int64]
+    /// When the current stretch's hash expires, ms since the epoch.
+    let currentExpiresAt: Int64
+
+    init(windowMs: Int64, nowMs: Int64) {
+        let window = max(windowMs, 1_000)
+        let stretch = max(1_000, window / 10)
+        let current = nowMs / stretch
+        let span = (window + stretch - 1) / stretch
+        buckets = Array((current - span)...current)
+        currentExpiresAt = (current + 1) * stretch + window
+    }
+}
