@@ -210,6 +210,13 @@ public final class Durability: Sendable {
         return .snapshot(resumed)
     }
 
+    /// Whether PostgreSQL holds the user's playback at `version` or later, with nothing newer queued here.
+    func isDurable(user: String, version: Int64) async -> Bool {
+        guard let writer, writer.pendingSnapshot(user: user) == nil else { return false }
+        guard let stored = try? await writer.store.loadSnapshot(user: user) else { return false }
+        return stored.version >= version
+    }
+
     /// The newest snapshot this node can find for `user`: the one still queued here or PostgreSQL's,
     /// whichever holds the newer content (another node may have written a newer one than this node
     /// queued, or this node may have written its own since a restore read PostgreSQL). nil when there is none;

@@ -22,6 +22,10 @@ public struct EngineConfiguration: Sendable {
     /// acknowledged while the devices fall behind: load is shed before Redis drops a subscription
     /// for its output buffer. 0 never sheds.
     public var maxBusLagMs: Int64 = 500
+    /// A user with no device present, no lease and no change for this long leaves Redis, once
+    /// PostgreSQL holds their snapshot (restored from it on the next access); 0 keeps everyone.
+    /// Needs PostgreSQL: without it the daemon keeps every user.
+    public var idleTTLMs: Int64 = 0
 
     public init() {}
 }

@@ -49,6 +49,23 @@ public final class StorageEngine<Storage: PlaybackStorage>: PlaybackEngine {
         storage.attach(
             onFrame: { [weak self] user, frame in self?.route(frame, to: user) },
             onResubscribed: { [weak self] users in self?.resubscribed(users) })
+        if configuration.idleTTLMs > 0, let writer = durability?.writer {
+            // Once PostgreSQL holds a snapshot, its user may leave Redis if nobody uses it.
+            writer.onSnapshotsWritten { [weak self] snapshots in
+                for snapshot in snapshots { self?.expireIfIdle(user: snapshot.userID, version: snapshot.version) }
+            }
+        }
+    }
+
+    /// Lets `user` leave the storage after the idle TTL if it is idle at `version` (`IdleScript`).
+    func expireIfIdle(user: String, version: Int64) {
+        let storage = self.storage
+        let ttl = environment.configuration.idleTTLMs
+        perform {
+            if (try? await storage.expireIfIdle(user: user, version: version, ttlMs: ttl)) == true {
+                Counter(label: "playback_idle_expiries_total").increment()
+            }
+        }
     }
 
     /// Waits until the storage's bus is up (`run()` connects it), at most a few seconds; then

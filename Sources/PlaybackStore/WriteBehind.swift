@@ -66,6 +66,13 @@ public final class WriteBehind: Sendable {
     private let rowsSetAside = Atomic<Int>(0)
     /// Held while a batch is being written, so a shutdown flush does not run beside the loop.
     private let writing = WriteGate()
+    private let writtenHandler = Mutex<(@Sendable ([PlaybackSnapshot]) -> Void)?>(nil)
+
+    /// `handler` hears of every batch of snapshots once PostgreSQL holds them (users whose state
+    /// may now leave Redis when idle).
+    public func onSnapshotsWritten(_ handler: @escaping @Sendable ([PlaybackSnapshot]) -> Void) {
+        writtenHandler.withLock { $0 = handler }
+    }
 
     public init(
         store: PlaybackStore, limits: Limits = Limits(), logger: Logger,
@@ -297,6 +304,7 @@ public final class WriteBehind: Sendable {
 
     private func succeeded(_ batch: Batch, now: Int64) {
         snapshotWrites.add(batch.snapshots.count, ordering: .relaxed)
+        if !batch.snapshots.isEmpty, let handler = writtenHandler.withLock({ $0 }) { handler(batch.snapshots) }
         let recovered: StoreError? = queues.withLock { queues in
             queues.playsInFlight = []
             queues.snapshotsInFlight = [:]

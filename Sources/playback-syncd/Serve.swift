@@ -77,6 +77,8 @@ struct Serve: AsyncParsableCommand {
     var catalog: String?
     @Option(help: "Least time between two snapshots of one user's playback in PostgreSQL, ms (lease changes are written at once). [PLAYBACK_SNAPSHOT_INTERVAL_MS, default 1000]")
     var snapshotIntervalMs: Int64?
+    @Option(help: "A user with no device present, no lease and no change for this long leaves Redis once PostgreSQL holds their snapshot, and is restored from it on the next access; 0 keeps everyone. Needs --postgres-url (without PostgreSQL every user stays), ms. [PLAYBACK_IDLE_TTL_MS, default 3600000]")
+    var idleTtlMs: Int64?
 
     func run() async throws {
         try bootstrapLogging(logLevel, format: logFormat)
@@ -171,6 +173,14 @@ struct Serve: AsyncParsableCommand {
             logger.info("sending traces", metadata: ["otlp.url": .string(url), "trace.sample_ratio": .stringConvertible(export.sampleRatio)])
         }
         let postgresSettings = try postgres.settings()
+        let idleTTL = try number(idleTtlMs, "PLAYBACK_IDLE_TTL_MS")
+        if let idleTTL {
+            guard idleTTL == 0 || idleTTL >= 1_000 else { throw ValidationError("--idle-ttl-ms must be 0 or at least 1000") }
+            guard idleTTL == 0 || postgresSettings != nil else {
+                throw ValidationError("--idle-ttl-ms needs --postgres-url: without PostgreSQL a user's state would be lost when it leaves Redis")
+            }
+        }
+        if postgresSettings != nil { daemon.server.engine.idleTTLMs = idleTTL ?? 3_600_000 }
         switch setting(catalog, "PLAYBACK_CATALOG") ?? (postgresSettings == nil ? "builtin" : "postgres") {
         case "postgres": daemon.catalogFromPostgres = true
         case "builtin": daemon.catalogFromPostgres = false

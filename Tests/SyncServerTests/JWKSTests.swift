@@ -416,6 +416,16 @@ final class KeySetServer: Sendable {
                 status: .init(code: answer.status), headers: [.contentType: "application/json"],
                 body: .init(byteBuffer: ByteBuffer(string: answer.body)))
         }
+        return try await LoopbackHTTP.serving(router, name: "the key server") { port in
+            server.listening.store(port, ordering: .relaxed)
+            return try await body(server)
+        }
+    }
+}
+
+/// A small HTTP server of a test's own on loopback, for as long as `body` runs.
+enum LoopbackHTTP {
+    static func serving<T>(_ router: Router<BasicRequestContext>, name: String, _ body: (Int) async throws -> T) async throws -> T {
         let (ports, continuation) = AsyncStream<Int>.makeStream()
         let app = Application(
             router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
@@ -426,8 +436,7 @@ final class KeySetServer: Sendable {
         let task = Task { try await app.runService(gracefulShutdownSignals: []) }
         defer { task.cancel() }
         var iterator = ports.makeAsyncIterator()
-        guard let port = await iterator.next(), port > 0 else { throw TestTimeout(waitingFor: "the key server to listen") }
-        server.listening.store(port, ordering: .relaxed)
-        return try await body(server)
+        guard let port = await iterator.next(), port > 0 else { throw TestTimeout(waitingFor: "\(name) to listen") }
+        return try await body(port)
     }
 }

@@ -136,18 +136,9 @@ final class OTLPReceiver: Sendable {
             receiver.receive(try await request.body.collect(upTo: 16 << 20))
             return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: "{}")))
         }
-        let (ports, continuation) = AsyncStream<Int>.makeStream()
-        let app = Application(
-            router: router, configuration: .init(address: .hostname("127.0.0.1", port: 0)),
-            onServerRunning: { channel in
-                continuation.yield(channel.localAddress?.port ?? 0)
-                continuation.finish()
-            })
-        let task = Task { try await app.runService(gracefulShutdownSignals: []) }
-        defer { task.cancel() }
-        var iterator = ports.makeAsyncIterator()
-        guard let port = await iterator.next(), port > 0 else { throw TestTimeout(waitingFor: "the OTLP receiver to listen") }
-        receiver.listening.store(port, ordering: .relaxed)
-        return try await body(receiver)
+        return try await LoopbackHTTP.serving(router, name: "the OTLP receiver") { port in
+            receiver.listening.store(port, ordering: .relaxed)
+            return try await body(receiver)
+        }
     }
 }

@@ -128,6 +128,9 @@ public final class MemoryStorage: PlaybackStorage {
         }
     }
 
+    /// The memory engine keeps everything in this process: nothing leaves it when idle.
+    public func expireIfIdle(user: String, version: Int64, ttlMs: Int64) async throws -> Bool { false }
+
     public func leave(user: String, device: String, session: String, entry: StoredDevice, frame: BusMessage) async throws -> Bool {
         withRecord(user) { record, _ in
             guard record.devices[device]?.session == session else { return (false, nil) }

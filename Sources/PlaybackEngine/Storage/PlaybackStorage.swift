@@ -26,6 +26,9 @@ public protocol PlaybackStorage: Sendable {
 
     /// The stored playback; nil when there is none (a new user, or the storage lost it).
     func loadPlayback(user: String) async throws -> Playback?
+    /// Sets a user nobody uses (the stored playback at `version`, no lease, no device present) to
+    /// leave the storage after `ttlMs`; true when it did. Anything that comes back keeps it.
+    func expireIfIdle(user: String, version: Int64, ttlMs: Int64) async throws -> Bool
     /// The user's devices with their presence at `now`; offline ones last seen more than
     /// `retentionMs` ago are left out.
     func loadDirectory(user: String, now: Int64, retentionMs: Int64) async throws -> DeviceDirectory

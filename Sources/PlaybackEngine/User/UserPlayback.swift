@@ -212,6 +212,15 @@ actor UserPlayback<Storage: PlaybackStorage> {
             case .keep:
                 break
             }
+            // The user's last device here left: if nobody is left anywhere and nothing changed since
+            // PostgreSQL's snapshot, the user may leave Redis (a change would have its own snapshot).
+            if fanout.isEmpty, environment.configuration.idleTTLMs > 0, playback.activeDevice == nil,
+                await environment.durability.isDurable(user: userID, version: playback.version)
+            {
+                if (try? await storage.expireIfIdle(user: userID, version: playback.version, ttlMs: environment.configuration.idleTTLMs)) == true {
+                    Counter(label: "playback_idle_expiries_total").increment()
+                }
+            }
         } catch {
             await unsubscribeIfUnused()
             logger.warning("disconnect bookkeeping failed", metadata: ["device.id": .string(device), "error": .string("\(error)")])

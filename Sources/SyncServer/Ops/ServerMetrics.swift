@@ -33,7 +33,7 @@ enum ServerMetrics {
             "playback_commit_conflicts_total", "playback_lease_sweeps_total", "playback_request_ids_full_total",
             "playback_work_dropped_total", "playback_commands_shed_total", "playback_commands_contended_total",
             "playback_command_turn_waits_total", "playback_storage_regressions_total", "playback_lease_index_failures_total",
-            "playback_plays_recorded_total",
+            "playback_plays_recorded_total", "playback_idle_expiries_total",
         ] {
             Counter(label: label).increment(by: 0)
         }

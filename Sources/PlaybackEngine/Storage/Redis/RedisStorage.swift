@@ -34,7 +34,7 @@ public final class RedisStorage: PlaybackStorage {
         scripts = RedisScriptSet(clustered: configuration.isCluster, [
             CommandScript.self, RenewScript.self, TakeScript.self, LapseScript.self, SweepScript.self, DeferSweepScript.self,
             SettleScript.self, RestoreScript.self, JoinScript.self, LeaveScript.self, RewriteScript.self, PresenceScript.self,
-            RequestTokenScript.self,
+            RequestTokenScript.self, IdleScript.self,
         ])
         // Frames go where `start` says (the subscriber is made before it).
         let handlers = BusHandlers.Slot()
@@ -163,9 +163,13 @@ public final class RedisStorage: PlaybackStorage {
     public func join(user: String, device: String, entry: StoredDevice, presenceUntil: Int64, cap: Int, frame: BusMessage) async throws -> Bool {
         let keys = RedisKeys(user: user)
         return try await evaluate(JoinScript(
-            devices: keys.devices, online: keys.online, device: device, entry: try Self.json(entry), presenceUntil: presenceUntil,
+            devices: keys.devices, online: keys.online, playback: keys.playback, device: device, entry: try Self.json(entry), presenceUntil: presenceUntil,
             channel: keys.channel, frame: frame.encoded(), now: entry.lastSeen, cap: cap)
         ).int == 1
+    }
+
+    public func expireIfIdle(user: String, version: Int64, ttlMs: Int64) async throws -> Bool {
+        try await evaluate(IdleScript(user: user, version: version, ttlMs: ttlMs)).int == 1
     }
 
     public func leave(user: String, device: String, session: String, entry: StoredDevice, frame: BusMessage) async throws -> Bool {

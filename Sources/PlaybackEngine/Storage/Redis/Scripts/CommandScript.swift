@@ -24,12 +24,13 @@ import RedisClient
 /// conflict, {2, answer} for a known request, {3, ms until an id leaves the window} when the user has
 /// as many ids remembered as it may, {4, ms the turn is still held} while another command has it.
 struct CommandScript: RedisScriptCall {
-    /// KEYS: 1 playback, 2 lock, 3 the id's key of the previous release, 4 turn, 5… the window's
-    /// minutes (oldest first, the current one last), then the lease deadlines (one Redis only).
+    /// KEYS: 1 playback, 2 lock, 3 the id's key of the previous release, 4 turn, 5 devices, 6
+    /// presence, 7… the window's minutes (oldest first, the current one last), then the lease
+    /// deadlines (one Redis only).
     static let lua = DeadlineLua.functions + """
         local remember = ARGV[2] ~= '0'
         local minutes = tonumber(ARGV[17])
-        local current_minute = KEYS[4 + minutes]
+        local current_minute = KEYS[6 + minutes]
         local function remember_answer()
           redis.call('HSETNX', current_minute, ARGV[16], ARGV[3])
           redis.call('PEXPIREAT', current_minute, ARGV[18])
@@ -38,13 +39,13 @@ struct CommandScript: RedisScriptCall {
           local known = redis.call('GET', KEYS[3])
           if known then return {2, known} end
           local count = 0
-          for i = 5, 4 + minutes do
+          for i = 7, 6 + minutes do
             local answer = redis.call('HGET', KEYS[i], ARGV[16])
             if answer then return {2, answer} end
             count = count + redis.call('HLEN', KEYS[i])
           end
           if count >= tonumber(ARGV[2]) then
-            for i = 5, 4 + minutes do
+            for i = 7, 6 + minutes do
               local ttl = redis.call('PTTL', KEYS[i])
               if ttl > 0 then return {3, ttl} end
             end
@@ -62,8 +63,12 @@ struct CommandScript: RedisScriptCall {
           if remember then remember_answer() end
           return {1, version}
         end
-        local deadlines = KEYS[5 + minutes]
+        local deadlines = KEYS[7 + minutes]
         redis.call('HSET', KEYS[1], 'version', ARGV[8], 'epoch', ARGV[9], 'state', ARGV[10])
+        -- A change: the user is not idle (IdleScript may have set the keys to expire).
+        redis.call('PERSIST', KEYS[1])
+        redis.call('PERSIST', KEYS[5])
+        redis.call('PERSIST', KEYS[6])
         if ARGV[11] == 'set' then
           redis.call('SET', KEYS[2], ARGV[12], 'PX', ARGV[13])
           lapse_in(deadlines, ARGV[13], ARGV[15])
@@ -82,6 +87,8 @@ struct CommandScript: RedisScriptCall {
     /// The request id's key of the previous release (`req:{u:ID}:-` when the answer is not remembered).
     var legacyRequest: String
     var turn: String
+    var devices: String
+    var online: String
     /// The window's minutes, oldest first; the answer goes into the last.
     var requestMinutes: [String]
     /// `lease-deadlines` on one Redis; nil on a cluster.
@@ -117,6 +124,8 @@ struct CommandScript: RedisScriptCall {
         lock = keys.lock
         legacyRequest = keys.legacyRequest(call.requestID ?? "-")
         turn = keys.turn
+        devices = keys.devices
+        online = keys.online
         let minutes = RequestBuckets(windowMs: call.answerTTLMs, nowMs: nowMs)
         requestMinutes = minutes.buckets.map { keys.requests(bucket: $0) }
         currentMinuteExpiresAt = minutes.currentExpiresAt
@@ -135,7 +144,7 @@ struct CommandScript: RedisScriptCall {
         }
     }
 
-    var keys: [String] { [playback, lock, legacyRequest, turn] + requestMinutes + (deadlines.map { [$0] } ?? []) }
+    var keys: [String] { [playback, lock, legacyRequest, turn, devices, online] + requestMinutes + (deadlines.map { [$0] } ?? []) }
 
     var arguments: [RedisArgument] {
         var arguments: [RedisArgument] = [

@@ -13,6 +13,10 @@ struct JoinScript: RedisScriptCall {
         end
         redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
         redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+        -- Back from idle: the user's keys stay (IdleScript set them to expire).
+        redis.call('PERSIST', KEYS[1])
+        redis.call('PERSIST', KEYS[2])
+        redis.call('PERSIST', KEYS[3])
         local excess = redis.call('HLEN', KEYS[1]) - tonumber(ARGV[7])
         if excess > 0 then
           local all = redis.call('HGETALL', KEYS[1])
@@ -37,6 +41,7 @@ struct JoinScript: RedisScriptCall {
     // KEYS
     var devices: String
     var online: String
+    var playback: String
     // ARGV
     var device: String
     var entry: ByteBuffer
@@ -46,10 +51,51 @@ struct JoinScript: RedisScriptCall {
     var now: Int64
     var cap: Int
 
-    var keys: [String] { [devices, online] }
+    var keys: [String] { [devices, online, playback] }
     var arguments: [RedisArgument] {
         [.string(device), .bytes(entry), .integer(presenceUntil), .string(channel), .bytes(frame), .integer(now), .integer(Int64(cap))]
     }
+}
+
+/// A user nobody uses leaves Redis: when the stored playback is still at `version` (which
+/// PostgreSQL holds by then), nobody holds the lease and no device's presence is live, the
+/// playback, the device directory and the presence set expire after `ttlMs`. Anything that comes
+/// back (a device joining, a command committing) makes them persist again; once gone, the next
+/// access restores the playback from PostgreSQL above every epoch and version handed out.
+/// Returns 1 when the keys were set to expire.
+struct IdleScript: RedisScriptCall {
+    static let lua = DeadlineLua.functions + """
+        local version = redis.call('HGET', KEYS[1], 'version')
+        if not version or tonumber(version) ~= tonumber(ARGV[1]) then return 0 end
+        if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+        if redis.call('ZCOUNT', KEYS[3], '(' .. now_ms(), '+inf') > 0 then return 0 end
+        redis.call('PEXPIRE', KEYS[1], ARGV[2])
+        redis.call('PEXPIRE', KEYS[3], ARGV[2])
+        redis.call('PEXPIRE', KEYS[4], ARGV[2])
+        return 1
+        """
+
+    // KEYS
+    var playback: String
+    var lock: String
+    var online: String
+    var devices: String
+    // ARGV
+    var version: Int64
+    var ttlMs: Int64
+
+    init(user: String, version: Int64, ttlMs: Int64) {
+        let keys = RedisKeys(user: user)
+        playback = keys.playback
+        lock = keys.lock
+        online = keys.online
+        devices = keys.devices
+        self.version = version
+        self.ttlMs = ttlMs
+    }
+
+    var keys: [String] { [playback, lock, online, devices] }
+    var arguments: [RedisArgument] { [.integer(version), .integer(ttlMs)] }
 }
 
 /// A device's connection ended: if the directory still names this session, the device goes offline
