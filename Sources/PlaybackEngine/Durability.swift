@@ -174,6 +174,14 @@ public final class Durability: Sendable {
     /// `alsoKnown`: the newest state this node saw of the user (its cache before the loss), which
     /// wins when it is newer than any snapshot.
     func restore(user: String, clock: () -> Int64, alsoKnown: (playback: Playback, takenAt: Int64)?) async -> Restored {
+        await restoreAged(user: user, clock: clock, alsoKnown: alsoKnown).found
+    }
+
+    /// As `restore`, with how long nothing had changed when the snapshot it came from was read
+    /// (nil when it did not come from one).
+    func restoreAged(user: String, clock: () -> Int64, alsoKnown: (playback: Playback, takenAt: Int64)?) async
+        -> (found: Restored, quietMs: Int64?)
+    {
         let base: (playback: Playback, takenAt: Int64)?
         do {
             base = try await newestSnapshot(user: user, alsoKnown: alsoKnown)
@@ -184,16 +192,16 @@ public final class Durability: Sendable {
             var empty = Playback.initial
             empty.epoch = now
             empty.version = now
-            return .unreachable(empty)
+            return (.unreachable(empty), nil)
         } catch {
             let now = clock()
             logger.error("no state in memory or Redis and an unreadable snapshot", metadata: ["user.id": .string(user), "error": .string("\(error)")])
             var empty = Playback.initial
             empty.epoch = now
             empty.version = now
-            return .unreachable(empty)
+            return (.unreachable(empty), nil)
         }
-        guard let (playback, takenAt) = base else { return .fresh }
+        guard let (playback, takenAt) = base else { return (.fresh, nil) }
         let now = clock()
         var resumed = Self.resume(playback, takenAt: takenAt, now: now)
         if alsoKnown == nil {
@@ -207,7 +215,7 @@ public final class Durability: Sendable {
             "user.id": .string(user), "snapshot.version": .stringConvertible(playback.version),
             "restored.epoch": .stringConvertible(resumed.epoch), "restored.version": .stringConvertible(resumed.version),
         ])
-        return .snapshot(resumed)
+        return (.snapshot(resumed), max(0, now - takenAt))
     }
 
     /// Whether PostgreSQL holds the user's playback at `version` or later, with nothing newer queued here.

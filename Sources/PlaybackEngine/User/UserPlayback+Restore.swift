@@ -63,7 +63,7 @@ extension UserPlayback {
         }
         try await registerLocalDevices()
         let known = fanout?.lastKnown.map { (playback: $0.playback, takenAt: $0.at) }
-        let found = await environment.durability.restore(user: userID, clock: environment.clock, alsoKnown: known)
+        let (found, quietMs) = await environment.durability.restoreAged(user: userID, clock: environment.clock, alsoKnown: known)
         // Read after PostgreSQL answered (or timed out): the jump, the floors and the settling count from now.
         let now = self.now
         let mark = highWater(now: now)
@@ -72,7 +72,11 @@ extension UserPlayback {
         }
         let restored: Playback
         let frame: BusMessage?
-        switch RestoreFloor.choose(found, stale: stale, mark: mark, now: now, settleMs: configuration.restoreSettleMs) {
+        // A user idle longer than the idle TTL left Redis on purpose, once PostgreSQL held that very
+        // state: no daemon can hold a newer one, so changes need not wait for one.
+        let idleReturn = configuration.idleTTLMs > 0 && stale == nil && (quietMs ?? 0) >= configuration.idleTTLMs
+        let settleMs = idleReturn ? 0 : configuration.restoreSettleMs
+        switch RestoreFloor.choose(found, stale: stale, mark: mark, now: now, settleMs: settleMs) {
         case .wait(let error):
             throw error
         case .put(let playback, let announce):
